@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import jax
@@ -123,9 +123,10 @@ class Sequential(_Container):
     """Run layers one after another. ``layers`` may be a list or a {name: layer} dict."""
 
     layers: Any
-    names: tuple[str, ...] | None = None
+    names: tuple[str, ...] | None = field(default=None, repr=False)
 
     kind: ClassVar[str] = "seq"
+    chained: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         layers, names = _named("Sequential", self.layers, self.names)
@@ -234,7 +235,7 @@ class Parallel(_Container):
     """
 
     branches: Any
-    names: tuple[str, ...] | None = None
+    names: tuple[str, ...] | None = field(default=None, repr=False)
 
     kind: ClassVar[str] = "parallel"
 

@@ -86,11 +86,18 @@ def layer_label(layer: Any) -> str:
             continue  # children are named by their own path
         if f.default is not dataclasses.MISSING and value in (f.default, (f.default, f.default)):
             continue
-        parts.append(f"{f.name}={value!r}")
+        parts.append(f"{f.name}={_compact(value)!r}")
     kids = layer.children() if isinstance(layer, Layer) else ()
     if kids:
         parts.insert(0, f"{len(kids)} children")
     return f"{type(layer).__name__}({', '.join(parts)})"
+
+
+def _compact(value: Any) -> Any:
+    """(3, 3) -> 3 and ((1, 1), (1, 1)) -> 1 for labels."""
+    if isinstance(value, tuple) and value and all(v == value[0] for v in value):
+        return _compact(value[0])
+    return value
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,9 @@ class Layer:
     """Base of every layer and combinator: see the module docstring for the protocol."""
 
     kind: ClassVar[str] = "layer"
+    # True when children run one after another (each sees the previous output);
+    # False when they all see the container's input (branches). Used for receptive fields.
+    chained: ClassVar[bool] = False
 
     # -- analytic side -------------------------------------------------------------
     def spec(self, in_shape: Shape) -> Spec:
@@ -273,6 +283,8 @@ class Node:
     in_shape: Shape
     spec: Spec
     depth: int
+    rf: tuple[int, int]  # receptive field of one output position, in model-input pixels
+    jump: tuple[int, int]  # distance in model-input pixels between adjacent outputs
 
     @property
     def is_leaf(self) -> bool:
@@ -283,19 +295,30 @@ class Node:
 def walk(model: Layer, in_shape: Shape, *, leaves_only: bool = False) -> Iterator[Node]:
     """Yield every layer of ``model`` in execution order (containers before their children)."""
     in_shape = check_shape(model, in_shape)
-    yield from _walk(model, in_shape, "", (), 0, leaves_only)
+    yield from _walk(model, in_shape, "", (), 0, leaves_only, ((1, 1), (1, 1)))
 
 
 def _walk(
-    layer: Layer, in_shape: Shape, path: str, keys: tuple[str, ...], depth: int, leaves_only: bool
+    layer: Layer,
+    in_shape: Shape,
+    path: str,
+    keys: tuple[str, ...],
+    depth: int,
+    leaves_only: bool,
+    rf_in: tuple[tuple[int, int], tuple[int, int]],
 ) -> Iterator[Node]:
     spec = layer.spec(in_shape)  # errors already carry the path: the root's spec checks all
+    rf_out = compose_rf(rf_in, (spec.window, spec.stride))
     kids = layer.children()
     if not kids or not leaves_only:
-        yield Node(path, keys, layer, in_shape, spec, depth)
+        yield Node(path, keys, layer, in_shape, spec, depth, rf_out[0], rf_out[1])
+    rf_child = rf_in
     for (attr, key, child), shape in zip(kids, layer.child_shapes(in_shape), strict=True):
         child_path = f"{path}{attr}" if attr.startswith("[") or not path else f"{path}.{attr}"
-        yield from _walk(child, shape, child_path, keys + (key,), depth + 1, leaves_only)
+        yield from _walk(child, shape, child_path, keys + (key,), depth + 1, leaves_only, rf_child)
+        if layer.chained:
+            s = child.spec(shape)
+            rf_child = compose_rf(rf_child, (s.window, s.stride))
 
 
 def map_layers(fn: Callable[[Layer], Layer], model: Layer) -> Layer:

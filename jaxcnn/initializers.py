@@ -12,6 +12,8 @@ NAMES = ("he_normal", "he_uniform", "lecun_normal", "glorot_uniform", "glorot_no
 
 def check_init_name(name: str) -> str | None:
     """Return an error text if ``name`` is not a known initialiser, else None."""
+    if not isinstance(name, str):  # else ``name.startswith`` below raises AttributeError
+        return f"kernel_init must be an initialiser name (a string), got {name!r}"
     if name in NAMES:
         return None
     if name.startswith("normal:"):

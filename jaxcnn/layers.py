@@ -546,9 +546,11 @@ class BatchNorm(Layer):
         return True
 
     def forward(self, params, state, x, *, train, key):
-        """Normalise in float32, return in the compute (or input) dtype."""
+        """Normalise in (at least) float32, return in the compute (or input) dtype."""
         out_dtype = jnp.dtype(self.compute_dtype) if self.compute_dtype else x.dtype
-        xf = x.astype(jnp.float32)
+        # At least float32: bf16/f16 inputs are upcast, but float64 (x64 mode) must not be
+        # silently truncated to float32 precision.
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         axes = tuple(range(x.ndim - 1))
         if train:
             mean = jnp.mean(xf, axis=axes)
@@ -556,9 +558,9 @@ class BatchNorm(Layer):
             n = math.prod(x.shape[:-1])
             unbiased = var * (n / max(n - 1, 1))
             d = self.ema_decay
-            state = {
-                "mean": d * state["mean"] + (1.0 - d) * lax.stop_gradient(mean),
-                "var": d * state["var"] + (1.0 - d) * lax.stop_gradient(unbiased),
+            state = {  # kept in the dtype init gave them (float32), whatever the input dtype
+                "mean": (d * state["mean"] + (1.0 - d) * lax.stop_gradient(mean)).astype(state["mean"].dtype),
+                "var": (d * state["var"] + (1.0 - d) * lax.stop_gradient(unbiased)).astype(state["var"].dtype),
             }
         else:
             mean, var = state["mean"], state["var"]

@@ -1,0 +1,113 @@
+"""Command line: ``jaxcnn models``, ``jaxcnn summary MODEL ...``.
+
+Errors in what the user typed (unknown model, bad width, an input too small for the
+network) print one line naming the option or layer and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxcnn import models
+from jaxcnn.core import LayerError
+from jaxcnn.summary import OPTIMIZER_SLOTS, summary
+
+
+class UsageError(Exception):
+    """A user-input problem: printed as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _width(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"width must be > 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), still exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print ``prog: error: message`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every subcommand."""
+    parser = _Parser(prog="jaxcnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("models", help="list registered models")
+
+    s = sub.add_parser("summary", help="exact per-layer accounting of a model (no arrays allocated)")
+    s.add_argument("model", help="registry name with optional /width suffix, e.g. mobilenet_v1/0.5")
+    s.add_argument("--width", type=_width, default=None, help="width multiplier (same as the /width suffix)")
+    s.add_argument("--input-size", type=_positive_int, default=None, help="input height and width (square)")
+    s.add_argument("--in-channels", type=_positive_int, default=None, help="input channels")
+    s.add_argument("--num-classes", type=_positive_int, default=None, help="classifier outputs")
+    s.add_argument("--batch", type=_positive_int, default=1, help="batch size for the memory estimates")
+    s.add_argument("--optimizer", choices=sorted(OPTIMIZER_SLOTS), default="sgd",
+                   help="optimizer whose slots count in the training-memory estimate")
+    s.add_argument("--leaves-only", action="store_true", help="one row per leaf layer, no containers")
+    s.add_argument("--json", action="store_true", help="print JSON (rows and totals) instead of a table")
+    return parser
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print every registered model with its default input and description."""
+    for name, e in models.REGISTRY.items():
+        shape = "x".join(map(str, e.input_shape))
+        print(f"{name:22s} {shape:>11s} {e.num_classes:>5d} classes  {e.description}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Print the summary table (or JSON) of one model."""
+    try:
+        e = models.entry(args.model)
+        model = models.get(args.model, num_classes=args.num_classes, width=args.width)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    h, w, c = e.input_shape
+    if args.input_size is not None:
+        h = w = args.input_size
+    if args.in_channels is not None:
+        c = args.in_channels
+    try:
+        s = summary(model, (h, w, c), batch=args.batch, optimizer=args.optimizer, name=args.model)
+    except LayerError as err:
+        raise UsageError(f"{args.model} at input {h}x{w}x{c}: {err}") from None
+    print(s.to_json() if args.json else s.table(leaves_only=args.leaves_only))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxcnn`` console script."""
+    args = build_parser().parse_args(argv)
+    handlers = {"models": cmd_models, "summary": cmd_summary}
+    try:
+        return handlers[args.command](args)
+    except UsageError as err:
+        print(f"jaxcnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

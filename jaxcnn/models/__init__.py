@@ -1,0 +1,115 @@
+"""Model registry: ``get("name/width", num_classes=..., **options)``.
+
+A name may carry a width suffix (``mobilenet_v1/0.5``, ``allconv6/2``), which is the
+same as passing ``width=``. Every builder takes ``num_classes`` and ``width``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from jaxcnn.core import Layer, Shape
+from jaxcnn.models.allconv import ALLCONV6_CHANNELS, DEPTH_FAMILY, allconv6_crelu, allconv6_variant, allconv_depth
+from jaxcnn.models.densenet import densenet121
+from jaxcnn.models.examples import mnist_net, spec_a_3conv, spec_a_4conv
+from jaxcnn.models.inception import googlenet, inception_small
+from jaxcnn.models.mobilenet import mobilenet_v1
+from jaxcnn.models.resnet import resnet50, resnext50_32x4d
+from jaxcnn.models.vgg import vgg16
+from jaxcnn.width import check_width
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered model: its builder, default input and classes, and a one-line description."""
+
+    name: str
+    build: Callable[..., Layer]
+    input_shape: Shape
+    num_classes: int
+    description: str
+    small: dict[str, Any] = field(default_factory=dict)  # options for 32x32 inputs
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> Entry:
+    """Add ``entry`` to the registry (names are unique)."""
+    if entry.name in REGISTRY:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+for _n, _c in ALLCONV6_CHANNELS.items():
+    register(Entry(_n, partial(allconv6_variant, _n), (224, 224, 3), 20,
+                   f"allconv6 width variant, channels {list(_c)}, 3x3 stride-2 convs + ReLU, GAP, FC"))
+    register(Entry(f"{_n}_bn", partial(allconv6_variant, _n, bn=True), (224, 224, 3), 20,
+                   f"{_n} with BatchNorm before every ReLU"))
+for _n, _convs in DEPTH_FAMILY.items():
+    if _n != "allconv6":
+        register(Entry(_n, partial(allconv_depth, _n), (224, 224, 3), 20,
+                       "allconv depth variant: " + ", ".join(f"{k}x{k}/{s} {c}" for k, s, c in _convs)))
+register(Entry("allconv6_crelu", allconv6_crelu, (224, 224, 3), 20,
+               "allconv6 with half the filters + CReLU in conv1-2 (channel complement)"))
+register(Entry("allconv6_crelu_bn", partial(allconv6_crelu, bn=True), (224, 224, 3), 20,
+               "allconv6_crelu with BatchNorm"))
+register(Entry("mobilenet_v1", mobilenet_v1, (224, 224, 3), 1000,
+               "MobileNet v1 (alpha = width), SAME padding, BN+ReLU after every conv", {"stem_stride": 1}))
+register(Entry("vgg16", vgg16, (224, 224, 3), 1000, "VGG-16 (configuration D), FC 4096-4096"))
+register(Entry("vgg16_bn", partial(vgg16, bn=True), (224, 224, 3), 1000, "VGG-16 with BatchNorm"))
+register(Entry("resnet50", resnet50, (224, 224, 3), 1000, "ResNet-50 v1.5 (bottleneck, stride on 3x3)",
+               {"small_input": True}))
+register(Entry("resnext50_32x4d", resnext50_32x4d, (224, 224, 3), 1000,
+               "ResNeXt-50 32x4d (grouped 3x3, cardinality 32)", {"small_input": True}))
+register(Entry("densenet121", densenet121, (224, 224, 3), 1000, "DenseNet-121 (growth 32, BN-ReLU-conv)",
+               {"small_input": True}))
+register(Entry("googlenet", googlenet, (224, 224, 3), 1000, "Inception v1 / GoogLeNet (paper's Table 1, no aux)"))
+register(Entry("inception_small", inception_small, (32, 32, 3), 10, "small Inception net for 32x32"))
+register(Entry("spec_a_4conv", spec_a_4conv, (224, 224, 3), 2, "SPEC A model 1: 4 conv-pool, flatten, FC128, FC2"))
+register(Entry("spec_a_3conv", spec_a_3conv, (224, 224, 3), 2, "SPEC A model 2: 3 conv-pool (more parameters)"))
+register(Entry("mnist_net", mnist_net, (28, 28, 1), 10, "SPEC B: 5x5-32, pool, 3x3-32, pool, 256, 10 (VALID)"))
+
+
+def parse_name(name: str) -> tuple[str, float | None]:
+    """Split ``"name/width"`` into the registry name and the width (None if absent)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    base, _, suffix = name.partition("/")
+    if base not in REGISTRY:
+        close = difflib.get_close_matches(base, REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {base!r}.{hint} Run 'jaxcnn models' for the list")
+    width = check_width(suffix, f"width suffix of {name!r}") if suffix else None
+    return base, width
+
+
+def entry(name: str) -> Entry:
+    """The registry entry for ``name`` (a width suffix is allowed and ignored)."""
+    return REGISTRY[parse_name(name)[0]]
+
+
+def get(name: str, *, num_classes: int | None = None, width: float | None = None, **options: Any) -> Layer:
+    """Build a registered model; ``name`` may end in ``/width``."""
+    base, suffix_width = parse_name(name)
+    if suffix_width is not None and width is not None and suffix_width != width:
+        raise ValueError(f"width given twice for {name!r}: suffix {suffix_width} and width={width}")
+    w = check_width(width if width is not None else (suffix_width or 1.0))
+    e = REGISTRY[base]
+    k = e.num_classes if num_classes is None else num_classes
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"num_classes must be a positive int, got {k!r}")
+    return e.build(num_classes=k, width=w, **options)
+
+
+def names() -> list[str]:
+    """All registered model names."""
+    return list(REGISTRY)
+
+
+__all__ = ["Entry", "REGISTRY", "entry", "get", "names", "parse_name", "register"]
