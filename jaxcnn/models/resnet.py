@@ -55,7 +55,8 @@ def resnet(
         blocks = {}
         for b in range(n):
             stride = 2 if (b == 0 and s > 0) else 1
-            blocks[f"block{b + 1}"] = bottleneck(mid, out, stride, groups, project=(b == 0 and (stride != 1 or in_ch != out)))
+            project = b == 0 and (stride != 1 or in_ch != out)
+            blocks[f"block{b + 1}"] = bottleneck(mid, out, stride, groups, project=project)
             in_ch = out
         layers[f"stage{s + 1}"] = Sequential(blocks)
     layers["pool"] = GlobalAvgPool()
