@@ -1,0 +1,442 @@
+"""Training engine: on-device data, one compiled program per epoch, K seeds under vmap.
+
+* The training set lives on the device as uint8 (or float) NHWC; each epoch draws a
+  permutation with ``jax.random``, and the steps run as compiled ``lax.scan`` chunks
+  with no Python per step (``mode="epoch"``). On GPU/TPU a chunk is the whole epoch.
+  On CPU a chunk is a few fully unrolled steps (``chunk``, default 4): XLA:CPU runs
+  convolutions inside a while loop about 10x slower than outside one (measured here;
+  jax issue #12868), and an unrolled chunk has no loop. ``mode="step"`` is the streaming path: one
+  jitted step per batch, batches gathered on the host and prefetched to the device,
+  for data that does not fit in device memory. Both do exactly the same math.
+* K seeds of one architecture train together: init, shuffles, augmentation and
+  dropout keys are independent per seed, and everything is ``vmap``-ed over seeds.
+  Seed ``s`` of a K-seed run equals a 1-seed run with ``seed=s``.
+* Data parallel over all local devices with ``jax.sharding``: batches are sharded on
+  a 1-D mesh, parameters replicated; XLA inserts the gradient all-reduce. The same
+  code runs on one device.
+* Keys: seed s -> ``key(s)``; init uses ``fold_in(key, 0)``; epoch e uses
+  ``fold_in(fold_in(key, 1), e)``; so a resumed run replays the same randomness.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxcnn import checkpoint
+from jaxcnn.core import Layer
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN/Inf); the message names the step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides the model and the data."""
+
+    epochs: int = 10
+    batch: int = 128
+    optimizer: str = "momentum"  # sgd | momentum | nesterov | adam | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # applied to conv/dense weights only, never to BN or biases
+    schedule: str = "cosine"  # constant | cosine | step
+    step_epochs: tuple[int, ...] = ()  # 'step' schedule: lr x 0.1 at each of these epochs
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    crop_pad: int = 0  # random crop after padding by this many pixels (0 = off)
+    flip: bool = False  # random horizontal flips (off for digits)
+    seed: int = 0
+    seeds: int = 1  # K seeds trained together under vmap: seed, seed+1, ..., seed+K-1
+    eval_batch: int = 500
+    mode: str = "epoch"  # epoch: compiled scan chunks, data on device | step: per-step jit, host batches
+    chunk: int = 0  # steps per compiled chunk in epoch mode; 0 = auto (CPU: 4 unrolled, else the whole epoch)
+
+    def check(self) -> TrainConfig:
+        """Return self or raise ValueError naming the bad option."""
+        checks = [
+            (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be a positive int"),
+            (isinstance(self.batch, int) and self.batch >= 1, "batch must be a positive int"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.crop_pad >= 0, "crop_pad must be >= 0"),
+            (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a positive int"),
+            (self.eval_batch >= 1, "eval_batch must be a positive int"),
+            (self.mode in ("epoch", "step"), "mode must be 'epoch' or 'step'"),
+            (isinstance(self.chunk, int) and self.chunk >= 0, "chunk must be an int >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+        return self
+
+
+@dataclass
+class TrainData:
+    """Arrays for one run: NHWC images (uint8 0-255 or float), int labels, normalisation."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: np.ndarray | None = None  # per channel, from the training split only
+    std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("x_train", "x_test"):
+            if np.ndim(getattr(self, name)) != 4:
+                raise ValueError(f"TrainData: {name} must be NHWC, got shape {np.shape(getattr(self, name))}")
+        for name in ("y_train", "y_test"):
+            y = np.asarray(getattr(self, name))
+            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ValueError(f"TrainData: {name} has labels outside [0, {self.num_classes})")
+        if self.mean is None:
+            x = self.x_train.astype(np.float64) / (255.0 if self.x_train.dtype == np.uint8 else 1.0)
+            self.mean = x.mean(axis=(0, 1, 2)).astype(np.float32)
+            self.std = (x.std(axis=(0, 1, 2)) + 1e-6).astype(np.float32)
+
+
+@dataclass
+class FitResult:
+    """Per-seed outcome of :func:`fit` (arrays have a leading seed axis)."""
+
+    params: Any
+    state: Any
+    history: list[dict[str, Any]]
+    test_accuracy: list[float]
+    train_seconds: float
+    compile_seconds: float
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def mean_accuracy(self) -> float:
+        """Mean final test accuracy over seeds."""
+        return float(np.mean(self.test_accuracy))
+
+    @property
+    def std_accuracy(self) -> float:
+        """Standard deviation (ddof=0) of the final test accuracy over seeds."""
+        return float(np.std(self.test_accuracy))
+
+
+# -- pieces ----------------------------------------------------------------------------
+
+
+def _decay_mask(params: Any) -> Any:
+    # decay kernels ("w") only: BatchNorm scale/offset and biases are left alone
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "w", params)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up)."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.lr, max(total - warm, 1))
+    elif cfg.schedule == "step":
+        main = optax.piecewise_constant_schedule(
+            cfg.lr, {max(e * steps_per_epoch - warm, 1): 0.1 for e in cfg.step_epochs}
+        )
+    else:
+        main = optax.constant_schedule(cfg.lr)
+    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm]) if warm else main
+    if cfg.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=cfg.weight_decay, mask=_decay_mask)
+    decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask) if cfg.weight_decay else optax.identity()
+    if cfg.optimizer == "adam":
+        return optax.chain(decay, optax.adam(lr))
+    if cfg.optimizer == "sgd":
+        return optax.chain(decay, optax.sgd(lr))
+    return optax.chain(decay, optax.sgd(lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov"))
+
+
+def _augment(x: jax.Array, key: jax.Array, crop_pad: int, flip: bool) -> jax.Array:
+    n, h, w, c = x.shape
+    k_crop, k_flip = jax.random.split(key)
+    if crop_pad:
+        xp = jnp.pad(x, ((0, 0), (crop_pad, crop_pad), (crop_pad, crop_pad), (0, 0)))
+        offs = jax.random.randint(k_crop, (n, 2), 0, 2 * crop_pad + 1)
+        x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(xp, offs)
+    if flip:
+        mirror = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
+        x = jnp.where(mirror, x[:, :, ::-1, :], x)
+    return x
+
+
+def epoch_permutation(key: jax.Array, n: int, batch: int) -> jax.Array:
+    """(steps, batch) example indices of one epoch; the last partial batch is dropped."""
+    steps = n // batch
+    return jax.random.permutation(jax.random.fold_in(key, 0), n)[: steps * batch].reshape(steps, batch)
+
+
+class Trainer:
+    """Compiled train/eval functions for one model, config and data shape (K seeds)."""
+
+    def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData):
+        self.model, self.cfg, self.data = model, cfg.check(), data
+        n = data.x_train.shape[0]
+        if n < cfg.batch:
+            raise ValueError(f"TrainConfig: batch={cfg.batch} is larger than the training set ({n} examples)")
+        self.steps = n // cfg.batch
+        self.tx = make_optimizer(cfg, self.steps)
+        self.devices = jax.devices()
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.shard_batch = len(self.devices) > 1 and cfg.batch % len(self.devices) == 0
+        scale = 255.0 if data.x_train.dtype == np.uint8 else 1.0
+        self.mean = jnp.asarray(np.asarray(data.mean, np.float32) * scale)
+        self.std = jnp.asarray(np.asarray(data.std, np.float32) * scale)
+        self.in_shape = tuple(data.x_train.shape[1:])
+        model.spec(self.in_shape)  # shape errors before anything is compiled
+        self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
+        self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
+        on_cpu = self.devices[0].platform == "cpu"
+        self.chunk = min(cfg.chunk or (4 if on_cpu else self.steps), self.steps)
+        self._chunk_fns: dict[int, Any] = {}
+        self._perm_fn = jax.jit(jax.vmap(self._permutation))
+        self._step_fn = jax.jit(jax.vmap(self._step, in_axes=(0, 0, None, 0)), donate_argnums=(0,))
+        self._eval_fn = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, None, None, None)))
+
+    # one seed's functions; vmapped over seeds above
+    def init(self) -> tuple[Any, Any, Any]:
+        """(params, state, opt_state) for every seed, stacked on a leading axis."""
+
+        def one(key):
+            params, state = self.model.init(jax.random.fold_in(key, 0), self.in_shape)
+            return params, state, self.tx.init(params)
+
+        carry = jax.jit(jax.vmap(one))(self.keys)
+        return jax.device_put(carry, self.replicated)
+
+    def _loss(self, params, state, x, y, key):
+        logits, new_state = self.model.apply(params, state, x, train=True, key=key)
+        logits = logits.astype(jnp.float32)
+        labels = jax.nn.one_hot(y, self.data.num_classes)
+        if self.cfg.label_smoothing:
+            labels = optax.smooth_labels(labels, self.cfg.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, labels).mean()
+        return loss, (new_state, logits)
+
+    def _step(self, carry, xb, yb, key):
+        params, state, opt_state = carry
+        if self.shard_batch:
+            spec = NamedSharding(self.mesh, PartitionSpec("data"))
+            xb = jax.lax.with_sharding_constraint(xb, spec)
+            yb = jax.lax.with_sharding_constraint(yb, spec)
+        k_aug, k_drop = jax.random.split(key)
+        x = (xb.astype(jnp.float32) - self.mean) / self.std
+        x = _augment(x, k_aug, self.cfg.crop_pad, self.cfg.flip)
+        (loss, (state, logits)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, state, x, yb, k_drop)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        correct = jnp.sum(jnp.argmax(logits, -1) == yb)
+        return (params, state, opt_state), (loss, correct)
+
+    def _permutation(self, epoch_key):
+        perm = epoch_permutation(epoch_key, self.data.x_train.shape[0], self.cfg.batch)
+        return perm, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
+
+    def _chunk(self, carry, x_all, y_all, idx, keys):
+        def body(c, inp):
+            i, k = inp
+            return self._step(c, x_all[i], y_all[i], k)
+
+        if idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop (jax issue #25330)
+            carry, (loss, correct) = body(carry, (idx[0], keys[0]))
+            return carry, (loss[None], correct[None])
+        unroll = idx.shape[0] if self.devices[0].platform == "cpu" else 1
+        return jax.lax.scan(body, carry, (idx, keys), unroll=unroll)
+
+    def chunk_fn(self, length: int):
+        """The jitted, seed-vmapped function running ``length`` steps (compiled once per length)."""
+        if length not in self._chunk_fns:
+            self._chunk_fns[length] = jax.jit(
+                jax.vmap(self._chunk, in_axes=(0, None, None, 0, 0)), donate_argnums=(0,)
+            )
+        return self._chunk_fns[length]
+
+    def compile(self, carry, x_dev, y_dev) -> float:
+        """Compile every chunk length an epoch needs; returns the seconds it took."""
+        t0 = time.perf_counter()
+        perm, keys = self._perm_fn(self.epoch_keys(0))
+        lengths = {min(self.chunk, self.steps - i) for i in range(0, self.steps, self.chunk)}
+        for n in sorted(lengths):
+            self._chunk_fns[n] = self.chunk_fn(n).lower(carry, x_dev, y_dev, perm[:, :n], keys[:, :n]).compile()
+        return time.perf_counter() - t0
+
+    def _evaluate(self, params, state, x, y, mask):
+        def body(acc, inp):
+            xb, yb, mb = inp
+            logits, _ = self.model.apply(params, state, (xb.astype(jnp.float32) - self.mean) / self.std)
+            logits = logits.astype(jnp.float32)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            top1 = jnp.argmax(logits, -1) == yb
+            k = min(5, logits.shape[-1])
+            topk = jnp.any(jax.lax.top_k(logits, k)[1] == yb[:, None], axis=-1)
+            return (acc[0] + jnp.sum(loss * mb), acc[1] + jnp.sum(top1 * mb), acc[2] + jnp.sum(topk * mb)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        return jax.lax.scan(body, (zero, zero, zero), (x, y, mask))[0]
+
+    # host-side drivers
+    def epoch_keys(self, epoch: int) -> jax.Array:
+        """Per-seed keys of epoch ``epoch``."""
+        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(self.keys)
+
+    def run_epoch(self, carry, x_dev, y_dev, epoch: int):
+        """One epoch; returns (carry, losses (K, steps), correct (K, steps))."""
+        keys = self.epoch_keys(epoch)
+        if self.cfg.mode == "epoch":
+            perm, step_keys = self._perm_fn(keys)
+            losses, correct = [], []
+            for i in range(0, self.steps, self.chunk):
+                j = min(i + self.chunk, self.steps)
+                carry, (loss, corr) = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
+                losses.append(loss)
+                correct.append(corr)
+            return carry, jnp.concatenate(losses, 1), jnp.concatenate(correct, 1)
+        # streaming: the same permutation, batches gathered on the host, one step prefetched
+        perms, step_keys = self._perm_fn(keys)
+        perms = np.asarray(perms)
+        x_host, y_host = self.data.x_train, self.data.y_train
+        losses, correct = [], []
+
+        def put(i):
+            return jax.device_put(x_host[perms[:, i]]), jax.device_put(y_host[perms[:, i]])
+
+        nxt = put(0)
+        for i in range(self.steps):
+            xb, yb = nxt
+            if i + 1 < self.steps:
+                nxt = put(i + 1)  # async transfer overlaps with this step's compute
+            carry, (loss, corr) = self._step_fn(carry, xb, yb, step_keys[:, i])
+            losses.append(loss)
+            correct.append(corr)
+        return carry, jnp.stack(losses, 1), jnp.stack(correct, 1)
+
+    def evaluate(self, carry, x_test=None, y_test=None) -> dict[str, np.ndarray]:
+        """Test loss, top-1 and top-5 accuracy per seed."""
+        x = self.data.x_test if x_test is None else x_test
+        y = self.data.y_test if y_test is None else y_test
+        eb = min(self.cfg.eval_batch, len(x))
+        nb = -(-len(x) // eb)
+        pad = nb * eb - len(x)
+        xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(nb, eb, *x.shape[1:])
+        yp = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, eb)
+        mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)]).reshape(nb, eb)
+        params, state, _ = carry
+        loss, top1, top5 = (np.asarray(v) for v in self._eval_fn(params, state, xp, yp, mask))
+        return {"loss": loss / len(x), "accuracy": top1 / len(x), "top5": top5 / len(x)}
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def _progress(epoch: int, epochs: int, rec: dict[str, Any], elapsed: float) -> str:
+    done = epoch + 1
+    bar = "=" * int(20 * done / epochs)
+    eta = elapsed / done * (epochs - done)
+    return (
+        f"epoch {done:>3}/{epochs} [{bar:<20}] loss {np.mean(rec['train_loss']):.4f} "
+        f"train {100 * np.mean(rec['train_accuracy']):5.1f}% test {100 * np.mean(rec['test_accuracy']):5.1f}% "
+        f"{rec['images_per_second']:,.0f} img/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+    )
+
+
+def fit(
+    model: Layer,
+    data: TrainData,
+    cfg: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
+
+    With ``resume=True`` the newest valid checkpoint in ``out_dir`` is loaded and the
+    run continues exactly where it stopped (same keys, same data order).
+    """
+    trainer = Trainer(model, cfg, data)
+    out = Path(out_dir) if out_dir is not None else None
+    carry = trainer.init()
+    start, history = 0, []
+    if resume and out is not None and (ck := checkpoint.latest(out)) is not None:
+        tree, ck_meta = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
+        carry = jax.device_put((tree["params"], tree["state"], tree["opt_state"]), trainer.replicated)
+        start, history = ck_meta["epoch"] + 1, ck_meta["history"]
+        if not quiet:
+            print(f"resumed from {ck} (epoch {start} of {cfg.epochs})", file=sys.stderr)
+    x_dev = jax.device_put(data.x_train, trainer.replicated) if cfg.mode == "epoch" else None
+    y_dev = jax.device_put(data.y_train, trainer.replicated) if cfg.mode == "epoch" else None
+    compile_s = 0.0
+    if cfg.mode == "epoch" and start < cfg.epochs:
+        compile_s = trainer.compile(carry, x_dev, y_dev)
+    base = {"model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {})}
+    t_start = time.perf_counter()
+    train_s = sum(h["seconds"] for h in history)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        carry, losses, correct = trainer.run_epoch(carry, x_dev, y_dev, epoch)
+        losses = np.asarray(losses)
+        seconds = time.perf_counter() - t0
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            s, i = np.argwhere(bad)[0]
+            last = checkpoint.latest(out) if out is not None else None
+            raise TrainingError(
+                f"loss became {losses[s, i]} at step {epoch * trainer.steps + i} (epoch {epoch}, step {i} of the "
+                f"epoch, seed {trainer.seeds[s]}); "
+                + (f"the last good checkpoint is {last}" if last else "no checkpoint was written")
+                + ". Lower the learning rate or check the data for NaN/Inf"
+            )
+        train_s += seconds
+        ev = trainer.evaluate(carry)
+        rec = {
+            "epoch": epoch,
+            "step": (epoch + 1) * trainer.steps,
+            "train_loss": losses.mean(axis=1).tolist(),
+            "train_accuracy": (np.asarray(correct).sum(axis=1) / (trainer.steps * cfg.batch)).tolist(),
+            "test_loss": ev["loss"].tolist(),
+            "test_accuracy": ev["accuracy"].tolist(),
+            "test_top5": ev["top5"].tolist(),
+            "seconds": seconds,
+            "images_per_second": cfg.seeds * trainer.steps * cfg.batch / seconds,
+        }
+        history.append(rec)
+        if out is not None:
+            tree = {"params": carry[0], "state": carry[1], "opt_state": carry[2]}
+            checkpoint.save(out, f"ckpt-{epoch + 1:06d}", tree, {**base, "epoch": epoch, "history": history})
+            checkpoint.prune(out, keep=2)
+            lines = "".join(json.dumps(h) + "\n" for h in history)
+            checkpoint.atomic_write_text(out / "metrics.jsonl", lines)
+        if on_epoch is not None:
+            on_epoch(rec)
+        if not quiet:
+            print(_progress(epoch, cfg.epochs, rec, time.perf_counter() - t_start), file=sys.stderr)
+    return FitResult(
+        params=carry[0], state=carry[1], history=history, test_accuracy=list(history[-1]["test_accuracy"]),
+        train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds,
+    )

@@ -1,0 +1,162 @@
+"""Training engine: seeds under vmap, compiled epochs vs per-step, resume after SIGKILL,
+multi-device data parallelism, NaN guard, checkpoint validation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from train_helpers import tiny_data, tiny_model
+
+from jaxcnn import checkpoint
+from jaxcnn.train import TrainConfig, TrainingError, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def test_seeds_under_vmap_equal_separate_runs():
+    data = tiny_data()
+    cfg = TrainConfig(epochs=2, batch=32, lr=0.05, crop_pad=1, flip=True)
+    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seeds": 2}), quiet=True)
+    for i in range(2):
+        alone = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seed": i}), quiet=True)
+        for a, b in zip(_leaves(together.params), _leaves(alone.params), strict=True):
+            np.testing.assert_allclose(a[i], b[0], rtol=2e-4, atol=2e-5)
+        assert abs(together.test_accuracy[i] - alone.test_accuracy[0]) <= 1 / len(data.y_test) + 1e-9
+    # different seeds really differ (independent init, shuffles and dropout)
+    kernel = max(_leaves(together.params), key=np.size)
+    assert not np.allclose(kernel[0], kernel[1], rtol=0.1)
+
+
+def test_compiled_epoch_equals_per_step_path():
+    data = tiny_data()
+    a = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, mode="epoch", chunk=3), quiet=True)
+    b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, mode="step"), quiet=True)
+    for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.history[-1]["train_loss"], b.history[-1]["train_loss"], rtol=1e-4)
+
+
+def test_training_reduces_loss_and_checkpoints(tmp_path):
+    data = tiny_data()
+    r = fit(tiny_model(), data, TrainConfig(epochs=4, batch=32, lr=0.1), out_dir=tmp_path, quiet=True)
+    assert r.history[-1]["train_loss"][0] < r.history[0]["train_loss"][0]
+    assert r.test_accuracy[0] > 0.5  # 4 classes: chance is 0.25
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    ck = checkpoint.latest(tmp_path)
+    assert ck is not None and ck.name == "ckpt-000004.json"
+    meta = checkpoint.read_meta(ck)
+    assert meta["epoch"] == 3 and len(meta["history"]) == 4
+    assert len(list(tmp_path.glob("ckpt-*.json"))) == 2  # pruned to the newest two
+
+
+def test_corrupt_checkpoint_is_detected_and_skipped(tmp_path):
+    data = tiny_data()
+    r = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32), out_dir=tmp_path, quiet=True)
+    template = {"params": r.params, "state": r.state}
+    checkpoint.save(tmp_path, "ckpt-000009", template, {"epoch": 8})
+    npz = tmp_path / "ckpt-000009.npz"
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated by a crash
+    with pytest.raises(checkpoint.CheckpointError, match="sha256"):
+        checkpoint.load(tmp_path / "ckpt-000009.json", template)
+    assert checkpoint.latest(tmp_path).name == "ckpt-000002.json"
+    # a checkpoint of another model does not load into this one
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+        checkpoint.load(tmp_path / "ckpt-000002.json", {"params": r.params})
+
+
+def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tmp_path):
+    data = tiny_data()
+    fit(tiny_model(), data, TrainConfig(epochs=1, batch=32, lr=0.05), out_dir=tmp_path, quiet=True)
+    # the user resumes with an absurd learning rate: the loss overflows in epoch 2
+    with pytest.raises(TrainingError, match=r"at step \d+ \(epoch 1, step \d+ of the epoch, seed 0\)") as e:
+        fit(tiny_model(), data, TrainConfig(epochs=3, batch=32, lr=1e30, schedule="constant"),
+            out_dir=tmp_path, resume=True, quiet=True)
+    assert "ckpt-000001.json" in str(e.value)
+    last = checkpoint.latest(tmp_path)
+    assert last.name == "ckpt-000001.json"
+    meta = checkpoint.read_meta(last)
+    assert meta["epoch"] == 0
+
+
+_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np, jax
+    from train_helpers import tiny_data, tiny_model
+    from jaxcnn.train import TrainConfig, fit
+    out, resume, epochs = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+    r = fit(tiny_model(), tiny_data(n=8192, size=16), TrainConfig(epochs=epochs, batch=64, mode="step"),
+            out_dir=out, resume=resume, quiet=True)
+    np.savez(out + "/final.npz", *[np.asarray(a) for a in jax.tree_util.tree_leaves(r.params)])
+    print(r.history[-1]["train_loss"])
+""")
+
+
+def _driver(tmp_path):
+    path = tmp_path / "driver.py"
+    path.write_text(_DRIVER.format(tests=str(Path(__file__).parent)))
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    driver = _driver(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, str(driver), str(full), "0", "4"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([sys.executable, str(driver), str(killed), "0", "4"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "ckpt-000002.json").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    time.sleep(0.05)  # inside epoch 3: 96 steps on the per-step path take far longer than this
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "ckpt-000003.json").exists(), "killed too late: epoch 3 had finished"
+    assert not (killed / "final.npz").exists()
+    # nothing in the folder is corrupt: every checkpoint there loads and verifies
+    assert checkpoint.latest(killed).name == "ckpt-000002.json"
+    for meta in killed.glob("ckpt-*.json"):
+        template = checkpoint.read_meta(meta)["arrays"]  # every listed array is present and verified
+        data = np.load(meta.with_suffix(".npz"))
+        assert sorted(data.files) == sorted(template)
+    subprocess.run([sys.executable, str(driver), str(killed), "1", "4"], check=True, env=env, capture_output=True)
+    a, b = np.load(full / "final.npz"), np.load(killed / "final.npz")
+    assert len(a.files) == len(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])  # bit-identical
+
+
+@pytest.mark.slow
+def test_four_host_devices_match_one_device(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, json
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import jax
+        from train_helpers import tiny_data, tiny_model
+        from jaxcnn.train import TrainConfig, fit
+        r = fit(tiny_model(), tiny_data(n=512), TrainConfig(epochs=3, batch=64, lr=0.05), quiet=True)
+        print(json.dumps({{"devices": jax.device_count(), "loss": [h["train_loss"][0] for h in r.history]}}))
+    """)
+    results = {}
+    for n in (1, 4):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
+        results[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results[1]["devices"] == 1 and results[4]["devices"] == 4
+    np.testing.assert_allclose(results[4]["loss"], results[1]["loss"], rtol=1e-3)
