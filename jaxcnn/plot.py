@@ -1,0 +1,151 @@
+"""Plots of study results (matplotlib, PNG and SVG): accuracy vs cost, curves, filters.
+
+matplotlib is an optional dependency (``pip install 'jaxcnn[experiments]'``); it is
+imported inside each function so the library itself never needs it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError("plotting needs matplotlib: pip install 'jaxcnn[experiments]'") from e
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        tmp = stem.with_name(f".{stem.name}.tmp.{ext}")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=ext)
+        final = stem.with_suffix(f".{ext}")
+        tmp.replace(final)  # atomic: a reader never sees half a picture
+        paths.append(final)
+    return paths
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats (lower or equal cost and higher accuracy), by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str = "learnable_params",
+                     title: str = "") -> list[Path]:
+    """Test accuracy (mean +- std over seeds) against ``cost`` (log x), one series per family."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    families = sorted({r["family"] for r in results})
+    markers = "osD^v<>"
+    for k, fam in enumerate(families):
+        rows = [r for r in results if r["family"] == fam]
+        xs = [r[cost] for r in rows]
+        ys = [100 * r["mean_accuracy"] for r in rows]
+        es = [100 * r["std_accuracy"] for r in rows]
+        ax.errorbar(xs, ys, yerr=es, fmt=markers[k % len(markers)], capsize=3, label=fam, linestyle="none")
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    pts = [(r[cost], r["mean_accuracy"]) for r in results]
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "k--", lw=1, alpha=0.6,
+            label="Pareto frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel({"learnable_params": "learnable parameters", "macs": "multiply-adds per image"}.get(cost, cost))
+    ax.set_ylabel("test accuracy (%)")
+    n_seeds = min(len(r["accuracies"]) for r in results)
+    ax.set_title(title or f"accuracy vs {cost} (error bars: std over {n_seeds} seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def training_curves(results: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """Mean test accuracy per epoch for every entry."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in results:
+        curve = [100 * float(np.mean(h)) for h in r["test_accuracy_per_epoch"]]
+        ax.plot(range(1, len(curve) + 1), curve, label=r["variant"], lw=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%), mean over seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def filter_grid(kernels: dict[str, np.ndarray], stem: Path, *, max_filters: int = 64) -> list[Path]:
+    """First-layer filters of each model, one row per model (each filter scaled to its own range)."""
+    plt = _plt()
+    names = list(kernels)
+    cols = min(max_filters, max(k.shape[-1] for k in kernels.values()))
+    fig, axes = plt.subplots(len(names), cols, figsize=(cols * 0.35, len(names) * 0.45 + 0.3), squeeze=False)
+    for r, name in enumerate(names):
+        w = np.asarray(kernels[name])  # (kh, kw, cin, cout)
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= w.shape[-1]:
+                continue
+            f = w[..., c]
+            f = f[..., 0] if f.shape[-1] == 1 else f[..., :3]
+            f = (f - f.min()) / (f.max() - f.min() + 1e-12)
+            ax.imshow(f, cmap="gray" if f.ndim == 2 else None, interpolation="nearest")
+        axes[r][0].set_title(name, fontsize=6, loc="left")
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def redundancy(kernel: np.ndarray, threshold: float = 0.9) -> dict[str, float]:
+    """Fraction of filters with a near-duplicate (cos > t) or near-negated (cos < -t) partner."""
+    w = np.asarray(kernel, np.float64)
+    f = w.reshape(-1, w.shape[-1]).T  # one row per filter
+    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+    cos = f @ f.T
+    np.fill_diagonal(cos, 0.0)
+    return {
+        "duplicate": float(np.mean(cos.max(axis=1) > threshold)),
+        "negated": float(np.mean(cos.min(axis=1) < -threshold)),
+    }
+
+
+def redundancy_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+    """Bars per model: near-negated and near-duplicate first-layer filter fractions, trained vs at init."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    x = np.arange(len(rows))
+    wdt = 0.2
+    for k, (key, label) in enumerate([("negated", "near-negated (trained)"), ("negated_init", "near-negated (init)"),
+                                      ("duplicate", "near-duplicate (trained)"),
+                                      ("duplicate_init", "near-duplicate (init)")]):
+        ax.bar(x + (k - 1.5) * wdt, [100 * r[key] for r in rows], wdt, label=label)
+    ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, fontsize=7)
+    ax.set_ylabel("% of first-layer filters")
+    ax.set_title("first-layer filters with a partner of |cosine| > 0.9")
+    ax.legend(fontsize=7)
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths

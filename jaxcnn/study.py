@@ -1,0 +1,188 @@
+"""Run a family study: train several models with one recipe, K seeds each, resumably.
+
+Results go to ``OUT/results.jsonl`` (one record per finished model, rewritten
+atomically) and ``OUT/results.csv``; each model trains in ``OUT/runs/<variant>/``
+with a checkpoint every epoch. Rerunning the same command skips finished models and
+resumes an unfinished one from its last checkpoint, so an interruption loses at most
+one epoch of one model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcnn import checkpoint, models
+from jaxcnn.core import walk
+from jaxcnn.layers import Conv
+from jaxcnn.summary import summary
+from jaxcnn.train import TrainConfig, TrainData, fit
+
+
+class StudyError(ValueError):
+    """Bad study input (unknown variant, unreadable results): one line for the user."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a study: registry name (with /width), builder options and how to describe it."""
+
+    family: str
+    variant: str
+    label: str  # e.g. "16,16,32,32,64" or "alpha=0.5"
+    options: dict[str, Any] = field(default_factory=dict)
+    recipe: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Task:
+    """The data a study trains on, with a name for the records."""
+
+    name: str
+    data: TrainData
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Per-example input shape."""
+        return tuple(self.data.x_train.shape[1:])
+
+
+def _slug(variant: str) -> str:
+    return variant.replace("/", "_w")
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Records of a results.jsonl file, or StudyError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StudyError(f"{path}:{i}: not valid JSON ({e.msg}); fix or delete that line") from None
+        if not isinstance(rec, dict) or "variant" not in rec or "mean_accuracy" not in rec:
+            raise StudyError(f"{path}:{i}: not a study record (needs 'variant' and 'mean_accuracy')")
+        records.append(rec)
+    return records
+
+
+CSV_FIELDS = [
+    "family", "variant", "label", "learnable_params", "state_params", "macs", "input_shape", "dataset",
+    "accuracies", "mean_accuracy", "std_accuracy", "train_seconds", "compile_seconds", "epochs", "seeds", "device",
+    "jax", "command",
+]
+
+
+def write_results(out: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite results.jsonl and results.csv atomically from ``records``."""
+    checkpoint.atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in records:
+        w.writerow({**r, "accuracies": " ".join(f"{a:.4f}" for a in r["accuracies"]),
+                    "input_shape": "x".join(map(str, r["input_shape"]))})
+    checkpoint.atomic_write_text(out / "results.csv", buf.getvalue())
+
+
+def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
+    """The first convolution's kernel (HWIO) in ``params``, or None if the model has none."""
+    for node in walk(model, in_shape, leaves_only=True):
+        if isinstance(node.layer, Conv):
+            tree = params
+            for k in node.key_path:
+                tree = tree[k]
+            return np.asarray(tree["w"])
+    return None
+
+
+def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command: str = "") -> dict[str, Any]:
+    """Train one member (resuming if a checkpoint exists) and return its record."""
+    model = models.get(m.variant, num_classes=task.data.num_classes, **m.options)
+    totals = summary(model, task.in_shape).totals
+    run_dir = out / "runs" / _slug(m.variant)
+    if not quiet:
+        print(f"== {m.family} {m.variant} ({m.label}): {totals['learnable_params']:,} params, "
+              f"{totals['macs']:,} MACs", file=sys.stderr)
+    meta = {"model": m.variant, "options": m.options, "dataset": task.name}
+    res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta)
+    # first-layer filters, trained (seed 0) and at initialisation, for the filter figures
+    p0 = jax.tree_util.tree_map(lambda a: a[0], res.params)
+    init_params, _ = model.init(jax.random.fold_in(jax.random.key(m.recipe.seed), 0), task.in_shape)
+    k_trained = first_conv_kernel(model, p0, task.in_shape)
+    k_init = first_conv_kernel(model, init_params, task.in_shape)
+    if k_trained is not None:
+        buf = io.BytesIO()
+        np.savez(buf, trained=k_trained, init=k_init)
+        checkpoint.atomic_write_bytes(run_dir / "first_layer.npz", buf.getvalue())
+    return {
+        "family": m.family,
+        "variant": m.variant,
+        "label": m.label,
+        "options": m.options,
+        "learnable_params": totals["learnable_params"],
+        "state_params": totals["state_params"],
+        "macs": totals["macs"],
+        "input_shape": list(task.in_shape),
+        "dataset": task.name,
+        "seeds": res.seeds,
+        "accuracies": res.test_accuracy,
+        "mean_accuracy": res.mean_accuracy,
+        "std_accuracy": res.std_accuracy,
+        "test_accuracy_per_epoch": [h["test_accuracy"] for h in res.history],
+        "train_loss_per_epoch": [h["train_loss"] for h in res.history],
+        "train_seconds": round(res.train_seconds, 2),
+        "compile_seconds": round(res.compile_seconds, 2),
+        "epochs": m.recipe.epochs,
+        "recipe": asdict(m.recipe),
+        "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "command": command,
+    }
+
+
+def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
+              command: str = "") -> list[dict[str, Any]]:
+    """Train every member not already in ``out/results.jsonl``; return all records in member order."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_results(out / "results.jsonl")
+    done = {r["variant"] for r in records}
+    for m in members:
+        if m.variant in done:
+            if not quiet:
+                print(f"== {m.variant}: already in {out / 'results.jsonl'}, skipped", file=sys.stderr)
+            continue
+        t0 = time.perf_counter()
+        rec = run_member(m, task, out, quiet=quiet, command=command)
+        rec["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        records.append(rec)
+        write_results(out, records)
+    order = {m.variant: i for i, m in enumerate(members)}
+    return sorted((r for r in records if r["variant"] in order), key=lambda r: order[r["variant"]])
+
+
+def load_first_layers(out: Path, records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """{variant: {"trained": kernel, "init": kernel}} for records whose run saved them."""
+    found = {}
+    for r in records:
+        path = Path(out) / "runs" / _slug(r["variant"]) / "first_layer.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                found[r["variant"]] = {"trained": z["trained"], "init": z["init"]}
+    return found
