@@ -1,4 +1,4 @@
-"""Command line: ``jaxcnn models``, ``jaxcnn summary MODEL ...``.
+"""Command line: ``jaxcnn models``, ``jaxcnn summary MODEL ...``, ``jaxcnn bench ...``.
 
 Errors in what the user typed (unknown model, bad width, an input too small for the
 network) print one line naming the option or layer and exit with status 2.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from jaxcnn import models
 from jaxcnn.core import LayerError
@@ -65,7 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer whose slots count in the training-memory estimate")
     s.add_argument("--leaves-only", action="store_true", help="one row per leaf layer, no containers")
     s.add_argument("--json", action="store_true", help="print JSON (rows and totals) instead of a table")
+    b = sub.add_parser("bench", help="time train steps and inference against the device's measured peak")
+    b.add_argument("models", nargs="*", default=["allconv6", "mobilenet_v1/0.25"],
+                   help="registry names with optional /width (default: allconv6 mobilenet_v1/0.25)")
+    b.add_argument("--input-size", type=_positive_int, default=32)
+    b.add_argument("--batch", type=_positive_int, nargs="+", default=[128])
+    b.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32"])
+    b.add_argument("--mode", nargs="+", choices=["train", "infer"], default=["train", "infer"])
+    b.add_argument("--conv-impl", choices=["auto", "xla", "shift", "im2col"], default="auto")
+    b.add_argument("--quick", action="store_true", help="few short repetitions (checks the report, not the speed)")
+    b.add_argument("--json", type=Path, default=None, help="also write the JSON report to this file")
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the markdown table."""
+    from jaxcnn import bench
+
+    specs = []
+    for name in args.models:
+        try:
+            models.parse_name(name)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        for batch in args.batch:
+            specs.append({"name": name, "input_size": args.input_size, "batch": batch, "conv_impl": args.conv_impl})
+    try:
+        report = bench.run(specs, quick=args.quick, dtypes=tuple(args.dtype), modes=tuple(args.mode))
+    except LayerError as err:
+        raise UsageError(str(err)) from None
+    print(bench.markdown(report))
+    if args.json is not None:
+        from jaxcnn.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, bench.to_json(report))
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -99,7 +134,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcnn`` console script."""
     args = build_parser().parse_args(argv)
-    handlers = {"models": cmd_models, "summary": cmd_summary}
+    handlers = {"models": cmd_models, "summary": cmd_summary, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UsageError as err:
