@@ -1,4 +1,4 @@
-"""Command line: ``jaxcnn models``, ``jaxcnn summary MODEL ...``, ``jaxcnn bench ...``.
+"""Command line: ``jaxcnn models``, ``jaxcnn summary MODEL ...``, ``jaxcnn train ...``, ``jaxcnn bench ...``.
 
 Errors in what the user typed (unknown model, bad width, an input too small for the
 network) print one line naming the option or layer and exit with status 2.
@@ -66,6 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer whose slots count in the training-memory estimate")
     s.add_argument("--leaves-only", action="store_true", help="one row per leaf layer, no containers")
     s.add_argument("--json", action="store_true", help="print JSON (rows and totals) instead of a table")
+    t = sub.add_parser("train", help="train a model (K seeds under vmap), checkpointing every epoch")
+    t.add_argument("model", help="registry name with optional /width suffix")
+    t.add_argument("--data", default="mnist5k", help="mnist5k | digits | cifar10:PATH | cifar100:PATH | mnist:PATH | "
+                   "fashion:PATH | folder:PATH | list:FILE | npz:FILE | synthetic:N")
+    t.add_argument("--input-size", type=_positive_int, default=None, help="resize images to N x N")
+    t.add_argument("--test-fraction", type=float, default=0.2,
+                   help="stratified test share when the data has no official test split")
+    t.add_argument("--epochs", type=_positive_int, default=10)
+    t.add_argument("--batch", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam", "adamw"], default="momentum")
+    t.add_argument("--schedule", choices=["constant", "cosine", "step"], default="cosine")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--crop-pad", type=int, default=None, help="random-crop padding (default 2 below 32 px, else 4)")
+    t.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on except for digits)")
+    t.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together under vmap")
+    t.add_argument("--seed", type=int, default=0, help="first seed")
+    t.add_argument("--mode", choices=["epoch", "step"], default="epoch",
+                   help="epoch: data on device, compiled chunks; step: streaming host batches")
+    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option, e.g. stem_stride=1 or bn=true (repeatable)")
+    t.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, metrics.jsonl, result.json)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress lines")
+
     b = sub.add_parser("bench", help="time train steps and inference against the device's measured peak")
     b.add_argument("models", nargs="*", default=["allconv6", "mobilenet_v1/0.25"],
                    help="registry names with optional /width (default: allconv6 mobilenet_v1/0.25)")
@@ -103,6 +130,74 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(pairs: list[str]) -> dict:
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, print per-seed and mean test accuracy, write result.json into --out."""
+    import json
+
+    import numpy as np
+
+    from jaxcnn import data as jdata
+    from jaxcnn.checkpoint import CheckpointError, atomic_write_text
+    from jaxcnn.train import TrainConfig, TrainData, TrainingError, fit
+
+    options = _options(args.option)
+    try:
+        models.get(args.model, **options)  # a bad name or option fails before the data is read
+        splits = jdata.load(args.data, size=args.input_size)
+        train, test = splits["train"], splits.get("test")
+        if test is None:
+            train, test = jdata.stratified_split(train, test_fraction=args.test_fraction, seed=0)
+        k = train.num_classes
+        model = models.get(args.model, num_classes=k, **options)
+        size = train.x.shape[1]
+        digits = args.data.split(":", 1)[0] in ("mnist5k", "digits", "mnist", "fashion")
+        cfg = TrainConfig(
+            epochs=args.epochs, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
+            weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
+            crop_pad=args.crop_pad if args.crop_pad is not None else (4 if size >= 32 else 2),
+            flip=args.flip if args.flip is not None else not digits, seed=args.seed, seeds=args.seeds,
+            mode=args.mode,
+        ).check()
+        mean, std = jdata.normalization_stats(train.x)
+        data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)
+        meta = {"model": args.model, "options": options, "data": args.data}
+        result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta)
+    except (ValueError, OSError, CheckpointError) as err:  # DataError, LayerError, bad options
+        raise UsageError(str(err)) from None
+    except TrainingError as err:
+        raise UsageError(str(err)) from None
+    accs = ", ".join(f"{100 * a:.2f}%" for a in result.test_accuracy)
+    print(f"{args.model} on {args.data}: test accuracy {100 * result.mean_accuracy:.2f} +- "
+          f"{100 * result.std_accuracy:.2f}% over {len(result.seeds)} seed(s) [{accs}]; "
+          f"train {result.train_seconds:.1f} s, compile {result.compile_seconds:.1f} s")
+    record = {"model": args.model, "options": options, "data": args.data, "seeds": result.seeds,
+              "test_accuracy": result.test_accuracy, "mean": result.mean_accuracy, "std": result.std_accuracy,
+              "train_seconds": result.train_seconds, "compile_seconds": result.compile_seconds,
+              "config": cfg.__dict__, "final_train_loss": float(np.mean(result.history[-1]["train_loss"]))}
+    atomic_write_text(args.out / "result.json", json.dumps(record, indent=1))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """Print every registered model with its default input and description."""
     for name, e in models.REGISTRY.items():
@@ -134,7 +229,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcnn`` console script."""
     args = build_parser().parse_args(argv)
-    handlers = {"models": cmd_models, "summary": cmd_summary, "bench": cmd_bench}
+    handlers = {"models": cmd_models, "summary": cmd_summary, "bench": cmd_bench, "train": cmd_train}
     try:
         return handlers[args.command](args)
     except UsageError as err:

@@ -1,0 +1,50 @@
+"""Channel complement (seeds/004 section 4.1): half the first-layer filters + CReLU vs allconv6.
+
+Command: python experiments/channel_complement.py
+Runtime: about 4 minutes on the 2-core CPU machine.
+Output: results/channel_complement/{results.jsonl, results.csv, table.md, accuracy_vs_*.*, curves.*,
+        filters.*, redundancy.*}
+
+allconv6 (BatchNorm) against allconv6_crelu: conv1 and conv2 have 32 filters each followed
+by CReLU (concatenate x and -x, then ReLU), so the next layer still sees 64 channels. The
+question is whether learned first layers are redundant enough that the negated copies are
+free: compare parameters, MACs, accuracy and training time, and the fraction of trained
+allconv6 first-layer filters that have a near-negated partner (redundancy figure).
+Recipe as in width_study.py, 10 epochs, 3 seeds under vmap. Resumable; --quick for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from study_common import add_common_args, finish, load_task, parse_only
+
+from jaxcnn.study import Member
+from jaxcnn.train import TrainConfig
+
+
+def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
+    recipe = replace(base, epochs=args.epochs)
+    return [
+        Member("allconv6", "allconv6_bn", "64,64,128,128,256", {}, recipe),
+        Member("channel complement", "allconv6_crelu_bn", "32+CReLU,32+CReLU,128,128,256", {}, recipe),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, default_out="results/channel_complement")
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+    task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
+    return finish(args, parse_only(args, members(args, base)), task, Path(args.out),
+                  figures_extra=("filters", "redundancy"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

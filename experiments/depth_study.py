@@ -1,0 +1,56 @@
+"""Depth study (book chapter 4): allconv5 ... allconv8_3, plus SPEC A's "fewer layers, more parameters" pair.
+
+Command: python experiments/depth_study.py
+Runtime: about 25 minutes on the 2-core CPU machine (allconv8_1 keeps 28x28 maps for two
+         layers and costs ~15x allconv6 per image); add --seeds 1 to cut it to a third.
+Output: results/depth_study/{results.jsonl, results.csv, accuracy_vs_params.*, accuracy_vs_macs.*, curves.*, table.md}
+
+Members: the allconv depth family exactly as the book's prototxts define it (kernel/stride/
+channels per layer in jaxcnn/models/allconv.py), each with BatchNorm before the ReLU, and
+SPEC A's pair spec_a_4conv / spec_a_3conv with biases and a 512-unit hidden layer: at 28x28
+input that width makes the 3-conv network the one with MORE parameters (its first FC layer
+sees a 3x3x128 map instead of 1x1x256), the seeds/000 paradox at a size that fits MNIST.
+Recipe: as in width_study.py (SGD momentum 0.9, lr 0.05 cosine, wd 5e-4, batch 128, crop 2),
+10 epochs, 3 seeds under vmap. Resumable; --quick is the CI smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from study_common import add_common_args, finish, load_task, parse_only
+
+from jaxcnn.models.allconv import DEPTH_FAMILY
+from jaxcnn.study import Member
+from jaxcnn.train import TrainConfig
+
+
+def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
+    recipe = replace(base, epochs=args.epochs)
+    out = [
+        Member("allconv depth", name, " ".join(f"{k}x{k}/{s}:{c}" for k, s, c in convs), {"bn": True}, recipe)
+        for name, convs in DEPTH_FAMILY.items()
+    ]
+    out += [
+        Member("SPEC A pair", "spec_a_4conv", "4 conv-pool + FC512", {"bias": True, "hidden": 512}, recipe),
+        Member("SPEC A pair", "spec_a_3conv", "3 conv-pool + FC512", {"bias": True, "hidden": 512}, recipe),
+    ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, default_out="results/depth_study")
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+    task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
+    return finish(args, parse_only(args, members(args, base)), task, Path(args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Shared command-line plumbing of the study scripts (width, depth, channel complement).
+
+Not a study itself: each ``*_study.py`` script defines its members and calls these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxcnn import data as jdata
+from jaxcnn import plot
+from jaxcnn.core import LayerError
+from jaxcnn.study import Member, StudyError, Task, load_first_layers, read_results, run_study
+from jaxcnn.train import TrainConfig, TrainData
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    parser.add_argument("--data", default="mnist5k",
+                        help="mnist5k (bundled), digits (bundled), cifar10:PATH, mnist:PATH, folder:PATH, list:FILE, "
+                             "npz:FILE, synthetic:N")
+    parser.add_argument("--input-size", type=int, default=None, help="resize images to N x N (default: as stored)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per model, trained together under vmap")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--out", default=default_out, help="results folder (resumable)")
+    parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the figures from the results file")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 600 images, 1 epoch, 1 seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit with status 2 (nothing computed so far is lost)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
+    """The training data and the base recipe from the common options."""
+    try:
+        splits = jdata.load(args.data, size=args.input_size)
+    except (jdata.DataError, OSError) as e:
+        fail(str(e))
+    ds = splits["train"]
+    if "test" in splits and splits["test"] is not None:
+        train, test = ds, splits["test"]
+    else:
+        train, test = jdata.stratified_split(ds, test_fraction=0.2, seed=0)
+    if args.quick:
+        train = jdata.stratified_subset(train, 500, seed=0)
+        test = jdata.stratified_subset(test, 100, seed=0)
+        args.seeds = 1
+    mean, std = jdata.normalization_stats(train.x)
+    data = TrainData(train.x, train.y, test.x, test.y, ds.num_classes, mean, std)
+    size = train.x.shape[1]
+    digits = args.data.split(":", 1)[0] in ("mnist5k", "digits", "mnist", "fashion")
+    base = TrainConfig(
+        batch=min(args.batch, len(train.y)), lr=args.lr, optimizer="momentum", momentum=0.9, weight_decay=5e-4,
+        schedule="cosine", crop_pad=4 if size >= 32 else 2 if size >= 16 else 1, flip=not digits,
+        seeds=args.seeds,
+    )
+    shape = "x".join(map(str, train.x.shape[1:]))
+    name = f"{args.data.split(':', 1)[0]} ({len(train.y)} train / {len(test.y)} test, {shape})"
+    return Task(name, data), base
+
+
+def parse_only(args: argparse.Namespace, members: list[Member]) -> list[Member]:
+    """Restrict ``members`` to ``--only`` (unknown names are an error listing the valid ones)."""
+    if not args.only:
+        return members
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    known = {m.variant for m in members}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        fail(f"unknown variant(s) {', '.join(unknown)} for --only; choose from {', '.join(sorted(known))}")
+    return [m for m in members if m.variant in wanted]
+
+
+def table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of a study's records."""
+    lines = ["| family | variant | channels / alpha | learnable params | MACs | test accuracy % (mean +- std) "
+             "| per seed | train s |", "|---|---|---|---:|---:|---:|---|---:|"]
+    for r in records:
+        seeds = " ".join(f"{100 * a:.1f}" for a in r["accuracies"])
+        lines.append(f"| {r['family']} | {r['variant']} | {r['label']} | {r['learnable_params']:,} | {r['macs']:,} "
+                     f"| {100 * r['mean_accuracy']:.2f} +- {100 * r['std_accuracy']:.2f} | {seeds} "
+                     f"| {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def figures(out: Path, records: list[dict[str, Any]], extra: Sequence[str] = ()) -> list[Path]:
+    """Draw every figure of a study next to its results."""
+    if not records:
+        fail(f"{out / 'results.jsonl'} holds no results to plot; run the study first")
+    paths = plot.accuracy_vs_cost(records, out / "accuracy_vs_params", cost="learnable_params")
+    paths += plot.accuracy_vs_cost(records, out / "accuracy_vs_macs", cost="macs")
+    paths += plot.training_curves(records, out / "curves")
+    layers = load_first_layers(out, records)
+    if "filters" in extra and layers:
+        paths += plot.filter_grid({v: k["trained"] for v, k in layers.items()}, out / "filters")
+    if "redundancy" in extra and layers:
+        rows = []
+        for v, k in layers.items():
+            trained, init = plot.redundancy(k["trained"]), plot.redundancy(k["init"])
+            rows.append({"variant": v, **trained,
+                         "duplicate_init": init["duplicate"], "negated_init": init["negated"]})
+        paths += plot.redundancy_plot(rows, out / "redundancy")
+        lines = ["| variant | near-negated trained | at init | near-duplicate trained | at init |",
+                 "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['variant']} | {100 * r['negated']:.0f}% | {100 * r['negated_init']:.0f}% "
+                  f"| {100 * r['duplicate']:.0f}% | {100 * r['duplicate_init']:.0f}% |" for r in rows]
+        (out / "redundancy.md").write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def finish(args: argparse.Namespace, members: list[Member], task: Task | None, out: Path,
+           figures_extra: Sequence[str] = ()) -> int:
+    """Run (unless --plot-only), then write table.md and the figures; errors are one line, exit 2."""
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    try:
+        if args.plot_only:
+            records = read_results(out / "results.jsonl")
+        else:
+            records = run_study(members, task, out, quiet=args.quiet, command=command)
+        (out / "table.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table(records) + "\n")
+        paths = figures(out, records, figures_extra)
+    except (StudyError, LayerError, jdata.DataError) as e:
+        fail(str(e))
+    print(table(records))
+    print("\nwrote " + ", ".join(str(p) for p in paths) + f", {out / 'results.jsonl'}, {out / 'results.csv'}")
+    return 0
+
