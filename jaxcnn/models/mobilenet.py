@@ -3,8 +3,8 @@
 Table 1 of the paper, with the last depthwise stride read as 1 (the printed "s2" is a
 known typo: the map stays 7x7 before the 7x7 pool). Every convolution is followed by
 BatchNorm and ReLU and has no bias. The resolution multiplier is simply the input
-size (224, 192, 160, 128, ...). For 32x32 inputs use ``stem_stride=1``: the five
-remaining stride-2 layers then take 32x32 down to 1x1.
+size (224, 192, 160, 128, ...). For 32x32 inputs use ``stem_stride=1``: the four
+stride-2 depthwise layers then take 32x32 down to 2x2 before the global pool.
 """
 
 from __future__ import annotations
