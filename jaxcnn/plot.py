@@ -6,12 +6,15 @@ imported inside each function so the library itself never needs it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxcnn.checkpoint import atomic_write_text
 
 
 def _plt():
@@ -77,7 +80,13 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
     ax.legend()
     paths = _save(fig, stem)
     plt.close(fig)
-    return paths
+    # what was drawn, for readers and tests that cannot count markers in a PNG
+    drawn = [{"variant": r["variant"], "family": r["family"], "x": r[cost], "y": r["mean_accuracy"],
+              "err": r["std_accuracy"], "seeds": len(r["accuracies"])} for r in results]
+    side = Path(stem).with_suffix(".points.json")
+    atomic_write_text(side, json.dumps({"cost": cost, "points": drawn,
+                                        "pareto": [results[i]["variant"] for i in front]}, indent=1))
+    return paths + [side]
 
 
 def training_curves(results: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
