@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn import initializers
@@ -405,8 +406,11 @@ class _Pool(Layer):
 
     def _reduce(self, x: jax.Array, init: float, op) -> jax.Array:
         _, pads, _ = window_output(self, tuple(x.shape[1:]), self.window, self.stride, (1, 1), self.padding)
+        # The init value must be a concrete (NumPy) scalar: lax only maps reduce_window onto its
+        # differentiable max/sum primitives when it can see the identity. ``jnp.asarray`` is a
+        # tracer under jit, which made every pooling layer fail under ``jit(grad(...))``.
         return lax.reduce_window(
-            x, jnp.asarray(init, x.dtype), op, (1, *self.window, 1), (1, *self.stride, 1),
+            x, np.asarray(init, x.dtype), op, (1, *self.window, 1), (1, *self.stride, 1),
             ((0, 0), *pads, (0, 0)),
         )
 

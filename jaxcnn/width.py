@@ -8,8 +8,13 @@ no rule of their own.
 Rounding: by default ``round(c * m)`` to the nearest integer (halves up), at least 1,
 which reproduces the MobileNet paper's counts for alpha in {1, 0.75, 0.5, 0.25}.
 With ``divisor=8`` the TF-slim rule is used instead: round to the nearest multiple
-of 8, never below 8, and never more than 10% below ``c * m``. Grouped convolutions
-are rounded to a multiple of their group count so the cardinality is kept.
+of 8, never below 8, and never more than 10% below ``c * m``.
+
+Grouped convolutions keep their cardinality: their channel counts are rounded (once,
+from ``c * m``) to the nearest multiple of the group count. So that a grouped
+convolution's *input* agrees with it, the same rule applies to every channel count in
+the model that the group count divides: in ResNeXt the 1x1 convolution feeding the
+32-group 3x3 has 128 channels, and both become ``32 * round(128 m / 32)``.
 """
 
 from __future__ import annotations
@@ -24,15 +29,13 @@ from jaxcnn.layers import Conv, Dense
 def round_channels(c: int, m: float, *, divisor: int | None = None, groups: int = 1) -> int:
     """Scaled channel count of ``c`` under multiplier ``m`` (see the module docstring)."""
     v = c * m
+    step = math.lcm(divisor or 1, groups)
     if divisor:
-        out = max(divisor, int(v + divisor / 2) // divisor * divisor)
+        out = max(step, int(v + step / 2) // step * step)
         if out < 0.9 * v:
-            out += divisor
-    else:
-        out = max(1, math.floor(v + 0.5))
-    if groups > 1:
-        out = max(groups, math.floor(out / groups + 0.5) * groups)
-    return out
+            out += step
+        return out
+    return max(step, math.floor(v / step + 0.5) * step)
 
 
 def check_width(m: object, where: str = "width") -> float:
@@ -46,6 +49,12 @@ def check_width(m: object, where: str = "width") -> float:
     return value
 
 
+def _all_layers(model: Layer) -> list[Layer]:
+    found: list[Layer] = []
+    map_layers(lambda layer: found.append(layer) or layer, model)
+    return found
+
+
 def scale_width(model: Layer, m: float, *, divisor: int | None = None) -> Layer:
     """A copy of ``model`` with every free channel count multiplied by ``m``."""
     m = check_width(m)
@@ -54,13 +63,15 @@ def scale_width(model: Layer, m: float, *, divisor: int | None = None) -> Layer:
     if m == 1.0:
         return model
 
+    group_counts = {n.groups for n in _all_layers(model) if isinstance(n, Conv) and n.groups > 1}
+
+    def step(c: int) -> int:
+        return max((g for g in group_counts if c % g == 0), default=1)
+
     def scale(layer: Layer) -> Layer:
-        if isinstance(layer, Conv) and not layer.fixed:
-            return dataclasses.replace(
-                layer, features=round_channels(layer.features, m, divisor=divisor, groups=layer.groups)
-            )
-        if isinstance(layer, Dense) and not layer.fixed:
-            return dataclasses.replace(layer, features=round_channels(layer.features, m, divisor=divisor))
+        if isinstance(layer, (Conv, Dense)) and not layer.fixed:
+            g = step(layer.features)
+            return dataclasses.replace(layer, features=round_channels(layer.features, m, divisor=divisor, groups=g))
         return layer
 
     return map_layers(scale, model)

@@ -1,0 +1,341 @@
+"""Layer outputs (and convolution gradients) against independent NumPy references."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from zoo import np_conv, np_conv_vjp, np_pool, randomize, ref_pads, small_cnn
+
+from jaxcnn import (
+    GELU,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    CReLU,
+    Dense,
+    DepthwiseConv,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    Identity,
+    L2Pool,
+    LeakyReLU,
+    MaxPool,
+    Parallel,
+    ReLU,
+    ReLU6,
+    Residual,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    mixed_precision,
+)
+from jaxcnn.conv_impl import IMPLS, choose
+
+KEY = jax.random.key(0)
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _x(shape, seed=0, scale=1.0, shift=0.0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) * scale + shift, jnp.float32)
+
+
+def _params(layer, in_shape, seed=1):
+    """Random N(0, 1) params of the right shapes, without running init (no RNG compilation)."""
+    abstract = jax.eval_shape(functools.partial(layer.init, in_shape=in_shape), KEY)
+    return randomize(abstract[0], seed), randomize(abstract[1], seed + 1)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# -- convolution: every implementation against the NumPy loops ----------------------------------------
+
+# id, depthwise?, hyperparameters, per-example input shape, all impls? (else XLA only, to keep the suite fast:
+# every lowering receives the padding as explicit numbers, so the all-impl cases cover stride 1 and 2, SAME and
+# VALID, asymmetric padding, dilation, grouped and depthwise with and without multiplier)
+CONV_CASES = [
+    ("s1_same", False, dict(features=4, kernel=3, padding="SAME"), (7, 7, 3), True),
+    ("s2_same_even_input", False, dict(features=4, kernel=3, stride=2, padding="SAME"), (8, 8, 3), False),
+    ("s2_valid", False, dict(features=4, kernel=3, stride=2, padding="VALID"), (9, 8, 3), True),
+    ("dilation_s2_valid", False, dict(features=3, kernel=3, stride=2, dilation=(2, 1), padding="VALID"), (9, 8, 2),
+     True),
+    ("groups4", False, dict(features=8, kernel=3, groups=4), (6, 6, 8), True),
+    ("groups2_s2_dil", False, dict(features=6, kernel=3, stride=2, dilation=2, groups=2, padding=((1, 2), (2, 1))),
+     (9, 8, 4), True),
+    ("depthwise", True, dict(kernel=3), (7, 7, 4), True),
+    ("depthwise_mult2_s2", True, dict(kernel=3, stride=2, multiplier=2, use_bias=True), (8, 8, 3), True),
+    ("explicit_asym", False, dict(features=3, kernel=(3, 2), padding=((2, 0), (0, 1))), (6, 7, 2), False),
+    ("int_pad_s2", False, dict(features=3, kernel=3, stride=2, padding=1), (7, 7, 2), False),
+    ("pair_pad", False, dict(features=3, kernel=(1, 3), padding=(0, 2)), (5, 6, 2), False),
+    ("dilation2_same", False, dict(features=3, kernel=3, dilation=2, padding="SAME"), (9, 9, 2), False),
+    ("single_channel", False, dict(features=1, kernel=3), (5, 5, 1), False),
+    ("depthwise_dil2_valid", True, dict(kernel=3, dilation=2, padding="VALID"), (8, 8, 3), False),
+]
+
+
+# Tiny programs: skip LLVM's optimisation passes, which dominate their compile time on CPU.
+@functools.partial(jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+def _forward_and_grads(layer, params, x, cot):
+    y, vjp = jax.vjp(lambda p, x: layer.apply(p, {}, x)[0], params, x)
+    return (y, *vjp(cot))
+
+
+@pytest.mark.parametrize(
+    "depthwise, hp, in_shape, all_impls", [c[1:] for c in CONV_CASES], ids=[c[0] for c in CONV_CASES]
+)
+def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
+    base = DepthwiseConv(**hp) if depthwise else Conv(**hp)
+    params, _ = _params(base, in_shape)
+    x = _x((2, *in_shape))
+    kernel, stride, dilation = _pair(hp["kernel"]), _pair(hp.get("stride", 1)), _pair(hp.get("dilation", 1))
+    pads = ref_pads(hp.get("padding", "SAME"), in_shape[:2], kernel, stride, dilation)
+    groups = in_shape[2] if depthwise else hp.get("groups", 1)
+    w, b = np.asarray(params["w"]), params.get("b")
+    expected = np_conv(x, w, b, stride, pads, dilation, groups)
+    assert base.spec(in_shape).out_shape == expected.shape[1:]
+    cot = np.random.default_rng(3).standard_normal(expected.shape)
+    dx, dw, db = np_conv_vjp(x, w, cot, stride, pads, dilation, groups)
+
+    ref = None
+    impls = ["xla", "shift", "im2col"] if all_impls else ["xla"]  # XLA first: the others are compared to it
+    for impl in impls:
+        layer = dataclasses.replace(base, impl=impl)
+        y, gp, gx = _forward_and_grads(layer, params, x, jnp.asarray(cot, jnp.float32))
+        np.testing.assert_allclose(y, expected, **TOL, err_msg=impl)
+        np.testing.assert_allclose(gx, dx, **TOL, err_msg=impl)
+        np.testing.assert_allclose(gp["w"], dw, **TOL, err_msg=impl)
+        if b is not None:
+            np.testing.assert_allclose(gp["b"], db, **TOL, err_msg=impl)
+        if impl == "xla":
+            ref = (gx, gp)
+        else:
+            np.testing.assert_allclose(gx, ref[0], **TOL, err_msg=impl)
+            jax.tree.map(lambda a, r, impl=impl: np.testing.assert_allclose(a, r, **TOL, err_msg=impl), gp, ref[1])
+    if all_impls:
+        # 'auto' traces to exactly the program of the lowering it picks (checked above), so it computes
+        # the same values; comparing the jaxprs saves compiling a fourth copy
+        assert set(IMPLS) == {"auto", *impls}
+        picked = choose("auto", groups)
+        assert picked == ("shift" if groups > 1 and jax.default_backend() == "cpu" else "xla")
+
+        def program(impl):
+            fn = functools.partial(_forward_and_grads.__wrapped__, dataclasses.replace(base, impl=impl))
+            return str(jax.make_jaxpr(fn)(params, x, jnp.asarray(cot, jnp.float32)))
+
+        assert program("auto") == program(picked)
+
+
+def test_tf_same_padding_puts_the_extra_row_at_the_end():
+    # 8 wide, kernel 3, stride 2: out 4, total pad 1 -> (0, 1); an independent hand computation
+    assert ref_pads("SAME", (8, 8), (3, 3), (2, 2)) == ((0, 1), (0, 1))
+    layer = Conv(1, 3, stride=2, use_bias=False)
+    x = jnp.arange(64, dtype=jnp.float32).reshape(1, 8, 8, 1)
+    w = jnp.zeros((3, 3, 1, 1)).at[0, 0, 0, 0].set(1.0)  # picks the window's top-left pixel
+    y, _ = layer.apply({"w": w}, {}, x)
+    # no padding at the top/left: the first window starts at pixel (0, 0); rows 0, 2, 4, 6
+    np.testing.assert_array_equal(y[0, :, :, 0], np.arange(64).reshape(8, 8)[0::2, 0::2])
+
+
+# -- dense, flatten ------------------------------------------------------------------------------------
+
+
+def test_dense_and_flatten_match_numpy():
+    layer = Sequential([Flatten(), Dense(5)])
+    params, state = _params(layer, (3, 2, 4))
+    x = _x((2, 3, 2, 4))
+    y, _ = layer.apply(params, state, x)
+    p = params["01_dense"]
+    flat = np.asarray(x, np.float64).reshape(2, -1)  # row-major over H, W, C
+    np.testing.assert_allclose(Flatten().apply({}, {}, x)[0], flat, rtol=0)
+    np.testing.assert_allclose(y, flat @ np.asarray(p["w"], np.float64) + np.asarray(p["b"]), **TOL)
+    nobias = Dense(5, use_bias=False)
+    y2, _ = nobias.apply({"w": p["w"]}, {}, jnp.asarray(flat, jnp.float32))
+    np.testing.assert_allclose(y2, flat @ np.asarray(p["w"], np.float64), **TOL)
+
+
+# -- BatchNorm ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_shape", [(3, 3, 4), (4,)], ids=["image", "flat"])
+def test_batchnorm_train_and_eval_closed_form(in_shape):
+    bn = BatchNorm(eps=1e-3)
+    params, _ = _params(bn, in_shape)
+    c = in_shape[-1]
+    rng = np.random.default_rng(4)
+    state = {"mean": jnp.asarray(rng.standard_normal(c), jnp.float32),
+             "var": jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)}
+    x = _x((5, *in_shape), scale=3.0, shift=1.5)
+    xs = np.asarray(x, np.float64).reshape(-1, c)
+    scale, offset = np.asarray(params["scale"], np.float64), np.asarray(params["offset"], np.float64)
+
+    y, _ = bn.apply(params, state, x, train=True)
+    expected = (xs - xs.mean(0)) / np.sqrt(xs.var(0) + 1e-3) * scale + offset  # biased batch variance
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, c), expected, **TOL)
+
+    y, _ = bn.apply(params, state, x)
+    mean, var = np.asarray(state["mean"], np.float64), np.asarray(state["var"], np.float64)
+    expected = (xs - mean) / np.sqrt(var + 1e-3) * scale + offset
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, c), expected, **TOL)
+
+    bare = BatchNorm(eps=1e-3, use_scale=False, use_offset=False)
+    y, _ = bare.apply({}, state, x, train=True)
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, c), (xs - xs.mean(0)) / np.sqrt(xs.var(0) + 1e-3), **TOL)
+
+
+# -- pooling ------------------------------------------------------------------------------------------
+
+POOL_CASES = [
+    ("max_2", MaxPool(2), (8, 8, 3), "max"),
+    ("max_3s2_same_even", MaxPool(3, 2, "SAME"), (8, 8, 3), "max"),
+    ("max_3s2_same_odd", MaxPool(3, 2, "SAME"), (9, 7, 2), "max"),
+    ("max_explicit", MaxPool((3, 2), (1, 2), ((1, 1), (0, 1))), (5, 6, 2), "max"),
+    ("avg_2", AvgPool(2), (8, 8, 3), "avg"),
+    ("avg_3s2_valid", AvgPool(3, 2), (9, 8, 3), "avg"),
+    ("avg_3s2_same_excl", AvgPool(3, 2, "SAME"), (8, 8, 3), "avg"),
+    ("avg_3s1_same_excl", AvgPool(3, 1, "SAME"), (5, 5, 2), "avg"),
+    ("avg_3s1_explicit_excl", AvgPool(3, 1, 1), (5, 5, 2), "avg"),
+    ("avg_3s2_same_incl", AvgPool(3, 2, "SAME", count_include_pad=True), (8, 8, 3), "avg_incl"),
+    ("avg_3s1_explicit_incl", AvgPool(3, 1, 1, count_include_pad=True), (5, 5, 2), "avg_incl"),
+    ("avg_valid_incl", AvgPool(3, 2, "VALID", count_include_pad=True), (9, 8, 3), "avg"),
+    ("l2_2", L2Pool(2), (8, 8, 3), "l2"),
+    ("l2_3s2_same", L2Pool(3, 2, "SAME"), (8, 8, 3), "l2"),
+]
+
+
+@pytest.mark.parametrize("layer, in_shape, mode", [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES])
+def test_pooling_matches_numpy(layer, in_shape, mode):
+    # all-negative inputs: a max pool that let a zero pad win would be caught
+    x = _x((2, *in_shape), shift=-3.0 if mode == "max" else 0.0)
+    pads = ref_pads(layer.padding, in_shape[:2], layer.window, layer.stride)
+    expected = np_pool(x, layer.window, layer.stride, pads, mode.removesuffix("_incl"), mode.endswith("_incl"))
+    y, _ = layer.apply({}, {}, x)
+    assert layer.spec(in_shape).out_shape == expected.shape[1:]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_pools_match_numpy(keepdims):
+    x = _x((2, 5, 4, 3), shift=-2.0)
+    xs = np.asarray(x, np.float64)
+    y, _ = GlobalAvgPool(keepdims=keepdims).apply({}, {}, x)
+    np.testing.assert_allclose(y, xs.mean(axis=(1, 2), keepdims=keepdims), rtol=1e-5, atol=1e-6)
+    y, _ = GlobalMaxPool(keepdims=keepdims).apply({}, {}, x)
+    np.testing.assert_allclose(y, xs.max(axis=(1, 2), keepdims=keepdims), rtol=0)
+
+
+# -- dropout ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+def test_dropout_keeps_one_minus_rate_and_rescales(rate):
+    x = jnp.asarray(np.random.default_rng(0).uniform(1.0, 2.0, (8, 16, 16, 8)), jnp.float32)  # never 0
+    n = x.size
+    layer = Dropout(rate)
+    y, _ = layer.apply({}, {}, x, train=True, key=jax.random.key(11))
+    y, xs = np.asarray(y), np.asarray(x)
+    kept = y != 0
+    assert abs(kept.mean() - (1 - rate)) < 5 * math.sqrt(rate * (1 - rate) / n)
+    np.testing.assert_allclose(y[kept], xs[kept] / (1 - rate), rtol=1e-6)
+    assert abs(y.mean() - xs.mean()) < 0.05 * xs.mean()  # expectation preserved
+    again, _ = layer.apply({}, {}, x, train=True, key=jax.random.key(11))
+    other, _ = layer.apply({}, {}, x, train=True, key=jax.random.key(12))
+    np.testing.assert_array_equal(again, y)
+    assert not np.array_equal(np.asarray(other) != 0, kept)
+    np.testing.assert_array_equal(layer.apply({}, {}, x)[0], xs)  # eval: identity
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, {}, x, train=True, key=jax.random.key(1))[0], xs)
+
+
+# -- activations ----------------------------------------------------------------------------------------
+
+
+def _np_softmax(v):
+    e = np.exp(v - v.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+_erf = np.vectorize(math.erf)
+
+ACTIVATIONS = [
+    ("relu", ReLU(), lambda v: np.maximum(v, 0)),
+    ("relu6", ReLU6(), lambda v: np.minimum(np.maximum(v, 0), 6)),
+    ("leaky_relu", LeakyReLU(0.2), lambda v: np.where(v >= 0, v, 0.2 * v)),
+    ("leaky_relu_default", LeakyReLU(), lambda v: np.where(v >= 0, v, 0.01 * v)),
+    ("gelu_tanh", GELU(), lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))),
+    ("gelu_exact", GELU(approximate=False), lambda v: 0.5 * v * (1 + _erf(v / math.sqrt(2)))),
+    ("sigmoid", Sigmoid(), lambda v: 1 / (1 + np.exp(-v))),
+    ("tanh", Tanh(), np.tanh),
+    ("softmax", Softmax(), _np_softmax),
+    ("identity", Identity(), lambda v: v),
+    ("crelu", CReLU(), lambda v: np.maximum(np.concatenate([v, -v], axis=-1), 0)),
+    ("crelu_bare", CReLU(relu=False), lambda v: np.concatenate([v, -v], axis=-1)),
+]
+
+
+@pytest.mark.parametrize("layer, ref", [a[1:] for a in ACTIVATIONS], ids=[a[0] for a in ACTIVATIONS])
+@pytest.mark.parametrize("in_shape", [(4, 4, 3), (10,)], ids=["image", "flat"])
+def test_activations_match_numpy(layer, ref, in_shape):
+    x = _x((2, *in_shape), scale=4.0)  # reaches beyond ReLU6's cap and into the saturating tails
+    y, _ = layer.apply({}, {}, x)
+    assert y.shape == (2, *layer.spec(in_shape).out_shape)
+    np.testing.assert_allclose(y, ref(np.asarray(x, np.float64)), rtol=1e-5, atol=1e-6)
+
+
+# -- combinators compose their children as documented ------------------------------------------------
+
+
+def test_combinators_compose_children():
+    body = Sequential([Conv(4, 3), ReLU(), Conv(4, 3)])
+    short = Conv(4, 1, stride=1)
+    x = _x((2, 6, 6, 4))
+
+    res = Residual(body)
+    p, s = _params(res, (6, 6, 4))
+    bo, _ = body.apply(p["body"], s["body"], x)
+    np.testing.assert_allclose(res.apply(p, s, x)[0], np.asarray(bo) + np.asarray(x), **TOL)
+
+    proj = Residual(body, short)
+    p, s = _params(proj, (6, 6, 4))
+    bo, _ = body.apply(p["body"], s["body"], x)
+    sh, _ = short.apply(p["shortcut"], {}, x)
+    np.testing.assert_allclose(proj.apply(p, s, x)[0], np.asarray(bo) + np.asarray(sh), **TOL)
+
+    par = Parallel({"id": Identity(), "conv": short, "pool": MaxPool(3, 1, "SAME")})
+    p, s = _params(par, (6, 6, 4))
+    y, _ = par.apply(p, s, x)
+    pooled, _ = MaxPool(3, 1, "SAME").apply({}, {}, x)
+    parts = [np.asarray(x), np.asarray(short.apply(p["conv"], {}, x)[0]), np.asarray(pooled)]
+    np.testing.assert_allclose(y, np.concatenate(parts, axis=-1), **TOL)
+
+    seq = Sequential([ReLU(), short, Tanh()])
+    p, _ = _params(seq, (6, 6, 4))
+    manual = np.tanh(np.asarray(short.apply(p["01_conv"], {}, jnp.maximum(x, 0))[0], np.float64))
+    np.testing.assert_allclose(seq.apply(p, {"01_conv": {}}, x)[0], manual, **TOL)
+
+
+# -- mixed precision ------------------------------------------------------------------------------------
+
+
+def test_mixed_precision_close_to_float32():
+    model = small_cnn()
+    low = mixed_precision(model)
+    params, state = _params(model, (8, 8, 4))
+    state = jax.tree.map(jnp.abs, state)  # running variances must be positive
+    x = _x((2, 8, 8, 4))
+    for train in (False, True):
+        y32, s32 = model.apply(params, state, x, train=train)
+        y16, s16 = low.apply(params, state, x, train=train)
+        assert y32.dtype == jnp.float32 and y16.dtype == jnp.bfloat16
+        y32, y16 = np.asarray(y32), np.asarray(y16, np.float32)
+        np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05 * np.abs(y32).max())
+        assert not np.array_equal(y16, y32)  # it really ran in lower precision
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05), s16, s32)

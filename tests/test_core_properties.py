@@ -1,0 +1,170 @@
+"""Property-based checks of the window arithmetic and of channel rounding (hypothesis)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxcnn import AvgPool, Conv, DepthwiseConv, L2Pool, MaxPool, ReLU, Sequential, ShapeError, round_channels, walk
+from jaxcnn.conv_impl import IMPLS
+
+KEY = jax.random.key(0)
+SETTINGS = settings(max_examples=40, deadline=None)
+KINDS = ("conv", "dwconv", "maxpool", "avgpool", "l2pool")
+
+
+def _out_size(w, f, s, d, p):
+    """The textbook formula: floor((W - d(F - 1) - 1 + 2P) / S) + 1."""
+    return (w - d * (f - 1) - 1 + 2 * p) // s + 1
+
+
+def _build(kind, kernel, stride, dilation, padding, cin, impl):
+    if kind == "conv":
+        return Conv(2 * cin, kernel, stride, padding, dilation, groups=cin, impl=impl)
+    if kind == "dwconv":
+        return DepthwiseConv(kernel, stride, padding, dilation, multiplier=2, impl=impl)
+    pool = {"maxpool": MaxPool, "avgpool": AvgPool, "l2pool": L2Pool}[kind]
+    return pool(kernel, stride, padding)
+
+
+@st.composite
+def window_configs(draw, fits: bool):
+    """(layer, in_shape, expected spatial output) with per-axis kernel, stride, dilation and padding.
+
+    ``fits=False`` makes the effective kernel larger than the padded input on at least one axis.
+    """
+    kind = draw(st.sampled_from(KINDS))
+    conv = kind in ("conv", "dwconv")
+    kernel, stride, dilation, padding, size = [], [], [], [], []
+    bad_axis = None if fits else draw(st.integers(0, 1))
+    for axis in range(2):
+        d = draw(st.integers(1, 3)) if conv else 1
+        if axis == bad_axis:  # room for at least one too-small input size
+            f = draw(st.integers(2, 5))
+            k_eff = d * (f - 1) + 1
+            p = draw(st.integers(0, (k_eff - 2) // 2))
+            w = draw(st.integers(1, k_eff - 2 * p - 1))
+        else:
+            f = draw(st.integers(1, 5))
+            k_eff = d * (f - 1) + 1
+            p = draw(st.integers(0, 3))
+            w = draw(st.integers(max(1, k_eff - 2 * p), k_eff - 2 * p + 10))
+        kernel.append(f)
+        stride.append(draw(st.integers(1, 3)))
+        dilation.append(d)
+        padding.append(p)
+        size.append(w)
+    cin = draw(st.integers(1, 3))
+    impl = draw(st.sampled_from(IMPLS))
+    layer = _build(kind, tuple(kernel), tuple(stride), tuple(dilation), tuple(padding), cin, impl)
+    expected = tuple(_out_size(*args) for args in zip(size, kernel, stride, dilation, padding, strict=True))
+    return layer, (size[0], size[1], cin), expected
+
+
+def _abstract_output(layer, in_shape):
+    """The shape the real computation produces, traced abstractly (jax.eval_shape: nothing compiles)."""
+    params, state = jax.eval_shape(functools.partial(layer.init, in_shape=in_shape), KEY)
+    x = jax.ShapeDtypeStruct((2, *in_shape), jnp.float32)
+    return jax.eval_shape(lambda p, s, x: layer.apply(p, s, x)[0], params, state, x).shape
+
+
+@SETTINGS
+@given(window_configs(fits=True))
+def test_window_output_shape_formula(config):
+    layer, in_shape, (oh, ow) = config
+    spec = layer.spec(in_shape)
+    channels = in_shape[2] * (2 if isinstance(layer, (Conv, DepthwiseConv)) else 1)
+    assert spec.out_shape == (oh, ow, channels)
+    assert _abstract_output(layer, in_shape) == (2, oh, ow, channels)
+    assert oh >= 1 and ow >= 1
+
+
+@SETTINGS
+@given(window_configs(fits=False))
+def test_kernel_larger_than_padded_input_raises(config):
+    layer, in_shape, _ = config
+    with pytest.raises(ShapeError, match="larger than the padded input"):
+        layer.spec(in_shape)
+    with pytest.raises(ShapeError, match="larger than the padded input"):
+        layer.init(KEY, in_shape)
+    shapes = layer.param_shapes(in_shape)  # shapes alone are fine; apply must refuse before any lax call
+    params = {k: jnp.zeros(v) for k, v in shapes.items()}
+    with pytest.raises(ShapeError, match="larger than the padded input") as info:
+        layer.apply(params, {}, jnp.zeros((1, *in_shape)))
+    assert type(info.value) is ShapeError
+    model = Sequential([ReLU(), layer])
+    with pytest.raises(ShapeError) as info:
+        list(walk(model, in_shape))
+    assert info.value.path == "layers[1]" and str(info.value).startswith("layers[1]: ")
+
+
+@SETTINGS
+@given(
+    depth=st.integers(1, 4),
+    strides=st.lists(st.integers(1, 2), min_size=4, max_size=4),
+    kernels=st.lists(st.integers(1, 4), min_size=4, max_size=4),
+    size=st.integers(8, 20),
+)
+def test_stacked_window_layers_chain_shapes(depth, strides, kernels, size):
+    layers = []
+    expected = size
+    for i in range(depth):
+        k, s = kernels[i], strides[i]
+        layers.append(Conv(2, k, s, padding="SAME") if i % 2 == 0 else MaxPool(k, s))
+        if i % 2 == 0:
+            expected = math.ceil(expected / s)
+        elif expected >= k:
+            expected = (expected - k) // s + 1
+        else:
+            expected = None
+            break
+    model = Sequential(layers)
+    if expected is None:
+        with pytest.raises(ShapeError):
+            model.spec((size, size, 3))
+        return
+    out = model.spec((size, size, 3)).out_shape
+    assert out[:2] == (expected, expected)
+    assert _abstract_output(model, (size, size, 3)) == (2, *out)
+
+
+# -- channel rounding -------------------------------------------------------------------------------------
+
+
+def _tf_slim_make_divisible(v, divisor=8):
+    new_v = max(8, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+@SETTINGS
+@given(c=st.integers(1, 4096), m=st.floats(0.05, 3.0))
+def test_round_channels_properties(c, m):
+    v = c * m
+    plain = round_channels(c, m)
+    assert plain == max(1, math.floor(v + 0.5))
+    assert plain >= 1 and (v < 0.5 or abs(plain - v) <= 0.5)
+
+    eight = round_channels(c, m, divisor=8)
+    assert eight == _tf_slim_make_divisible(v)
+    assert eight % 8 == 0 and eight >= 8 and eight >= 0.9 * v
+
+
+@SETTINGS
+@given(c=st.integers(1, 1024), m=st.floats(0.05, 3.0), groups=st.sampled_from([1, 2, 3, 4, 8, 32]))
+def test_round_channels_grouped_is_nearest_multiple_of_groups(c, m, groups):
+    out = round_channels(c, m, groups=groups)
+    v = c * m
+    assert out % groups == 0 and out >= groups
+    if v >= groups:
+        assert abs(out - v) <= groups / 2 + 1e-9  # the nearest multiple of groups to c * m
+        assert out == groups * math.floor(v / groups + 0.5)  # halves up
+    else:
+        assert out == groups  # never fewer than one channel per group
