@@ -7,18 +7,26 @@ same as passing ``width=``. Every builder takes ``num_classes`` and ``width``.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from jaxcnn.core import Layer, Shape
-from jaxcnn.models.allconv import ALLCONV6_CHANNELS, DEPTH_FAMILY, allconv6_crelu, allconv6_variant, allconv_depth
-from jaxcnn.models.densenet import densenet121
-from jaxcnn.models.examples import mnist_net, spec_a_3conv, spec_a_4conv
+from jaxcnn.models.allconv import (
+    ALLCONV6_CHANNELS,
+    DEPTH_FAMILY,
+    allconv,
+    allconv6_crelu,
+    allconv6_variant,
+    allconv_depth,
+)
+from jaxcnn.models.densenet import densenet, densenet121
+from jaxcnn.models.examples import mnist_net, spec_a, spec_a_3conv, spec_a_4conv
 from jaxcnn.models.inception import googlenet, inception_small
 from jaxcnn.models.mobilenet import mobilenet_v1
-from jaxcnn.models.resnet import resnet50, resnext50_32x4d
+from jaxcnn.models.resnet import resnet, resnet50, resnext50_32x4d
 from jaxcnn.models.vgg import vgg16
 from jaxcnn.width import check_width
 
@@ -104,7 +112,44 @@ def get(name: str, *, num_classes: int | None = None, width: float | None = None
     k = e.num_classes if num_classes is None else num_classes
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"num_classes must be a positive int, got {k!r}")
+    accepted = builder_options(base)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{base} has no option {', '.join(unknown)}; its options are {', '.join(accepted)}")
     return e.build(num_classes=k, width=w, **options)
+
+
+# builders that pass **kw on: (the function receiving it, the arguments the builder sets itself)
+_FORWARDS: dict[Callable[..., Any], tuple[Callable[..., Any], frozenset[str]]] = {
+    allconv6_variant: (allconv, frozenset({"convs"})),
+    allconv_depth: (allconv, frozenset({"convs"})),
+    allconv6_crelu: (allconv, frozenset({"convs", "crelu_layers"})),
+    densenet121: (densenet, frozenset({"blocks"})),
+    spec_a_4conv: (spec_a, frozenset({"channels"})),
+    spec_a_3conv: (spec_a, frozenset({"channels"})),
+    resnet50: (resnet, frozenset({"depths"})),
+    resnext50_32x4d: (resnet, frozenset({"depths", "groups", "width_per_group"})),
+}
+
+
+def builder_options(name: str) -> list[str]:
+    """Keyword options the builder of ``name`` accepts besides num_classes and width."""
+    build = REGISTRY[parse_name(name)[0]].build
+    skip = {"num_classes", "width", "name"}
+    if isinstance(build, partial):
+        skip |= set(build.keywords)
+        build = build.func
+    names: list[str] = []
+    fn: Callable[..., Any] | None = build
+    while fn is not None:
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is p.VAR_KEYWORD or p.name in skip or p.name in names:
+                continue
+            if p.kind is p.KEYWORD_ONLY or p.default is not p.empty:
+                names.append(p.name)
+        nxt = _FORWARDS.get(fn)
+        fn, skip = (nxt[0], skip | nxt[1]) if nxt else (None, skip)
+    return names
 
 
 def names() -> list[str]:
@@ -112,4 +157,4 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-__all__ = ["Entry", "REGISTRY", "entry", "get", "names", "parse_name", "register"]
+__all__ = ["Entry", "REGISTRY", "builder_options", "entry", "get", "names", "parse_name", "register"]
