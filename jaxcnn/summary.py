@@ -317,8 +317,9 @@ def xla_flops(model: Layer, input_shape: Shape, *, batch: int = 1) -> float:
     import jax
     import jax.numpy as jnp
 
-    params, state = jax.eval_shape(model.init, jax.random.key(0), tuple(input_shape))
-    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+    shape = tuple(int(d) for d in input_shape)  # static: a tuple argument to eval_shape would be traced
+    params, state = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
 
     def fwd(p, s, xb):
         return model.apply(p, s, xb, train=False)[0]
