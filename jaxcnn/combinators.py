@@ -61,11 +61,11 @@ def _keys(items: tuple[Layer, ...], names: tuple[str, ...] | None) -> tuple[str,
     return tuple(f"{i:0{digits}d}_{layer.kind}" for i, layer in enumerate(items))
 
 
-def _child_call(attr: str, fn, *args, **kw):
+def _child_call(attr: str, fn, *args, _key: str | None = None, **kw):
     try:
         return fn(*args, **kw)
     except LayerError as e:
-        raise e.with_prefix(attr) from None
+        raise e.with_prefix(attr, _key) from None
 
 
 def _check_container_tree(layer: Layer, in_shape: Shape, tree: Any, what: str) -> None:
@@ -97,7 +97,7 @@ class _Container(Layer):
         for i, ((attr, k, child), shape) in enumerate(zip(self.children(), self.child_shapes(in_shape), strict=True)):
             if not child.has_arrays():
                 continue
-            p, s = _child_call(attr, child.init, jax.random.fold_in(key, i), shape)
+            p, s = _child_call(attr, child.init, jax.random.fold_in(key, i), shape, _key=k)
             params[k], state[k] = p, s
         return params, state
 
@@ -112,7 +112,8 @@ class _Container(Layer):
     def _run(self, i: int, params, state, x, new_state, *, train, key):
         attr, k, child = self.children()[i]
         sub_key = None if key is None else jax.random.fold_in(key, i)
-        y, s = _child_call(attr, child.apply, params.get(k, {}), state.get(k, {}), x, train=train, key=sub_key)
+        y, s = _child_call(attr, child.apply, params.get(k, {}), state.get(k, {}), x, train=train, key=sub_key,
+                           _key=k)
         if child.has_arrays():
             new_state[k] = s
         return y
@@ -145,9 +146,9 @@ class Sequential(_Container):
     def child_shapes(self, in_shape):
         """Each layer sees the previous layer's output."""
         shapes = []
-        for i, layer in enumerate(self.layers):
+        for (attr, k, layer) in self.children():
             shapes.append(in_shape)
-            in_shape = _child_call(f"layers[{i}]", layer.spec, in_shape).out_shape
+            in_shape = _child_call(attr, layer.spec, in_shape, _key=k).out_shape
         return tuple(shapes)
 
     def spec(self, in_shape: Shape) -> Spec:
@@ -155,8 +156,8 @@ class Sequential(_Container):
         rf = ((1, 1), (1, 1))
         macs = other = 0
         shape = in_shape
-        for i, layer in enumerate(self.layers):
-            s = _child_call(f"layers[{i}]", layer.spec, shape)
+        for attr, k, layer in self.children():
+            s = _child_call(attr, layer.spec, shape, _key=k)
             macs += s.macs
             other += s.other_ops
             rf = compose_rf(rf, (s.window, s.stride))
@@ -203,9 +204,10 @@ class Residual(_Container):
 
     def spec(self, in_shape: Shape) -> Spec:
         """Branch shapes must agree; the receptive field is the larger branch's."""
-        body = _child_call("body", self.body.spec, in_shape)
+        body = _child_call("body", self.body.spec, in_shape, _key="body")
         short = (
-            Spec(in_shape) if self.shortcut is None else _child_call("shortcut", self.shortcut.spec, in_shape)
+            Spec(in_shape) if self.shortcut is None
+            else _child_call("shortcut", self.shortcut.spec, in_shape, _key="shortcut")
         )
         if body.out_shape != short.out_shape:
             raise ShapeError(
@@ -261,7 +263,7 @@ class Parallel(_Container):
 
     def spec(self, in_shape: Shape) -> Spec:
         """Outputs must agree except on channels; window = the largest branch's."""
-        specs = [_child_call(f"branches[{i}]", b.spec, in_shape) for i, b in enumerate(self.branches)]
+        specs = [_child_call(attr, b.spec, in_shape, _key=k) for attr, k, b in self.children()]
         leading = {s.out_shape[:-1] for s in specs}
         if len(leading) != 1:
             shapes = ", ".join(f"branches[{i}] -> {s.out_shape}" for i, s in enumerate(specs))

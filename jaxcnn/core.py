@@ -34,30 +34,36 @@ PyTree = Any
 class LayerError(ValueError):
     """A problem located at a layer path; containers prefix their part of the path."""
 
-    def __init__(self, layer: Any, in_shape: Any, problem: str, hint: str = "", path: str = ""):
+    def __init__(
+        self, layer: Any, in_shape: Any, problem: str, hint: str = "", path: str = "", keys: tuple[str, ...] = ()
+    ):
         self.layer = layer
         self.in_shape = in_shape
         self.problem = problem
         self.hint = hint
         self.path = path
+        self.keys = keys  # the params-tree keys along the path, e.g. ("stage2", "block1", "conv2")
         super().__init__(self._text())
 
     def _text(self) -> str:
         where = self.path or "<model>"
+        if self.keys:
+            where += f" ({'/'.join(self.keys)})"
         text = f"{where}: {layer_label(self.layer)} with input shape {self.in_shape}: {self.problem}"
         if self.hint:
             text += f". {self.hint}"
         return text
 
-    def with_prefix(self, prefix: str) -> LayerError:
-        """Return the same error with ``prefix`` put in front of its path."""
+    def with_prefix(self, prefix: str, key: str | None = None) -> LayerError:
+        """Return the same error with ``prefix`` (and the child's params key) put in front of its path."""
         if not self.path:
             path = prefix
         elif self.path.startswith("["):
             path = prefix + self.path
         else:
             path = f"{prefix}.{self.path}"
-        return type(self)(self.layer, self.in_shape, self.problem, self.hint, path)
+        keys = ((key,) if key else ()) + self.keys
+        return type(self)(self.layer, self.in_shape, self.problem, self.hint, path, keys)
 
     def __str__(self) -> str:
         return self._text()

@@ -74,7 +74,8 @@ def test_channels_not_divisible_by_groups(no_compute):
     model = Sequential([Conv(6, 3), ReLU(), Conv(8, 3, groups=4)])
     e = _raises_everywhere(model, (8, 8, 3))
     assert e.path == "layers[2]"
-    assert str(e).startswith("layers[2]: Conv(features=8, groups=4) with input shape (8, 8, 6)")
+    assert e.keys == ("02_conv",)  # the params key is named beside the attribute path
+    assert str(e).startswith("layers[2] (02_conv): Conv(features=8, groups=4) with input shape (8, 8, 6)")
     assert "input channels 6 are not divisible by groups=4" in str(e)
     e = _raises_everywhere(Conv(6, 3, groups=4), (8, 8, 8))
     assert e.path == "" and str(e).startswith("<model>: ")
@@ -128,7 +129,9 @@ def test_nested_failure_names_the_full_path(no_compute):
     model = Sequential([Conv(4, 3), ReLU(), Parallel([Conv(2, 1), Conv(4, 3, groups=3)])])
     e = _raises_everywhere(model, (8, 8, 3))
     assert e.path == "layers[2].branches[1]"
-    assert str(e).startswith("layers[2].branches[1]: Conv(features=4, groups=3) with input shape (8, 8, 4)")
+    assert str(e).startswith(
+        "layers[2].branches[1] (02_parallel/01_conv): Conv(features=4, groups=3) with input shape (8, 8, 4)"
+    )
 
     deeper = Sequential({
         "stem": Conv(4, 3),
@@ -138,7 +141,7 @@ def test_nested_failure_names_the_full_path(no_compute):
     e = _raises_everywhere(deeper, (6, 6, 3))
     # attribute paths use positions even for named children (the names are params keys)
     assert e.path == "layers[1].layers[1]"
-    assert str(e).startswith("layers[1].layers[1]: Residual(")
+    assert str(e).startswith("layers[1].layers[1] (blocks/01_residual): Residual(")
     assert "body gives (3,) but the shortcut gives (6, 6, 4)" in str(e)
 
 
@@ -176,7 +179,7 @@ def _params_error(params, state, x, path):
     with pytest.raises(ParamsError) as info:
         _model().apply(params, state, x)
     assert type(info.value) is ParamsError
-    assert info.value.path == path and str(info.value).startswith(f"{path or '<model>'}: ")
+    assert info.value.path == path and str(info.value).startswith(path or "<model>: ")
     return str(info.value)
 
 
