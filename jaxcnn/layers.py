@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import initializers
+from jaxcnn.conv_impl import check_impl, conv2d
 from jaxcnn.core import Layer, ParamsError, Shape, ShapeError, Spec
 
 Padding = Any  # "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right))
@@ -128,6 +129,26 @@ def _cast(x: jax.Array, w: jax.Array, compute_dtype: str | None) -> tuple[jax.Ar
     return x.astype(dtype), w.astype(dtype)
 
 
+def _normalize_conv(layer: Any) -> None:
+    """Shared hyperparameter checks of Conv and DepthwiseConv (pairs, padding, init, dtype, impl)."""
+    _set(layer, "kernel", _pair(layer, "kernel", layer.kernel))
+    _set(layer, "stride", _pair(layer, "stride", layer.stride))
+    _set(layer, "dilation", _pair(layer, "dilation", layer.dilation))
+    _set(layer, "padding", _padding(layer, layer.padding))
+    _check_init(layer)
+    _dtype(layer)
+    check_impl(layer, layer.impl)
+
+
+def _convolve(layer: Any, params: dict, x: jax.Array, pads: tuple[Pair, Pair], groups: int) -> jax.Array:
+    """Cast, convolve with the layer's lowering, add the bias."""
+    x, w = _cast(x, params["w"], layer.compute_dtype)
+    y = conv2d(x, w, layer.stride, pads, layer.dilation, groups, layer.impl)
+    if layer.use_bias:
+        y = y + params["b"].astype(y.dtype)
+    return y
+
+
 # -- convolutions ----------------------------------------------------------------------
 
 
@@ -158,15 +179,7 @@ class Conv(Layer):
             raise ValueError(f"Conv: features must be a positive int, got {self.features!r}")
         if not isinstance(self.groups, int) or self.groups < 1:
             raise ValueError(f"Conv: groups must be a positive int, got {self.groups!r}")
-        _set(self, "kernel", _pair(self, "kernel", self.kernel))
-        _set(self, "stride", _pair(self, "stride", self.stride))
-        _set(self, "dilation", _pair(self, "dilation", self.dilation))
-        _set(self, "padding", _padding(self, self.padding))
-        _check_init(self)
-        _dtype(self)
-        from jaxcnn.conv_impl import check_impl
-
-        check_impl(self, self.impl)
+        _normalize_conv(self)
 
     def _geometry(self, in_shape: Shape):
         out_hw, pads, k_eff = window_output(self, in_shape, self.kernel, self.stride, self.dilation, self.padding)
@@ -217,14 +230,8 @@ class Conv(Layer):
 
     def forward(self, params, state, x, *, train, key):
         """Convolve with the selected implementation (see :mod:`jaxcnn.conv_impl`)."""
-        from jaxcnn.conv_impl import conv2d
-
         _, pads, _ = self._geometry(tuple(x.shape[1:]))
-        x, w = _cast(x, params["w"], self.compute_dtype)
-        y = conv2d(x, w, self.stride, pads, self.dilation, self.groups, self.impl)
-        if self.use_bias:
-            y = y + params["b"].astype(y.dtype)
-        return y, state
+        return _convolve(self, params, x, pads, self.groups), state
 
 
 @dataclass(frozen=True)
@@ -249,15 +256,7 @@ class DepthwiseConv(Layer):
     def __post_init__(self) -> None:
         if not isinstance(self.multiplier, int) or self.multiplier < 1:
             raise ValueError(f"DepthwiseConv: multiplier must be a positive int, got {self.multiplier!r}")
-        _set(self, "kernel", _pair(self, "kernel", self.kernel))
-        _set(self, "stride", _pair(self, "stride", self.stride))
-        _set(self, "dilation", _pair(self, "dilation", self.dilation))
-        _set(self, "padding", _padding(self, self.padding))
-        _check_init(self)
-        _dtype(self)
-        from jaxcnn.conv_impl import check_impl
-
-        check_impl(self, self.impl)
+        _normalize_conv(self)
 
     def spec(self, in_shape: Shape) -> Spec:
         """Output (H', W', C x multiplier); MACs = H'W' x C x multiplier x kh kw."""
@@ -292,15 +291,9 @@ class DepthwiseConv(Layer):
 
     def forward(self, params, state, x, *, train, key):
         """Grouped convolution with one group per input channel."""
-        from jaxcnn.conv_impl import conv2d
-
         in_shape = tuple(x.shape[1:])
         _, pads, _ = window_output(self, in_shape, self.kernel, self.stride, self.dilation, self.padding)
-        x, w = _cast(x, params["w"], self.compute_dtype)
-        y = conv2d(x, w, self.stride, pads, self.dilation, in_shape[2], self.impl)
-        if self.use_bias:
-            y = y + params["b"].astype(y.dtype)
-        return y, state
+        return _convolve(self, params, x, pads, in_shape[2]), state
 
 
 @dataclass(frozen=True)
