@@ -177,11 +177,16 @@ def run(
     specs: list[dict[str, Any]], *, quick: bool = False, dtypes: tuple[str, ...] = ("float32",),
     modes: tuple[str, ...] = ("train", "infer"),
 ) -> dict[str, Any]:
-    """Benchmark every spec x dtype x mode; peaks measured in the same run for each dtype."""
-    peaks = {dt: peak_flops(dt, quick=quick) for dt in dtypes}
+    """Benchmark every spec x dtype x mode; peaks measured in the same run for each dtype.
+
+    A spec may carry its own ``dtypes`` tuple (e.g. bfloat16 only where it is worth the time).
+    """
+    wanted = set(dtypes) | {dt for spec in specs for dt in spec.get("dtypes", ())}
+    peaks = {dt: peak_flops(dt, quick=quick) for dt in sorted(wanted, key=lambda d: d != "float32")}
     rows = []
     for spec in specs:
-        for dt in dtypes:
+        spec = dict(spec)
+        for dt in spec.pop("dtypes", dtypes):
             for mode in modes:
                 r = bench_model(**spec, dtype=dt, mode=mode, quick=quick)
                 best = max(peaks[dt]["matmul_flops"], peaks[dt]["conv_flops"])

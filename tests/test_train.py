@@ -25,11 +25,12 @@ def _leaves(tree):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
 
 
-def test_seeds_under_vmap_equal_separate_runs():
+def test_four_seeds_under_vmap_equal_four_separate_runs():
     data = tiny_data()
     cfg = TrainConfig(epochs=2, batch=32, lr=0.05, crop_pad=1, flip=True)
-    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seeds": 2}), quiet=True)
-    for i in range(2):
+    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seeds": 4}), quiet=True)
+    assert together.seeds == [0, 1, 2, 3]
+    for i in range(4):
         alone = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seed": i}), quiet=True)
         for a, b in zip(_leaves(together.params), _leaves(alone.params), strict=True):
             np.testing.assert_allclose(a[i], b[0], rtol=2e-4, atol=2e-5)
