@@ -1,0 +1,698 @@
+"""Time the same CNN train step in jaxcnn, Flax linen and PyTorch eager (channels_last and NCHW).
+
+Command: python experiments/compare_peers.py [--modes train,infer] [--json out.json] [--markdown out.md]
+         python experiments/compare_peers.py --quick          (both models at 32x32 batch 8, ~30 s: MobileNet compiles)
+         python experiments/compare_peers.py --quick --cases allconv6:32:4 --reps 1   (smoke test, ~10-15 s)
+Expected runtime on the 2-core CPU: about 5 minutes for the four default cases in train mode, about
+8 minutes with ``--modes train,infer`` (MobileNet's first calls alone take 5-10 s per JAX framework).
+Run nothing else meanwhile: on 2 cores an overlapping process slows steps by 10-200x. Each
+repetition records the CPU time other processes used (from /proc/stat) and is redone when they
+used more than ``--max-other-load`` cores.
+
+What it measures, per case (model, input size, batch), float32, one fixed random batch in memory:
+
+* train step = forward with BatchNorm in train mode (batch statistics, running statistics
+  updated) + mean softmax cross-entropy + backward + SGD momentum 0.9, lr 0.01;
+* infer step (``--modes ...,infer``) = forward with BatchNorm in eval mode.
+
+Frameworks, each written the way its users would write it:
+
+* ``jaxcnn``: ``models.get("allconv6", num_classes=10)`` / ``models.get("mobilenet_v1", width=a,
+  num_classes=10, padding=1)`` (default lowerings: XLA dense convs, shifted multiply-add depthwise on
+  CPU), the step under ``jax.jit(donate_argnums=(0,))`` with optax SGD.
+* ``flax``: a hand-written ``flax.linen`` Module of the same architecture (depthwise as ``nn.Conv``
+  with ``feature_group_count``), ``apply(..., mutable=['batch_stats'])``, the same jit/donate/optax step.
+* ``torch-eager-cl``: hand-written ``torch.nn`` model, model and input in ``channels_last``.
+* ``torch-eager``: the same model in plain NCHW.
+
+Models: allconv6 = 5 x [conv3x3 stride 2 pad 1 + bias, ReLU] (64, 64, 128, 128, 256), global
+average pool, Dense(10); MobileNet v1 = conv3x3 s2 (32a) + BN + ReLU, the paper's 13 depthwise
+separable blocks (dw3x3 + BN + ReLU, pw1x1 + BN + ReLU), pad 1 on every 3x3, no conv biases, BN
+momentum 0.9 (torch 0.1) and eps 1e-5, global average pool, Dense(10). Parameter counts are checked
+equal across frameworks (the run stops otherwise).
+
+Timing (as in /work/shared/research/perf-anchors.md): first call timed separately (JAX: trace +
+compile + one step; torch: one step); one warm-up call; calibration picks N steps per repetition so
+that a repetition lasts >= ``--min-seconds``; ``--reps`` repetitions, interleaved across frameworks
+(rep 1: jaxcnn, flax, torch-eager-cl, torch-eager; rep 2: ...) so slow drift of the shared VM hits all
+of them alike; the median per-step time gives images/s = batch / median. JAX work is blocked on at
+the end of each repetition (asynchronous dispatch counted). Each runtime's one-time start-up is paid
+on a tiny conv before any timing, so first calls are per model. All frameworks share one process;
+torch uses ``--torch-threads`` threads (default: the usable cores), XLA its default pool.
+
+How to read the ratios: ``jaxcnn/<peer>`` = jaxcnn images/s divided by the peer's images/s on the
+same case and mode; > 1 means jaxcnn is faster, 0.5 means it takes twice as long per step. Run-to-run
+variation on this VM is ~10-15 %, so ratios between about 0.87 and 1.15 are a tie; the rep spread
+columns show how noisy each median is. First-call seconds are paid once per shape (JAX compiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn import models
+from jaxcnn.bench import device_info
+
+FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager")
+PEERS = ("torch-eager-cl", "torch-eager", "flax")  # ratio denominators: jaxcnn / peer
+DEFAULT_CASES = ("allconv6:32:128", "mbv1_1.0:32:128", "allconv6:224:16", "mbv1_1.0:224:8")
+QUICK_CASES = ("allconv6:32:8", "mbv1_0.25:32:8")
+NUM_CLASSES = 10
+LR, MOMENTUM = 0.01, 0.9
+BN_MOMENTUM, BN_EPS = 0.9, 1e-5  # flax/jaxcnn convention; torch momentum = 1 - 0.9
+
+# Architectures, written out here independently of jaxcnn's builders (the parameter-count check
+# compares the three implementations).
+ALLCONV6 = (64, 64, 128, 128, 256)  # 3x3 stride-2 convs
+MBV1_BLOCKS = (  # (pointwise channels, depthwise stride), Howard et al. 2017 Table 1
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+)
+
+
+def scaled(c: int, alpha: float) -> int:
+    """Channels times the width multiplier alpha, rounded (alpha 0.25..1 keeps every count integral)."""
+    return max(1, int(round(c * alpha)))
+
+
+# -- cases ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One workload: ``model`` is ``allconv6`` or ``mbv1`` (width ``alpha``), square input, batch."""
+
+    model: str
+    alpha: float
+    size: int
+    batch: int
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``mbv1_1.0`` or ``allconv6``."""
+        return f"mbv1_{self.alpha:g}" if self.model == "mbv1" else "allconv6"
+
+    @property
+    def spec(self) -> str:
+        """The ``--cases`` spelling of this case."""
+        return f"{self.label}:{self.size}:{self.batch}"
+
+
+def parse_case(text: str) -> Case:
+    """Parse ``MODEL:SIZE:BATCH`` with MODEL ``allconv6``, ``mbv1_<alpha>`` or ``mobilenet_v1[/<alpha>]``."""
+    parts = text.strip().split(":")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"case {text!r}: expected MODEL:SIZE:BATCH, e.g. allconv6:32:128")
+    name, size_s, batch_s = parts
+    try:
+        size, batch = int(size_s), int(batch_s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"case {text!r}: SIZE and BATCH must be integers") from None
+    if size < 32 or batch < 1:
+        raise argparse.ArgumentTypeError(f"case {text!r}: need SIZE >= 32 (five stride-2 stages) and BATCH >= 1")
+    if name == "allconv6":
+        return Case("allconv6", 1.0, size, batch)
+    for prefix in ("mbv1_", "mobilenet_v1/", "mobilenet_v1"):
+        if name.startswith(prefix):
+            rest = name[len(prefix):] or "1.0"
+            try:
+                alpha = float(rest)
+            except ValueError:
+                break
+            if not 0 < alpha <= 4:
+                raise argparse.ArgumentTypeError(f"case {text!r}: alpha must be in (0, 4]")
+            return Case("mbv1", alpha, size, batch)
+    raise argparse.ArgumentTypeError(f"case {text!r}: MODEL must be allconv6 or mbv1_<alpha> (e.g. mbv1_1.0)")
+
+
+# -- runners: one per framework, all driven by the same timing loop -------------------------------
+
+
+@dataclass
+class Runner:
+    """``run(n)`` performs n steps and returns once they are finished."""
+
+    framework: str
+    run: Callable[[int], None]
+    param_count: int
+    state_count: int  # BatchNorm running statistics (mean + var entries)
+    notes: str = ""
+
+
+def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+
+
+def _jax_runner(framework: str, apply_train, apply_infer, params, state, mode: str, x, y, notes: str) -> Runner:
+    """The same step for jaxcnn and flax: ``apply_train(p, s, x) -> (logits, new_s)``, jit + donate carry."""
+    tx = optax.sgd(LR, momentum=MOMENTUM)
+    counts = (_size(params), _size(state))
+    if mode == "train":
+
+        def train_step(carry, x, y):
+            params, state, opt = carry
+
+            def loss_fn(p):
+                logits, new_state = apply_train(p, state, x)
+                return _ce(logits, y), new_state
+
+            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), new_state, opt), loss
+
+        step = jax.jit(train_step, donate_argnums=(0,))
+        box = [(params, state, tx.init(params))]
+
+        def run(n: int) -> None:
+            loss = None
+            for _ in range(n):
+                box[0], loss = step(box[0], x, y)
+            jax.block_until_ready((box[0], loss))
+
+    else:
+        infer = jax.jit(apply_infer)
+
+        def run(n: int) -> None:
+            out = None
+            for _ in range(n):
+                out = infer(params, state, x)
+            jax.block_until_ready(out)
+
+    return Runner(framework, run, *counts, notes)
+
+
+def _size(tree) -> int:
+    return int(sum(np.size(a) for a in jax.tree.leaves(tree)))
+
+
+def jaxcnn_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray) -> Runner:
+    """jaxcnn's registry model, as a user would build it."""
+    if case.model == "allconv6":
+        model = models.get("allconv6", num_classes=NUM_CLASSES)
+        notes = 'models.get("allconv6", num_classes=10)'
+    else:
+        model = models.get("mobilenet_v1", width=case.alpha, num_classes=NUM_CLASSES, padding=1)
+        notes = f'models.get("mobilenet_v1", width={case.alpha:g}, num_classes=10, padding=1)'
+    params, state = model.init(jax.random.key(0), x.shape[1:])
+    return _jax_runner(
+        "jaxcnn",
+        lambda p, s, xb: model.apply(p, s, xb, train=True),
+        lambda p, s, xb: model.apply(p, s, xb, train=False)[0],
+        params, state, mode, jnp.asarray(x), jnp.asarray(y), notes,
+    )
+
+
+def _flax_module(case: Case):
+    import flax.linen as nn
+
+    pad = ((1, 1), (1, 1))
+
+    class AllConv6(nn.Module):
+        num_classes: int = NUM_CLASSES
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            for c in ALLCONV6:
+                x = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2), padding=pad)(x))
+            return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+    class MobileNetV1(nn.Module):
+        alpha: float = 1.0
+        num_classes: int = NUM_CLASSES
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            def bn(h):
+                return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS)(h)
+
+            x = nn.Conv(scaled(32, self.alpha), (3, 3), strides=(2, 2), padding=pad, use_bias=False)(x)
+            x = nn.relu(bn(x))
+            for c, s in MBV1_BLOCKS:
+                cin = x.shape[-1]
+                x = nn.Conv(cin, (3, 3), strides=(s, s), padding=pad, feature_group_count=cin, use_bias=False)(x)
+                x = nn.relu(bn(x))
+                x = nn.Conv(scaled(c, self.alpha), (1, 1), padding="VALID", use_bias=False)(x)
+                x = nn.relu(bn(x))
+            return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+    return AllConv6() if case.model == "allconv6" else MobileNetV1(alpha=case.alpha)
+
+
+def flax_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray) -> Runner:
+    """A hand-written flax.linen Module of the same architecture."""
+    module = _flax_module(case)
+    variables = module.init(jax.random.key(0), jnp.asarray(x[:1]), train=False)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+
+    def apply_train(p, s, xb):
+        logits, updated = module.apply({"params": p, "batch_stats": s}, xb, train=True, mutable=["batch_stats"])
+        return logits, updated.get("batch_stats", s)
+
+    def apply_infer(p, s, xb):
+        return module.apply({"params": p, "batch_stats": s}, xb, train=False)
+
+    return _jax_runner("flax", apply_train, apply_infer, params, stats, mode, jnp.asarray(x), jnp.asarray(y),
+                       f"flax.linen {type(module).__name__}, mutable=['batch_stats']")
+
+
+def _torch_module(case: Case):
+    import torch.nn as nn
+
+    if case.model == "allconv6":
+        layers: list[nn.Module] = []
+        cin = 3
+        for c in ALLCONV6:
+            layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            cin = c
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, NUM_CLASSES)]
+        return nn.Sequential(*layers)
+
+    def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1) -> list[nn.Module]:
+        return [
+            nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, momentum=1 - BN_MOMENTUM, eps=BN_EPS),
+            nn.ReLU(inplace=True),
+        ]
+
+    cin = scaled(32, case.alpha)
+    layers = conv_bn(3, cin, 3, 2)
+    for c, s in MBV1_BLOCKS:
+        cout = scaled(c, case.alpha)
+        layers += conv_bn(cin, cin, 3, s, groups=cin) + conv_bn(cin, cout, 1, 1)
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+def torch_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray, *, channels_last: bool) -> Runner:
+    """PyTorch eager, NCHW or channels_last; the batch is the same NHWC array, transposed."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _torch_module(case)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(y.astype(np.int64))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_state = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    if mode == "train":
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xt), yt)
+                loss.backward()
+                opt.step()
+
+    else:
+        model.eval()
+
+        def run(n: int) -> None:
+            with torch.inference_mode():
+                for _ in range(n):
+                    model(xt)
+
+    layout = "channels_last" if channels_last else "NCHW"
+    return Runner("torch-eager-cl" if channels_last else "torch-eager", run, n_params, n_state,
+                  f"torch.nn.Sequential, eager, {layout}, {torch.get_num_threads()} threads")
+
+
+BUILDERS: dict[str, Callable[[Case, str, np.ndarray, np.ndarray], Runner]] = {
+    "jaxcnn": jaxcnn_runner,
+    "flax": flax_runner,
+    "torch-eager-cl": lambda c, m, x, y: torch_runner(c, m, x, y, channels_last=True),
+    "torch-eager": lambda c, m, x, y: torch_runner(c, m, x, y, channels_last=False),
+}
+
+
+# -- contamination guard: CPU time used by other processes -----------------------------------------
+
+
+class LoadMeter:
+    """Cores' worth of CPU time other processes used between ``start()`` and ``stop()`` (None off Linux)."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.ok = self._busy() is not None
+        self._t = self._busy_at = self._own = 0.0
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:8]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq = fields
+        return float(user + nice + system + irq + softirq)
+
+    def start(self) -> None:
+        """Begin an interval."""
+        self._t = time.perf_counter()
+        self._busy_at = self._busy() or 0.0
+        t = os.times()
+        self._own = t.user + t.system
+
+    def stop(self) -> float | None:
+        """Other processes' average CPU use over the interval, in cores."""
+        wall = time.perf_counter() - self._t
+        if not self.ok or wall <= 0:
+            return None
+        t = os.times()
+        busy = ((self._busy() or 0.0) - self._busy_at) / self.hz
+        return max(0.0, (busy - (t.user + t.system - self._own)) / wall)
+
+
+# -- the measurement -----------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """Timings of one framework on one case and mode."""
+
+    first_call_s: float = 0.0
+    calls_per_rep: int = 0
+    rep_step_s: list[float] = field(default_factory=list)
+    rep_other_load: list[float | None] = field(default_factory=list)
+    redone_reps: int = 0
+    contaminated_reps: int = 0
+
+
+def _timed(run: Callable[[int], None], n: int) -> float:
+    t = time.perf_counter()
+    run(n)
+    return time.perf_counter() - t
+
+
+def calibrate(run: Callable[[int], None], min_seconds: float) -> int:
+    """Steps per repetition so that one repetition lasts >= ``min_seconds`` (from a short doubling probe)."""
+    calls, elapsed = 1, _timed(run, 1)
+    target = min(0.25, 0.1 * min_seconds)
+    while elapsed < target and calls < 4096:
+        calls *= 2
+        elapsed = _timed(run, calls)
+    per_call = max(elapsed / calls, 1e-7)
+    return max(1, math.ceil(min_seconds / per_call))
+
+
+def measure(
+    case: Case, mode: str, frameworks: list[str], *, reps: int, min_seconds: float, max_other_load: float,
+    retries: int, meter: LoadMeter, log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Build every framework's step for ``case``/``mode``, then time them interleaved; returns a report row."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((case.batch, case.size, case.size, 3), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, case.batch).astype(np.int32)
+    runners: dict[str, Runner] = {}
+    meas: dict[str, Measured] = {}
+    for fw in frameworks:
+        runners[fw] = BUILDERS[fw](case, mode, x, y)
+        m = meas[fw] = Measured()
+        m.first_call_s = _timed(runners[fw].run, 1)  # JAX: trace + compile + one step
+        runners[fw].run(1)  # warm-up
+        m.calls_per_rep = calibrate(runners[fw].run, min_seconds)
+        log(f"  {fw:15s} first call {m.first_call_s:7.2f} s, {m.calls_per_rep} steps per repetition")
+
+    params = {fw: r.param_count for fw, r in runners.items()}
+    state = {fw: r.state_count for fw, r in runners.items()}
+    log("  params: " + ", ".join(f"{fw} {n:,}" for fw, n in params.items())
+        + "; BN running stats: " + ", ".join(f"{fw} {n:,}" for fw, n in state.items()))
+    if len(set(params.values())) != 1 or len(set(state.values())) != 1:
+        raise AssertionError(f"{case.spec}: parameter counts differ between frameworks: params {params}, "
+                             f"BN state {state}; the architectures are not the same")
+
+    for rep in range(reps):
+        for fw in frameworks:  # interleaved: every framework once per repetition
+            m, run = meas[fw], runners[fw].run
+            best: tuple[float | None, float] | None = None
+            for attempt in range(1 + retries):
+                if meter.ok:
+                    meter.start()
+                elapsed = _timed(run, m.calls_per_rep)
+                load = meter.stop() if meter.ok else None
+                if best is None or (load is not None and best[0] is not None and load < best[0]):
+                    best = (load, elapsed)
+                if load is None or load <= max_other_load:
+                    break
+                if attempt < retries:
+                    m.redone_reps += 1
+                    log(f"  {fw} rep {rep + 1}: other processes used {load:.2f} cores; redoing it")
+            load, elapsed = best
+            if load is not None and load > max_other_load:
+                m.contaminated_reps += 1
+            m.rep_step_s.append(elapsed / m.calls_per_rep)
+            m.rep_other_load.append(load)
+        log(f"  rep {rep + 1}/{reps}: " + ", ".join(
+            f"{fw} {case.batch / meas[fw].rep_step_s[-1]:,.1f} img/s" for fw in frameworks))
+
+    results = {}
+    for fw, m in meas.items():
+        med = statistics.median(m.rep_step_s)
+        loads = [v for v in m.rep_other_load if v is not None]
+        results[fw] = {
+            "images_per_s": case.batch / med,
+            "step_ms_median": 1e3 * med,
+            "step_ms_low": 1e3 * min(m.rep_step_s),
+            "step_ms_high": 1e3 * max(m.rep_step_s),
+            "rep_spread": (max(m.rep_step_s) - min(m.rep_step_s)) / med,
+            "rep_step_ms": [1e3 * s for s in m.rep_step_s],
+            "first_call_s": m.first_call_s,
+            "calls_per_rep": m.calls_per_rep,
+            "reps": len(m.rep_step_s),
+            "max_other_load_cores": max(loads) if loads else None,
+            "redone_reps": m.redone_reps,
+            "contaminated_reps": m.contaminated_reps,
+            "param_count": runners[fw].param_count,
+            "state_count": runners[fw].state_count,
+            "implementation": runners[fw].notes,
+        }
+    ratios = {
+        f"jaxcnn/{peer}": results["jaxcnn"]["images_per_s"] / results[peer]["images_per_s"]
+        if "jaxcnn" in results and peer in results else None
+        for peer in PEERS
+    }
+    return {
+        "case": case.spec, "model": case.label, "input": case.size, "batch": case.batch, "mode": mode,
+        "param_count": next(iter(params.values())), "param_counts": params, "state_counts": state,
+        "results": results, "ratios": ratios,
+    }
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _fmt_rate(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Two tables: images/s and ratios; first-call seconds and repetition spread."""
+    fws = report["frameworks"]
+    head = ["model", "input", "batch", "mode", "params", *(f"{fw} img/s" for fw in fws),
+            *(f"jaxcnn/{p}" for p in PEERS)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|" + "---:|" * (len(head) - 4)]
+    for r in report["rows"]:
+        res, rat = r["results"], r["ratios"]
+        cells = [r["model"], f"{r['input']}x{r['input']}", str(r["batch"]), r["mode"], f"{r['param_count']:,}"]
+        cells += [_fmt_rate(res[fw]["images_per_s"]) for fw in fws]
+        cells += ["—" if rat[f"jaxcnn/{p}"] is None else f"{rat[f'jaxcnn/{p}']:.2f}" for p in PEERS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "First call (s; JAX: trace + compile + one step), rep spread (max-min)/median, "
+              "most CPU other processes used during a repetition (cores):", ""]
+    head2 = ["model", "input", "batch", "mode", *(f"{fw} first call s" for fw in fws),
+             *(f"{fw} spread" for fw in fws), "other load"]
+    lines += ["| " + " | ".join(head2) + " |", "|---|---|---:|---|" + "---:|" * (len(head2) - 4)]
+    for r in report["rows"]:
+        res = r["results"]
+        loads = [res[fw]["max_other_load_cores"] for fw in fws if res[fw]["max_other_load_cores"] is not None]
+        cells = [r["model"], f"{r['input']}x{r['input']}", str(r["batch"]), r["mode"]]
+        cells += [f"{res[fw]['first_call_s']:.2f}" for fw in fws]
+        cells += [f"{100 * res[fw]['rep_spread']:.0f}%" for fw in fws]
+        cells.append(f"{max(loads):.2f}" if loads else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    s = report["settings"]
+    d = report["device"]
+    lines += ["", f"reps {s['reps']} x >= {s['min_seconds']} s, interleaved; median per-step time; float32; "
+              f"torch threads {s['torch_threads']}; {d.get('cpu', d['backend'])}; jax {d['jax']}, "
+              f"flax {d.get('flax', '—')}, torch {d.get('torch', '—')}."]
+    for fw, why in report["skipped"].items():
+        lines.append(f"skipped {fw}: {why}")
+    bad = [(r["case"], r["mode"], fw) for r in report["rows"] for fw in fws if r["results"][fw]["contaminated_reps"]]
+    if bad:
+        lines.append("WARNING: other processes were busy during some repetitions (timings unreliable): "
+                     + ", ".join(f"{c} {m} {fw}" for c, m, fw in bad))
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def available(frameworks: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """The frameworks that can run, the skipped ones with the reason, and the peers' versions."""
+    ok, skipped, versions = [], {}, {}
+    for fw in frameworks:
+        if fw == "flax":
+            try:
+                import flax
+                import flax.linen  # noqa: F401
+            except ImportError as e:
+                skipped[fw] = f"flax is not installed ({e}); pip install flax"
+                continue
+            versions["flax"] = flax.__version__
+        elif fw.startswith("torch"):
+            try:
+                import torch
+            except ImportError as e:
+                skipped[fw] = f"torch is not installed ({e}); pip install -e '.[torch]'"
+                continue
+            versions["torch"] = torch.__version__
+        ok.append(fw)
+    return ok, skipped, versions
+
+
+def prewarm(frameworks: list[str]) -> None:
+    """Pay each runtime's one-time start-up (backend, compiler, oneDNN) on a tiny conv, outside every timing.
+
+    Otherwise the first framework of each kind would carry it in its first-call time.
+    """
+    xs = np.ones((2, 8, 8, 3), np.float32)
+    w = np.ones((3, 3, 3, 4), np.float32)
+
+    def loss(w, x):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.mean(jax.nn.relu(y))
+
+    jax.block_until_ready(jax.jit(jax.grad(loss))(w, xs))
+    if any(f.startswith("torch") for f in frameworks):
+        import torch
+
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            conv = torch.nn.Conv2d(3, 4, 3, padding=1).to(memory_format=fmt)
+            conv(torch.ones(2, 3, 8, 8).contiguous(memory_format=fmt)).mean().backward()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", help="comma-separated MODEL:SIZE:BATCH, MODEL allconv6 or mbv1_<alpha> "
+                        f"(default {','.join(DEFAULT_CASES)}; with --quick {','.join(QUICK_CASES)})")
+    parser.add_argument("--modes", default="train", help="comma-separated: train, infer (default train)")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                        help=f"comma-separated subset of {','.join(FRAMEWORKS)} (jaxcnn is always needed)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: tiny cases, 2 repetitions of >= 0.05 s (unless --reps/--min-seconds)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per framework (default 5; quick 2)")
+    parser.add_argument("--min-seconds", type=float, help="minimum length of one repetition (default 2.0; quick 0.05)")
+    parser.add_argument("--max-other-load", type=float, default=0.25,
+                        help="redo a repetition when other processes used more than this many cores (default 0.25)")
+    parser.add_argument("--retries", type=int, default=2, help="redos of a busy repetition before keeping it (2)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: usable cores)")
+    parser.add_argument("--json", type=Path, help="write the full report (every repetition) as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the markdown tables here")
+    parser.add_argument("--quiet", action="store_true", help="print only the final tables")
+    args = parser.parse_args(argv)
+
+    try:
+        cases = [parse_case(c) for c in (args.cases.split(",") if args.cases else
+                                         (QUICK_CASES if args.quick else DEFAULT_CASES))]
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"train", "infer"}:
+        parser.error(f"--modes must list train and/or infer, got {args.modes!r}")
+    wanted = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if set(wanted) - set(FRAMEWORKS) or "jaxcnn" not in wanted:
+        parser.error(f"--frameworks must be a subset of {','.join(FRAMEWORKS)} including jaxcnn")
+    wanted = [f for f in FRAMEWORKS if f in wanted]  # fixed interleaving order
+    reps = args.reps if args.reps is not None else (2 if args.quick else 5)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (0.05 if args.quick else 2.0)
+    if reps < 1 or min_seconds <= 0:
+        parser.error("--reps must be >= 1 and --min-seconds > 0")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, flush=True)
+
+    frameworks, skipped, versions = available(wanted)
+    for fw, why in skipped.items():
+        print(f"skipping {fw}: {why}", flush=True)
+    torch_threads = None
+    if any(f.startswith("torch") for f in frameworks):
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(args.torch_threads or cores)
+        torch_threads = torch.get_num_threads()
+
+    prewarm(frameworks)
+    meter = LoadMeter()
+    if not meter.ok:
+        log("note: /proc/stat unreadable; other processes' load is not checked")
+    device = {**device_info(), **versions, "optax": optax.__version__, "numpy": np.__version__,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "platform": platform.platform()}
+    rows = []
+    t0 = time.perf_counter()
+    for case in cases:
+        for mode in modes:
+            log(f"{case.spec} {mode}:")
+            rows.append(measure(case, mode, frameworks, reps=reps, min_seconds=min_seconds,
+                                max_other_load=args.max_other_load, retries=max(0, args.retries),
+                                meter=meter, log=log))
+    report = {
+        "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        "settings": {"reps": reps, "min_seconds": min_seconds, "modes": modes, "quick": args.quick,
+                     "max_other_load": args.max_other_load, "torch_threads": torch_threads,
+                     "cases": [c.spec for c in cases], "num_classes": NUM_CLASSES, "dtype": "float32",
+                     "train_step": "BN train mode + softmax CE + backward + SGD momentum 0.9 lr 0.01"},
+        "device": device,
+        "frameworks": frameworks,
+        "skipped": skipped,
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+    }
+    text = markdown(report)
+    print("\n" + text, flush=True)
+    if args.json:
+        write_atomic(args.json, json.dumps(report, indent=1) + "\n")
+    if args.markdown:
+        write_atomic(args.markdown, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
