@@ -25,7 +25,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
                              "npz:FILE, synthetic:N")
     parser.add_argument("--input-size", type=int, default=None, help="resize images to N x N (default: as stored)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model, trained together under vmap")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=125,
+                        help="batch size (125: MNIST 5k's 4,000 training images make 32 full batches)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--out", default=default_out, help="results folder (resumable)")
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")

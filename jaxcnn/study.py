@@ -119,12 +119,10 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         print(f"== {m.family} {m.variant} ({m.label}): {totals['learnable_params']:,} params, "
               f"{totals['macs']:,} MACs", file=sys.stderr)
     meta = {"model": m.variant, "options": m.options, "dataset": task.name}
-    res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta)
-    # first-layer filters, trained (seed 0) and at initialisation, for the filter figures
-    p0 = jax.tree_util.tree_map(lambda a: a[0], res.params)
-    init_params, _ = model.init(jax.random.fold_in(jax.random.key(m.recipe.seed), 0), task.in_shape)
-    k_trained = first_conv_kernel(model, p0, task.in_shape)
-    k_init = first_conv_kernel(model, init_params, task.in_shape)
+    res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta, keep_initial=True)
+    # first-layer filters, trained and at initialisation (seed 0), for the filter figures
+    k_trained = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.params), task.in_shape)
+    k_init = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.initial_params), task.in_shape)
     if k_trained is not None:
         buf = io.BytesIO()
         np.savez(buf, trained=k_trained, init=k_init)

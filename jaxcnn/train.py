@@ -127,6 +127,7 @@ class FitResult:
     train_seconds: float
     compile_seconds: float
     seeds: list[int] = field(default_factory=list)
+    initial_params: Any = None  # with fit(keep_initial=True): parameters before training, per seed
 
     @property
     def mean_accuracy(self) -> float:
@@ -189,6 +190,14 @@ def epoch_permutation(key: jax.Array, n: int, batch: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, 0), n)[: steps * batch].reshape(steps, batch)
 
 
+def _divisor_chunk(steps: int, lo: int = 3, hi: int = 8) -> int:
+    """A chunk length in [lo, hi] dividing ``steps`` (one compiled program), else 4 (plus a remainder)."""
+    for c in (4, 5, 6, 8, 3, 7):
+        if lo <= c <= hi and steps % c == 0:
+            return c
+    return 4
+
+
 class Trainer:
     """Compiled train/eval functions for one model, config and data shape (K seeds)."""
 
@@ -211,7 +220,7 @@ class Trainer:
         self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
         self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
         on_cpu = self.devices[0].platform == "cpu"
-        self.chunk = min(cfg.chunk or (4 if on_cpu else self.steps), self.steps)
+        self.chunk = min(cfg.chunk or (_divisor_chunk(self.steps) if on_cpu else self.steps), self.steps)
         self._chunk_fns: dict[int, Any] = {}
         self._perm_fn = jax.jit(jax.vmap(self._permutation))
         self._step_fn = jax.jit(jax.vmap(self._step, in_axes=(0, 0, None, 0)), donate_argnums=(0,))
@@ -296,7 +305,9 @@ class Trainer:
             return (acc[0] + jnp.sum(loss * mb), acc[1] + jnp.sum(top1 * mb), acc[2] + jnp.sum(topk * mb)), None
 
         zero = jnp.zeros((), jnp.float32)
-        return jax.lax.scan(body, (zero, zero, zero), (x, y, mask))[0]
+        # unrolled on CPU for the same reason as the training chunks (convolutions in a loop are slow)
+        unroll = x.shape[0] if self.devices[0].platform == "cpu" else 1
+        return jax.lax.scan(body, (zero, zero, zero), (x, y, mask), unroll=unroll)[0]
 
     # host-side drivers
     def epoch_keys(self, epoch: int) -> jax.Array:
@@ -373,15 +384,18 @@ def fit(
     quiet: bool = False,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    keep_initial: bool = False,
 ) -> FitResult:
     """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
 
     With ``resume=True`` the newest valid checkpoint in ``out_dir`` is loaded and the
-    run continues exactly where it stopped (same keys, same data order).
+    run continues exactly where it stopped (same keys, same data order). ``keep_initial``
+    returns the parameters at initialisation too (``FitResult.initial_params``).
     """
     trainer = Trainer(model, cfg, data)
     out = Path(out_dir) if out_dir is not None else None
     carry = trainer.init()
+    initial = jax.tree_util.tree_map(jnp.copy, carry[0]) if keep_initial else None  # before donation
     start, history = 0, []
     if resume and out is not None and (ck := checkpoint.latest(out)) is not None:
         tree, ck_meta = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
@@ -438,5 +452,5 @@ def fit(
             print(_progress(epoch, cfg.epochs, rec, time.perf_counter() - t_start), file=sys.stderr)
     return FitResult(
         params=carry[0], state=carry[1], history=history, test_accuracy=list(history[-1]["test_accuracy"]),
-        train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds,
+        train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds, initial_params=initial,
     )
