@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_model_table_is_generated_and_fresh():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "model_table.py"), "--check", str(ROOT / "README.md")],
+        [sys.executable, str(ROOT / "experiments" / "readme_tables.py"), "--check", str(ROOT / "README.md")],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
