@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-from study_common import add_common_args, finish, load_task, parse_only
+from study_common import add_common_args, finish, load_task, out_dir, parse_only
 
 from jaxcnn.study import Member
 from jaxcnn.train import TrainConfig
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.epochs = 1
     task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
-    return finish(args, parse_only(args, members(args, base)), task, Path(args.out),
+    return finish(args, parse_only(args, members(args, base)), task, out_dir(args),
                   figures_extra=("filters", "redundancy"))
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-from study_common import add_common_args, finish, load_task, parse_only
+from study_common import add_common_args, finish, load_task, out_dir, parse_only
 
 from jaxcnn.models.allconv import DEPTH_FAMILY
 from jaxcnn.study import Member
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.epochs = 1
     task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
-    return finish(args, parse_only(args, members(args, base)), task, Path(args.out))
+    return finish(args, parse_only(args, members(args, base)), task, out_dir(args))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from jaxcnn import models
+from jaxcnn.checkpoint import atomic_write_text
 from jaxcnn.summary import summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ def main() -> int:
                   file=sys.stderr)
             return 1
         return 0
-    target.write_text(new)
+    atomic_write_text(target, new)
     return 0
 
 

@@ -14,25 +14,47 @@ from typing import Any
 
 from jaxcnn import data as jdata
 from jaxcnn import plot
+from jaxcnn.checkpoint import CheckpointError, atomic_write_text
 from jaxcnn.core import LayerError
 from jaxcnn.study import Member, StudyError, Task, load_first_layers, read_results, run_study
-from jaxcnn.train import TrainConfig, TrainData
+from jaxcnn.train import TrainConfig, TrainData, TrainingError
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     parser.add_argument("--data", default="mnist5k",
                         help="mnist5k (bundled), digits (bundled), cifar10:PATH, mnist:PATH, folder:PATH, list:FILE, "
                              "npz:FILE, synthetic:N")
-    parser.add_argument("--input-size", type=int, default=None, help="resize images to N x N (default: as stored)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per model, trained together under vmap")
-    parser.add_argument("--batch", type=int, default=125,
+    parser.add_argument("--input-size", type=_positive(int), default=None,
+                        help="resize images to N x N (default: as stored)")
+    parser.add_argument("--seeds", type=_positive(int), default=3, help="seeds per model, trained together under vmap")
+    parser.add_argument("--batch", type=_positive(int), default=125,
                         help="batch size (125: MNIST 5k's 4,000 training images make 32 full batches)")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--out", default=default_out, help="results folder (resumable)")
+    parser.add_argument("--lr", type=_positive(float), default=0.05)
+    parser.add_argument("--out", default=None, help=f"results folder, resumable (default {default_out}; "
+                        f"{default_out}_quick with --quick, so a smoke test never mixes into real results)")
+    parser.set_defaults(default_out=default_out)
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figures from the results file")
     parser.add_argument("--quick", action="store_true", help="smoke test: 600 images, 1 epoch, 1 seed")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    """--out, or the study's default folder (a separate one for --quick runs)."""
+    return Path(args.out or (args.default_out + ("_quick" if args.quick else "")))
 
 
 def fail(message: str) -> None:
@@ -45,13 +67,13 @@ def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
     """The training data and the base recipe from the common options."""
     try:
         splits = jdata.load(args.data, size=args.input_size)
+        ds = splits["train"]
+        if "test" in splits and splits["test"] is not None:
+            train, test = ds, splits["test"]
+        else:
+            train, test = jdata.stratified_split(ds, test_fraction=0.2, seed=0)
     except (jdata.DataError, OSError) as e:
         fail(str(e))
-    ds = splits["train"]
-    if "test" in splits and splits["test"] is not None:
-        train, test = ds, splits["test"]
-    else:
-        train, test = jdata.stratified_split(ds, test_fraction=0.2, seed=0)
     if args.quick:
         train = jdata.stratified_subset(train, 500, seed=0)
         test = jdata.stratified_subset(test, 100, seed=0)
@@ -115,7 +137,7 @@ def figures(out: Path, records: list[dict[str, Any]], extra: Sequence[str] = ())
                  "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['variant']} | {100 * r['negated']:.0f}% | {100 * r['negated_init']:.0f}% "
                   f"| {100 * r['duplicate']:.0f}% | {100 * r['duplicate_init']:.0f}% |" for r in rows]
-        (out / "redundancy.md").write_text("\n".join(lines) + "\n")
+        atomic_write_text(out / "redundancy.md", "\n".join(lines) + "\n")
     return paths
 
 
@@ -128,10 +150,9 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
             records = read_results(out / "results.jsonl")
         else:
             records = run_study(members, task, out, quiet=args.quiet, command=command)
-        (out / "table.md").parent.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table(records) + "\n")
+        atomic_write_text(out / "table.md", table(records) + "\n")
         paths = figures(out, records, figures_extra)
-    except (StudyError, LayerError, jdata.DataError) as e:
+    except (StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ValueError) as e:
         fail(str(e))
     print(table(records))
     print("\nwrote " + ", ".join(str(p) for p in paths) + f", {out / 'results.jsonl'}, {out / 'results.csv'}")

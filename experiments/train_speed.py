@@ -29,10 +29,11 @@ import optax
 
 from jaxcnn import data as jdata
 from jaxcnn import models
+from jaxcnn.checkpoint import atomic_write_text
 from jaxcnn.train import TrainConfig, TrainData, Trainer, fit
 
 
-def raw_jax_epoch_fn(batch: int, mean: np.ndarray, std: np.ndarray):
+def raw_jax_epoch_fn(mean: np.ndarray, std: np.ndarray):
     """A hand-written allconv6 train step (no jaxcnn), jitted with donation."""
     chans = [3, 64, 64, 128, 128, 256]
     k = jax.random.key(0)
@@ -85,7 +86,7 @@ def main() -> int:
     carries = {mode: t.init() for mode, t in trainers.items()}
     x_dev, y_dev = jax.device_put(data.x_train), jax.device_put(data.y_train)
     trainers["epoch"].compile(carries["epoch"], x_dev, y_dev)
-    raw_p, raw_o, raw_step = raw_jax_epoch_fn(128, mean, std)
+    raw_p, raw_o, raw_step = raw_jax_epoch_fn(mean, std)
     perm = np.random.default_rng(0).permutation(args.n)[: steps * 128].reshape(steps, 128)
     xb_all = [jax.device_put(data.x_train[i]) for i in perm]
     yb_all = [jax.device_put(data.y_train[i]) for i in perm]
@@ -130,9 +131,9 @@ def main() -> int:
     print(f"K={k} seeds x {epochs} epochs x 2048 images: vmap {t_vmap:.1f} s vs {k} separate runs {t_sep:.1f} s "
           f"({t_sep / t_vmap:.2f}x); largest per-seed test-accuracy difference {diff:.4f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"images_per_s": speeds, "median": med, "vmap_seconds": t_vmap, "separate_seconds": t_sep,
-                       "max_accuracy_difference": diff, "device": str(jax.devices()[0])}, f, indent=1)
+        atomic_write_text(args.json, json.dumps(
+            {"images_per_s": speeds, "median": med, "vmap_seconds": t_vmap, "separate_seconds": t_sep,
+             "max_accuracy_difference": diff, "device": str(jax.devices()[0])}, indent=1))
     return 0
 
 

@@ -29,9 +29,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-from study_common import add_common_args, finish, load_task, parse_only
+from study_common import add_common_args, finish, load_task, out_dir, parse_only
 
 from jaxcnn.models.allconv import ALLCONV6_CHANNELS
 from jaxcnn.study import Member
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs_allconv = args.epochs_mobilenet = 1
     task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
     chosen = parse_only(args, members(args, base))
-    return finish(args, chosen, task, Path(args.out), figures_extra=("filters", "redundancy"))
+    return finish(args, chosen, task, out_dir(args), figures_extra=("filters", "redundancy"))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             specs.append({"name": name, "input_size": args.input_size, "batch": batch, "conv_impl": args.conv_impl})
     try:
         report = bench.run(specs, quick=args.quick, dtypes=tuple(args.dtype), modes=tuple(args.mode))
-    except LayerError as err:
+    except ValueError as err:  # LayerError included
         raise UsageError(str(err)) from None
     print(bench.markdown(report))
     if args.json is not None:
@@ -136,6 +136,9 @@ def _options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key in ("num_classes", "width"):
+            raise UsageError(f"--option {key}=... is not an option: the classes come from the data, the width from "
+                             "the MODEL/width suffix")
         low = value.lower()
         if low in ("true", "false"):
             out[key] = low == "true"
@@ -182,9 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)
         meta = {"model": args.model, "options": options, "data": args.data}
         result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta)
-    except (ValueError, OSError, CheckpointError) as err:  # DataError, LayerError, bad options
-        raise UsageError(str(err)) from None
-    except TrainingError as err:
+    except (ValueError, OSError, CheckpointError, TrainingError) as err:  # DataError, LayerError, bad options
         raise UsageError(str(err)) from None
     accs = ", ".join(f"{100 * a:.2f}%" for a in result.test_accuracy)
     print(f"{args.model} on {args.data}: test accuracy {100 * result.mean_accuracy:.2f} +- "

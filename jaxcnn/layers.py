@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxcnn import initializers
 from jaxcnn.conv_impl import check_impl, conv2d
-from jaxcnn.core import Layer, ParamsError, Shape, ShapeError, Spec
+from jaxcnn.core import Layer, Params, ParamsError, Shape, ShapeError, Spec, State
 
 Padding = Any  # "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right))
 Pair = tuple[int, int]
@@ -228,7 +228,9 @@ class Conv(Layer):
         """Convolutions own a kernel."""
         return True
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Convolve with the selected implementation (see :mod:`jaxcnn.conv_impl`)."""
         _, pads, _ = self._geometry(tuple(x.shape[1:]))
         return _convolve(self, params, x, pads, self.groups), state
@@ -289,7 +291,9 @@ class DepthwiseConv(Layer):
         """Depthwise convolutions own a kernel."""
         return True
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Grouped convolution with one group per input channel."""
         in_shape = tuple(x.shape[1:])
         _, pads, _ = window_output(self, in_shape, self.kernel, self.stride, self.dilation, self.padding)
@@ -344,7 +348,9 @@ class Dense(Layer):
         """Dense layers own a weight matrix."""
         return True
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """x @ w + b."""
         x, w = _cast(x, params["w"], self.compute_dtype)
         y = x @ w
@@ -370,7 +376,9 @@ class Flatten(Layer):
         """Every output sees the whole input: the receptive window is the input size."""
         return Spec((math.prod(in_shape),), window=_whole(in_shape), stride=_whole(in_shape))
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Reshape to (N, -1)."""
         return x.reshape(x.shape[0], -1), state
 
@@ -414,7 +422,9 @@ class MaxPool(_Pool):
 
     kind: ClassVar[str] = "maxpool"
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """reduce_window max."""
         return self._reduce(x, -jnp.inf, lax.max), state
 
@@ -427,7 +437,9 @@ class AvgPool(_Pool):
 
     kind: ClassVar[str] = "avgpool"
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Window sum divided by the number of (real) elements in the window."""
         total = self._reduce(x, 0.0, lax.add)
         if self.count_include_pad or self.padding == "VALID" or self.padding == ((0, 0), (0, 0)):
@@ -442,9 +454,14 @@ class L2Pool(_Pool):
 
     kind: ClassVar[str] = "l2pool"
 
-    def forward(self, params, state, x, *, train, key):
-        """sqrt(sum x^2) per window."""
-        return jnp.sqrt(self._reduce(x * x, 0.0, lax.add)), state
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
+        """sqrt(sum x^2) per window (gradient 0, not NaN, where a window is all zeros)."""
+        s = self._reduce(x * x, 0.0, lax.add)
+        positive = s > 0
+        # double where: sqrt never sees 0, so its infinite derivative never meets a zero cotangent
+        return jnp.where(positive, jnp.sqrt(jnp.where(positive, s, 1.0)), 0.0).astype(s.dtype), state
 
 
 @dataclass(frozen=True)
@@ -468,7 +485,9 @@ class GlobalAvgPool(_GlobalPool):
 
     kind: ClassVar[str] = "gap"
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Mean over axes 1 and 2."""
         return jnp.mean(x, axis=(1, 2), keepdims=self.keepdims), state
 
@@ -479,7 +498,9 @@ class GlobalMaxPool(_GlobalPool):
 
     kind: ClassVar[str] = "gmp"
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Max over axes 1 and 2."""
         return jnp.max(x, axis=(1, 2), keepdims=self.keepdims), state
 
@@ -542,7 +563,9 @@ class BatchNorm(Layer):
         """BatchNorm owns running statistics."""
         return True
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Normalise in (at least) float32, return in the compute (or input) dtype."""
         out_dtype = jnp.dtype(self.compute_dtype) if self.compute_dtype else x.dtype
         # At least float32: bf16/f16 inputs are upcast, but float64 (x64 mode) must not be
@@ -585,7 +608,9 @@ class Dropout(Layer):
         """Same shape."""
         return Spec(in_shape)
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Bernoulli mask from ``key`` in train mode; identity otherwise."""
         if not train or self.rate == 0.0:
             return x, state
@@ -607,7 +632,9 @@ class _Elementwise(Layer):
         """Same shape; one op per element."""
         return Spec(in_shape, other_ops=math.prod(in_shape))
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """Apply ``fn`` to every element."""
         return self.fn(x), state
 
@@ -622,7 +649,7 @@ class ReLU(_Elementwise):
 
     kind: ClassVar[str] = "relu"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """max(x, 0)."""
         return jax.nn.relu(x)
 
@@ -633,7 +660,7 @@ class ReLU6(_Elementwise):
 
     kind: ClassVar[str] = "relu6"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """min(max(x, 0), 6)."""
         return jax.nn.relu6(x)
 
@@ -646,7 +673,7 @@ class LeakyReLU(_Elementwise):
 
     kind: ClassVar[str] = "leaky_relu"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """Leaky ReLU."""
         return jax.nn.leaky_relu(x, self.negative_slope)
 
@@ -659,7 +686,7 @@ class GELU(_Elementwise):
 
     kind: ClassVar[str] = "gelu"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """GELU."""
         return jax.nn.gelu(x, approximate=self.approximate)
 
@@ -670,7 +697,7 @@ class Sigmoid(_Elementwise):
 
     kind: ClassVar[str] = "sigmoid"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """Logistic sigmoid."""
         return jax.nn.sigmoid(x)
 
@@ -681,7 +708,7 @@ class Tanh(_Elementwise):
 
     kind: ClassVar[str] = "tanh"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """tanh."""
         return jnp.tanh(x)
 
@@ -692,7 +719,7 @@ class Softmax(_Elementwise):
 
     kind: ClassVar[str] = "softmax"
 
-    def fn(self, x):
+    def fn(self, x: jax.Array) -> jax.Array:
         """Softmax over channels/classes."""
         return jax.nn.softmax(x, axis=-1)
 
@@ -714,7 +741,9 @@ class CReLU(Layer):
         out = (*in_shape[:-1], 2 * in_shape[-1])
         return Spec(out, other_ops=math.prod(out))
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """concat(x, -x) on the last axis, then ReLU if asked."""
         y = jnp.concatenate([x, -x], axis=-1)
         return (jax.nn.relu(y) if self.relu else y), state
@@ -730,7 +759,9 @@ class Identity(Layer):
         """Same shape."""
         return Spec(in_shape)
 
-    def forward(self, params, state, x, *, train, key):
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
         """x."""
         return x, state
 

@@ -74,8 +74,9 @@ def read_results(path: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise StudyError(f"{path}:{i}: not valid JSON ({e.msg}); fix or delete that line") from None
-        if not isinstance(rec, dict) or "variant" not in rec or "mean_accuracy" not in rec:
-            raise StudyError(f"{path}:{i}: not a study record (needs 'variant' and 'mean_accuracy')")
+        missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise StudyError(f"{path}:{i}: not a study record (missing {', '.join(missing)})")
         records.append(rec)
     return records
 
@@ -97,6 +98,25 @@ def write_results(out: Path, records: list[dict[str, Any]]) -> None:
         w.writerow({**r, "accuracies": " ".join(f"{a:.4f}" for a in r["accuracies"]),
                     "input_shape": "x".join(map(str, r["input_shape"]))})
     checkpoint.atomic_write_text(out / "results.csv", buf.getvalue())
+
+
+def _check_same_run(rec: dict[str, Any], m: Member, task: Task, out: Path) -> None:
+    """A finished record only counts for this study if it used the same data, input and recipe."""
+    now = {"dataset": task.name, "input_shape": list(task.in_shape), "recipe": asdict(m.recipe),
+           "options": m.options}
+    old = {k: rec.get(k) for k in now}
+    old["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (old["recipe"] or {}).items()}
+    now["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in now["recipe"].items()}
+    differ = [k for k in now if old[k] != now[k]]
+    if differ:
+        raise StudyError(
+            f"{out / 'results.jsonl'} already holds {m.variant} from a run with another {', '.join(differ)}; "
+            "use another --out (or delete that folder) to start this one"
+        )
+
+
+REQUIRED = ("family", "variant", "label", "learnable_params", "macs", "input_shape", "accuracies",
+            "mean_accuracy", "std_accuracy", "test_accuracy_per_epoch", "train_seconds")
 
 
 def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
@@ -150,8 +170,16 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{jax.device_count()}",
         "jax": jax.__version__,
         "python": platform.python_version(),
+        "versions": res_versions(),
         "command": command,
     }
+
+
+def res_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    from jaxcnn.train import _versions
+
+    return _versions()
 
 
 def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
@@ -160,9 +188,10 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = read_results(out / "results.jsonl")
-    done = {r["variant"] for r in records}
+    done = {r["variant"]: r for r in records}
     for m in members:
         if m.variant in done:
+            _check_same_run(done[m.variant], m, task, out)
             if not quiet:
                 print(f"== {m.variant}: already in {out / 'results.jsonl'}, skipped", file=sys.stderr)
             continue
@@ -181,6 +210,9 @@ def load_first_layers(out: Path, records: list[dict[str, Any]]) -> dict[str, dic
     for r in records:
         path = Path(out) / "runs" / _slug(r["variant"]) / "first_layer.npz"
         if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                found[r["variant"]] = {"trained": z["trained"], "init": z["init"]}
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    found[r["variant"]] = {"trained": z["trained"], "init": z["init"]}
+            except (OSError, ValueError, KeyError) as e:  # a damaged file costs one figure row, not the study
+                print(f"warning: skipping {path} ({e})", file=sys.stderr)
     return found

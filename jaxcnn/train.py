@@ -111,9 +111,9 @@ class TrainData:
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
                 raise ValueError(f"TrainData: {name} has labels outside [0, {self.num_classes})")
         if self.mean is None:
-            x = self.x_train.astype(np.float64) / (255.0 if self.x_train.dtype == np.uint8 else 1.0)
-            self.mean = x.mean(axis=(0, 1, 2)).astype(np.float32)
-            self.std = (x.std(axis=(0, 1, 2)) + 1e-6).astype(np.float32)
+            from jaxcnn.data import normalization_stats  # chunked: no float64 copy of the whole set
+
+            self.mean, self.std = normalization_stats(self.x_train)
 
 
 @dataclass
@@ -223,8 +223,24 @@ class Trainer:
         self.chunk = min(cfg.chunk or (_divisor_chunk(self.steps) if on_cpu else self.steps), self.steps)
         self._chunk_fns: dict[int, Any] = {}
         self._perm_fn = jax.jit(jax.vmap(self._permutation))
-        self._step_fn = jax.jit(jax.vmap(self._step, in_axes=(0, 0, None, 0)), donate_argnums=(0,))
-        self._eval_fn = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, None, None, None)))
+        self._step_fn = jax.jit(self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,))
+        self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)))
+
+    def _seedwise(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+        """``vmap`` over the seed axis; with one seed, index it away instead.
+
+        The vmapped program batches every convolution over seeds, which XLA lowers as a
+        grouped convolution; with a single seed that is pure overhead.
+        """
+        if len(self.seeds) > 1:
+            return jax.vmap(fn, in_axes=in_axes)
+
+        def one(*args):
+            args = [a if ax is None else jax.tree_util.tree_map(lambda v: v[0], a)
+                    for a, ax in zip(args, in_axes, strict=True)]
+            return jax.tree_util.tree_map(lambda v: v[None], fn(*args))
+
+        return one
 
     # one seed's functions; vmapped over seeds above
     def init(self) -> tuple[Any, Any, Any]:
@@ -280,7 +296,7 @@ class Trainer:
         """The jitted, seed-vmapped function running ``length`` steps (compiled once per length)."""
         if length not in self._chunk_fns:
             self._chunk_fns[length] = jax.jit(
-                jax.vmap(self._chunk, in_axes=(0, None, None, 0, 0)), donate_argnums=(0,)
+                self._seedwise(self._chunk, (0, None, None, 0, 0)), donate_argnums=(0,)
             )
         return self._chunk_fns[length]
 
@@ -374,6 +390,38 @@ def _progress(epoch: int, epochs: int, rec: dict[str, Any], elapsed: float) -> s
     )
 
 
+def _versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("jaxcnn", "jax", "jaxlib", "optax", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# options that may change when a run is resumed: more epochs extend it, the rest would change its meaning
+_RESUMABLE_CHANGES = {"epochs"}
+
+
+def _check_same_recipe(ck: Path, cfg: TrainConfig) -> None:
+    saved = checkpoint.read_meta(ck).get("config", {})
+    now = asdict(cfg)
+    differ = sorted(k for k in now if k not in _RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(now[k]))
+    if differ:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in differ)
+        raise checkpoint.CheckpointError(
+            f"{ck} was written with other options ({detail}); resume with the same options or use another folder"
+        )
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
 def fit(
     model: Layer,
     data: TrainData,
@@ -394,10 +442,16 @@ def fit(
     """
     trainer = Trainer(model, cfg, data)
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and not resume and any(out.glob("ckpt-*.json")):
+        raise checkpoint.CheckpointError(
+            f"{out} already holds checkpoints of another run; pass --resume (resume=True) to continue it "
+            "or choose another output folder"
+        )
     carry = trainer.init()
     initial = jax.tree_util.tree_map(jnp.copy, carry[0]) if keep_initial else None  # before donation
     start, history = 0, []
     if resume and out is not None and (ck := checkpoint.latest(out)) is not None:
+        _check_same_recipe(ck, cfg)
         tree, ck_meta = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
         carry = jax.device_put((tree["params"], tree["state"], tree["opt_state"]), trainer.replicated)
         start, history = ck_meta["epoch"] + 1, ck_meta["history"]
@@ -408,7 +462,13 @@ def fit(
     compile_s = 0.0
     if cfg.mode == "epoch" and start < cfg.epochs:
         compile_s = trainer.compile(carry, x_dev, y_dev)
-    base = {"model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {})}
+    from jaxcnn.summary import summary  # local: summary imports layers, which train does not need otherwise
+
+    base = {
+        "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}),
+        "summary_totals": summary(model, trainer.in_shape).totals,
+        "versions": _versions(),
+    }
     t_start = time.perf_counter()
     train_s = sum(h["seconds"] for h in history)
     for epoch in range(start, cfg.epochs):
@@ -442,7 +502,8 @@ def fit(
         history.append(rec)
         if out is not None:
             tree = {"params": carry[0], "state": carry[1], "opt_state": carry[2]}
-            checkpoint.save(out, f"ckpt-{epoch + 1:06d}", tree, {**base, "epoch": epoch, "history": history})
+            checkpoint.save(out, f"ckpt-{epoch + 1:06d}", tree,
+                            {**base, "epoch": epoch, "step": rec["step"], "history": history})
             checkpoint.prune(out, keep=2)
             lines = "".join(json.dumps(h) + "\n" for h in history)
             checkpoint.atomic_write_text(out / "metrics.jsonl", lines)

@@ -16,7 +16,7 @@ import pytest
 from train_helpers import tiny_data, tiny_model
 
 from jaxcnn import checkpoint
-from jaxcnn.train import TrainConfig, TrainingError, fit
+from jaxcnn.train import TrainConfig, TrainData, TrainingError, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,11 +80,15 @@ def test_corrupt_checkpoint_is_detected_and_skipped(tmp_path):
 
 def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tmp_path):
     data = tiny_data()
-    fit(tiny_model(), data, TrainConfig(epochs=1, batch=32, lr=0.05), out_dir=tmp_path, quiet=True)
-    # the user resumes with an absurd learning rate: the loss overflows in epoch 2
+    cfg = TrainConfig(epochs=1, batch=32, lr=0.05)
+    fit(tiny_model(), data, cfg, out_dir=tmp_path, quiet=True)
+    # between runs the data got corrupted: one NaN image poisons a step of epoch 2
+    bad = TrainData(data.x_train.astype(np.float32), data.y_train, data.x_test.astype(np.float32), data.y_test,
+                    data.num_classes, data.mean * 255.0, data.std * 255.0)  # float pixels: stats in pixel units
+    bad.x_train[5, 0, 0, 0] = np.nan
     with pytest.raises(TrainingError, match=r"at step \d+ \(epoch 1, step \d+ of the epoch, seed 0\)") as e:
-        fit(tiny_model(), data, TrainConfig(epochs=3, batch=32, lr=1e30, schedule="constant"),
-            out_dir=tmp_path, resume=True, quiet=True)
+        fit(tiny_model(), bad, TrainConfig(**{**cfg.__dict__, "epochs": 3}), out_dir=tmp_path, resume=True,
+            quiet=True)
     assert "ckpt-000001.json" in str(e.value)
     last = checkpoint.latest(tmp_path)
     assert last.name == "ckpt-000001.json"
@@ -99,7 +103,7 @@ _DRIVER = textwrap.dedent("""
     from train_helpers import tiny_data, tiny_model
     from jaxcnn.train import TrainConfig, fit
     out, resume, epochs = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
-    r = fit(tiny_model(), tiny_data(n=8192, size=16), TrainConfig(epochs=epochs, batch=64, mode="step"),
+    r = fit(tiny_model(), tiny_data(n=8192, size=16), TrainConfig(epochs=epochs, batch=64),
             out_dir=out, resume=resume, quiet=True)
     np.savez(out + "/final.npz", *[np.asarray(a) for a in jax.tree_util.tree_leaves(r.params)])
     print(r.history[-1]["train_loss"])
@@ -125,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.005)
-    time.sleep(0.05)  # inside epoch 3: 96 steps on the per-step path take far longer than this
+    time.sleep(0.02)  # inside epoch 3 (the default compiled-epoch path: 96 steps in chunks of 4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "ckpt-000003.json").exists(), "killed too late: epoch 3 had finished"
@@ -161,3 +165,15 @@ def test_four_host_devices_match_one_device(tmp_path):
         results[n] = json.loads(out.stdout.strip().splitlines()[-1])
     assert results[1]["devices"] == 1 and results[4]["devices"] == 4
     np.testing.assert_allclose(results[4]["loss"], results[1]["loss"], rtol=1e-3)
+
+
+def test_resume_refuses_another_recipe_and_fresh_runs_refuse_old_checkpoints(tmp_path):
+    data = tiny_data()
+    fit(tiny_model(), data, TrainConfig(epochs=1, batch=32, lr=0.05), out_dir=tmp_path, quiet=True)
+    with pytest.raises(checkpoint.CheckpointError, match=r"other options \(lr: 0.05 -> 0.1\)"):
+        fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, lr=0.1), out_dir=tmp_path, resume=True, quiet=True)
+    with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
+        fit(tiny_model(), data, TrainConfig(epochs=1, batch=32, lr=0.05), out_dir=tmp_path, quiet=True)
+    meta = checkpoint.read_meta(checkpoint.latest(tmp_path))
+    assert meta["step"] == 6 and meta["summary_totals"]["learnable_params"] > 0
+    assert {"jax", "jaxlib", "optax", "numpy", "python"} <= set(meta["versions"])
