@@ -10,7 +10,7 @@ by CReLU (concatenate x and -x, then ReLU), so the next layer still sees 64 chan
 question is whether learned first layers are redundant enough that the negated copies are
 free: compare parameters, MACs, accuracy and training time, and the fraction of trained
 allconv6 first-layer filters that have a near-negated partner (redundancy figure).
-Recipe as in width_study.py, 10 epochs, 3 seeds under vmap. Resumable; --quick for CI.
+Recipe as in width_study.py, 10 epochs, 3 seeds trained together. Resumable; --quick for CI.
 """
 
 from __future__ import annotations

@@ -190,10 +190,9 @@ def _jax_runner(framework: str, apply_train, apply_infer, params, state, mode: s
         infer = jax.jit(apply_infer)
 
         def run(n: int) -> None:
-            out = None
             for _ in range(n):
-                out = infer(params, state, x)
-            jax.block_until_ready(out)
+                # block every call: independent calls may overlap on the CPU pool and undercount
+                jax.block_until_ready(infer(params, state, x))
 
     return Runner(framework, run, *counts, notes)
 

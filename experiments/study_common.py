@@ -39,7 +39,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
                              "npz:FILE, synthetic:N")
     parser.add_argument("--input-size", type=_positive(int), default=None,
                         help="resize images to N x N (default: as stored)")
-    parser.add_argument("--seeds", type=_positive(int), default=3, help="seeds per model, trained together under vmap")
+    parser.add_argument("--seeds", type=_positive(int), default=3,
+                        help="seeds per model, trained together in one compiled program")
     parser.add_argument("--batch", type=_positive(int), default=125,
                         help="batch size (125: MNIST 5k's 4,000 training images make 32 full batches)")
     parser.add_argument("--lr", type=_positive(float), default=0.05)

@@ -13,7 +13,7 @@ stratified 4,000 train / 1,000 test (``--data`` takes cifar10:PATH, folder:PATH,
 
 Recipe, the same for every member of a family: SGD momentum 0.9, lr 0.05 with cosine decay,
 weight decay 5e-4 on conv/dense kernels only, batch 125, random crop after 2-pixel padding
-(4 for inputs >= 32; flips only for non-digit data), 3 seeds trained together under vmap,
+(4 for inputs >= 32; flips only for non-digit data), 3 seeds trained together in one program,
 8 epochs. The budget (the whole study in about a quarter of an hour on a 2-core laptop)
 is what sets the epochs: allconv6 has converged by then (its test accuracy changes by
 < 0.2 points over the last 3 epochs), MobileNet v1 has not quite (it starts slower: the

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer whose slots count in the training-memory estimate")
     s.add_argument("--leaves-only", action="store_true", help="one row per leaf layer, no containers")
     s.add_argument("--json", action="store_true", help="print JSON (rows and totals) instead of a table")
-    t = sub.add_parser("train", help="train a model (K seeds under vmap), checkpointing every epoch")
+    t = sub.add_parser("train", help="train a model (K seeds in one program), checkpointing every epoch")
     t.add_argument("model", help="registry name with optional /width suffix")
     t.add_argument("--data", default="mnist5k", help="mnist5k | digits | cifar10:PATH | cifar100:PATH | mnist:PATH | "
                    "fashion:PATH | folder:PATH | list:FILE | npz:FILE | synthetic:N")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop-pad", type=int, default=None, help="random-crop padding (default 2 below 32 px, else 4)")
     t.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on except for digits)")
-    t.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together under vmap")
+    t.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together in one compiled program")
     t.add_argument("--seed", type=int, default=0, help="first seed")
     t.add_argument("--mode", choices=["epoch", "step"], default="epoch",
                    help="epoch: data on device, compiled chunks; step: streaming host batches")

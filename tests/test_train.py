@@ -25,10 +25,12 @@ def _leaves(tree):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
 
 
-def test_four_seeds_under_vmap_equal_four_separate_runs():
+@pytest.mark.parametrize("seed_batching", ["vmap", "unroll"])
+def test_four_seeds_under_vmap_equal_four_separate_runs(seed_batching):
     data = tiny_data()
     cfg = TrainConfig(epochs=2, batch=32, lr=0.05, crop_pad=1, flip=True)
-    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seeds": 4}), quiet=True)
+    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seeds": 4, "seed_batching": seed_batching}),
+                   quiet=True)
     assert together.seeds == [0, 1, 2, 3]
     for i in range(4):
         alone = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seed": i}), quiet=True)
