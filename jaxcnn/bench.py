@@ -56,7 +56,11 @@ def time_calls(
         for _ in range(n):
             out = compiled(*state)
             if carry:
-                state[0] = out[0]
+                state[0] = out[0]  # each call depends on the last: waiting for the final one waits for all
+            else:
+                # independent calls may overlap on the CPU thread pool; block each so a step's time
+                # is its latency, comparable with the chained train steps and with eager PyTorch
+                jax.block_until_ready(out)
         jax.block_until_ready(out)
 
     call(1)  # warm-up
@@ -81,10 +85,11 @@ def device_info() -> dict[str, Any]:
     }
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        # the family matters: AMD family 25 is Zen 3/4, 26 is Zen 5 (twice the AVX-512 width)
+        info["cpu"] = f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, " \
+                      f"model {fields.get('model', '?')}, {fields.get('cpu cores', '?')} cores)"
     except OSError:
         pass
     return info

@@ -52,6 +52,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def short_label(r: dict[str, Any]) -> str:
+    """``allconv6_3_bn`` -> ``_3``, ``mobilenet_v1/0.5`` -> ``0.5``, the family's own base -> ``base``."""
+    v = r["variant"].removesuffix("_bn")
+    rest = v[len(r["family"]):] if v.startswith(r["family"]) else v
+    return rest.lstrip("/") or "base"
+
+
 def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str = "learnable_params",
                      title: str = "") -> list[Path]:
     """Test accuracy (mean +- std over seeds) against ``cost`` (log x), one series per family."""
@@ -65,17 +72,21 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
         ys = [100 * r["mean_accuracy"] for r in rows]
         es = [100 * r["std_accuracy"] for r in rows]
         ax.errorbar(xs, ys, yerr=es, fmt=markers[k % len(markers)], capsize=3, label=fam, linestyle="none")
-        for r, x, y in zip(rows, xs, ys, strict=True):
-            ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
+            # alternate above/below so neighbouring labels of a dense family do not overprint
+            ax.annotate(short_label(r), (x, y), textcoords="offset points", xytext=(4, 6 if i % 2 == 0 else -11),
+                        fontsize=7)
     pts = [(r[cost], r["mean_accuracy"]) for r in results]
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "k--", lw=1, alpha=0.6,
             label="Pareto frontier")
     ax.set_xscale("log")
-    ax.set_xlabel({"learnable_params": "learnable parameters", "macs": "multiply-adds per image"}.get(cost, cost))
+    xlabel = {"learnable_params": "learnable parameters", "macs": "multiply-adds per image"}.get(cost, cost)
+    ax.set_xlabel(xlabel + " (log scale)")
     ax.set_ylabel("test accuracy (%)")
     n_seeds = min(len(r["accuracies"]) for r in results)
-    ax.set_title(title or f"accuracy vs {cost} (error bars: std over {n_seeds} seeds)")
+    dataset = results[0].get("dataset", "")
+    ax.set_title(title or f"test accuracy vs {xlabel}, {dataset}\nmean and std over {n_seeds} seeds")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     paths = _save(fig, stem)

@@ -6,9 +6,13 @@ this project is developed on (``jaxcnn bench allconv6 mobilenet_v1/0.25 --input-
 --batch 128 --mode train infer`` with and without the flag):
 
 * ``--xla_cpu_experimental_ynn_fusion_type=dot`` hands dots and convolutions to the YNNPACK
-  library: allconv6 train 1.3x, MobileNet v1 0.25 train 1.6x and inference 1.45x. The
-  wider ``dot,eltwise,reduce`` setting is slower for MobileNet (it also claims the
-  element-wise ops of the shifted depthwise convolution), so only ``dot`` is used.
+  library: at 32x32, batch 128, allconv6 train 1.3x, MobileNet v1 0.25 train 1.6x and
+  inference 1.45x; allconv6 at 224x224 (batch 16) train 1.2x. One measured loss: MobileNet
+  v1 1.0 *training* at 224x224 (batch 8) runs 2.1x slower with it (7 -> 3 images/s), so
+  set ``JAXCNN_XLA_DEFAULTS=0`` for that workload. The wider ``dot,eltwise,reduce`` setting
+  is slower for MobileNet (it also claims the element-wise ops of the shifted depthwise
+  convolution), so only ``dot`` is used. The width study (28x28 inputs) runs 13 min 59 s
+  with the flag; it is what keeps the study inside its 15-minute budget.
 
 Opt out with ``JAXCNN_XLA_DEFAULTS=0``. A flag you set yourself in ``XLA_FLAGS`` always
 wins: jaxcnn adds nothing for an option already named there. The flag is CPU-only; GPU and
