@@ -16,7 +16,7 @@ import pytest
 from train_helpers import tiny_data, tiny_model
 
 from jaxcnn import checkpoint
-from jaxcnn.train import TrainConfig, TrainData, TrainingError, fit
+from jaxcnn.train import TrainConfig, TrainData, Trainer, TrainingError, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,3 +179,14 @@ def test_resume_refuses_another_recipe_and_fresh_runs_refuse_old_checkpoints(tmp
     meta = checkpoint.read_meta(checkpoint.latest(tmp_path))
     assert meta["step"] == 6 and meta["summary_totals"]["learnable_params"] > 0
     assert {"jax", "jaxlib", "optax", "numpy", "python"} <= set(meta["versions"])
+
+
+def test_seed_batching_option_is_checked_and_auto_unrolls_on_cpu():
+    with pytest.raises(ValueError, match="seed_batching must be one of auto, vmap, unroll"):
+        TrainConfig(seed_batching="pmap").check()
+    data = tiny_data()
+    assert jax.default_backend() == "cpu"  # the suite runs on CPU (CI has no accelerator)
+    auto = Trainer(tiny_model(), TrainConfig(batch=32, seeds=3), data)
+    assert auto.seed_batching == "unroll" and auto.chunk == 1  # the seeds fill each program
+    vmapped = Trainer(tiny_model(), TrainConfig(batch=32, seeds=3, seed_batching="vmap"), data)
+    assert vmapped.seed_batching == "vmap" and vmapped.chunk > 1  # multi-step chunks as for one seed
