@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxcnn import models
+from jaxcnn.conv_impl import IMPLS
 from jaxcnn.core import LayerError
 from jaxcnn.summary import OPTIMIZER_SLOTS, summary
 
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=_positive_int, nargs="+", default=[128])
     b.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32"])
     b.add_argument("--mode", nargs="+", choices=["train", "infer"], default=["train", "infer"])
-    b.add_argument("--conv-impl", choices=["auto", "xla", "shift", "im2col"], default="auto")
+    b.add_argument("--conv-impl", choices=list(IMPLS), default="auto")
     b.add_argument("--quick", action="store_true", help="few short repetitions (checks the report, not the speed)")
     b.add_argument("--json", type=Path, default=None, help="also write the JSON report to this file")
     return parser

@@ -9,18 +9,34 @@ All compute the same function; which is fastest depends on the backend:
   than this (see ``experiments/benchmark.py``).
 * ``im2col``: gather every window into a patch matrix and do one matmul (how most
   libraries lower convolution; memory grows by kh x kw).
-* ``auto``: ``shift`` for grouped/depthwise kernels on CPU, ``xla`` otherwise.
+* ``phase``: the XLA primitive forward and for the weight gradient, but the input
+  gradient of a strided convolution computed as one stride-1 convolution per output
+  phase (the sub-pixel decomposition: with stride s, input rows r, r+s, r+2s, ... all
+  see the same kernel rows, so each phase is a small dense stride-1 convolution of the
+  output gradient). XLA:CPU lowers the input gradient of a strided convolution as a
+  convolution with a dilated input, which measured 2-8x slower than these stride-1
+  convolutions (``python experiments/conv_lowerings.py``). Dense (ungrouped) kernels
+  with dilation 1 only; anything else falls back to ``xla``. Forward- and reverse-mode
+  differentiation both work (a ``custom_jvp`` whose tangent map is written so that
+  JAX's transpose of it is the phase form).
+* ``auto``, chosen per backend and layer by measurement: on CPU, ``shift`` for
+  grouped/depthwise kernels and for dense kernels larger than their (unpadded) input
+  (XLA:CPU takes 5-10x longer there, e.g. a 3x3 kernel on a 2x2 map), ``phase`` for
+  strided dense kernels, ``xla`` otherwise; ``xla`` everywhere on GPU and TPU.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
-IMPLS = ("auto", "xla", "shift", "im2col")
+IMPLS = ("auto", "xla", "shift", "im2col", "phase")
+_DN = ("NHWC", "HWIO", "NHWC")
 
 
 def check_impl(layer: Any, impl: str) -> None:
@@ -29,13 +45,29 @@ def check_impl(layer: Any, impl: str) -> None:
         raise ValueError(f"{type(layer).__name__}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
 
 
-def choose(impl: str, groups: int) -> str:
-    """Resolve ``auto`` for the current default backend."""
+def choose(
+    impl: str,
+    groups: int,
+    in_hw: tuple[int, int] | None = None,
+    kernel: tuple[int, int] | None = None,
+    stride: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+) -> str:
+    """Resolve ``auto`` (and an inapplicable ``phase``) for the current default backend and this conv."""
+    phase_ok = groups == 1 and dilation == (1, 1) and stride != (1, 1)
+    if impl == "phase":
+        return "phase" if phase_ok else "xla"
     if impl != "auto":
         return impl
-    if groups > 1 and jax.default_backend() == "cpu":
+    if jax.default_backend() != "cpu":
+        return "xla"
+    if groups > 1:
         return "shift"
-    return "xla"
+    if in_hw is not None and kernel is not None and any(
+        n < dilation[i] * (kernel[i] - 1) + 1 for i, n in enumerate(in_hw)
+    ):
+        return "shift"
+    return "phase" if phase_ok else "xla"
 
 
 def conv2d(
@@ -48,12 +80,14 @@ def conv2d(
     impl: str = "xla",
 ) -> jax.Array:
     """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering."""
-    impl = choose(impl, groups)
+    impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation)
     if impl == "xla":
         return lax.conv_general_dilated(
             x, w, window_strides=stride, padding=pads, rhs_dilation=dilation,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+            dimension_numbers=_DN, feature_group_count=groups,
         )
+    if impl == "phase":
+        return _phase_conv(x, w, stride, pads)
     taps = list(_taps(x, w.shape[:2], stride, pads, dilation))
     kh, kw, cin_g, cout = w.shape
     n, oh, ow, c = taps[0].shape
@@ -104,3 +138,61 @@ def _grouped_matmul(t: jax.Array, w: jax.Array, groups: int, cin_g: int, cout_g:
     tg = t.reshape(n, oh, ow, groups, cin_g)
     wg = w.reshape(cin_g, groups, cout_g)
     return jnp.einsum("nhwgc,cgd->nhwgd", tg, wg).reshape(n, oh, ow, groups * cout_g)
+
+
+def _xla_dense(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
+    return lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _phase_conv(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
+    return _xla_dense(x, w, stride, pads)
+
+
+def _phase_conv_jvp(stride, pads, primals, tangents):
+    # The tangent in x goes through the phase form, so reverse mode transposes *that*
+    # (stride-1 convolutions), not XLA's dilated-input convolution. Symbolic zeros skip the
+    # input gradient of the first layer (data, never differentiated) at no cost.
+    x, w = primals
+    dx, dw = tangents
+    y = _xla_dense(x, w, stride, pads)
+    parts = []
+    if not isinstance(dx, SymbolicZero):
+        parts.append(_phase_forward(dx, w, stride, pads))
+    if not isinstance(dw, SymbolicZero):
+        parts.append(_xla_dense(x, dw, stride, pads))
+    if not parts:
+        return y, jnp.zeros_like(y)
+    return y, parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+_phase_conv.defjvp(_phase_conv_jvp, symbolic_zeros=True)
+
+
+def _phase_forward(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
+    """The strided dense convolution as a sum of stride-1 VALID convolutions, one per phase.
+
+    With ``xp`` the padded input, ``y[o] = sum_k xp[s*o + k] w[k]``; writing ``k = a + s*m``
+    gives ``y[o] = sum_a sum_m xa[o + m] w[a + s*m]`` with ``xa[t] = xp[s*t + a]``, the
+    phase-``a`` rows of the input: a stride-1 convolution of ``xa`` with the kernel rows
+    ``w[a::s]``. Its transpose (the input gradient) is therefore stride-1 convolutions too.
+    """
+    kh, kw, cin, _ = w.shape
+    n, h, wd, _ = x.shape
+    sh, sw = stride
+    oh = (h + sum(pads[0]) - kh) // sh + 1
+    ow = (wd + sum(pads[1]) - kw) // sw + 1
+    th, tw = oh + -(-kh // sh) - 1, ow + -(-kw // sw) - 1  # phase lengths the largest sub-kernel needs
+    # pad (or crop: lax.pad takes negative widths) to exactly s*t rows, then split rows by phase
+    xp = lax.pad(x, jnp.zeros((), x.dtype), (
+        (0, 0, 0), (pads[0][0], sh * th - h - pads[0][0], 0), (pads[1][0], sw * tw - wd - pads[1][0], 0), (0, 0, 0),
+    ))
+    xr = xp.reshape(n, th, sh, tw, sw, cin)
+    y = None
+    for ah in range(min(sh, kh)):
+        for aw in range(min(sw, kw)):
+            wa = w[ah::sh, aw::sw]
+            xa = xr[:, : oh + wa.shape[0] - 1, ah, : ow + wa.shape[1] - 1, aw]
+            part = lax.conv_general_dilated(xa, wa, (1, 1), "VALID", dimension_numbers=_DN)
+            y = part if y is None else y + part
+    return y

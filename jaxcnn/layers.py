@@ -170,7 +170,7 @@ class Conv(Layer):
     kernel_init: str = "he_normal"
     fixed: bool = False
     compute_dtype: str | None = None
-    impl: str = "xla"
+    impl: str = "auto"
 
     kind: ClassVar[str] = "conv"
 
@@ -251,7 +251,7 @@ class DepthwiseConv(Layer):
     use_bias: bool = False
     kernel_init: str = "he_normal"
     compute_dtype: str | None = None
-    impl: str = "xla"
+    impl: str = "auto"
 
     kind: ClassVar[str] = "dwconv"
 

@@ -7,6 +7,7 @@ import functools
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ from jaxcnn import (
     Tanh,
     mixed_precision,
 )
-from jaxcnn.conv_impl import IMPLS, choose
+from jaxcnn.conv_impl import IMPLS, choose, conv2d
 
 KEY = jax.random.key(0)
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -65,7 +66,11 @@ def _pair(v):
 # VALID, asymmetric padding, dilation, grouped and depthwise with and without multiplier)
 CONV_CASES = [
     ("s1_same", False, dict(features=4, kernel=3, padding="SAME"), (7, 7, 3), True),
-    ("s2_same_even_input", False, dict(features=4, kernel=3, stride=2, padding="SAME"), (8, 8, 3), False),
+    ("s2_same_even_input", False, dict(features=4, kernel=3, stride=2, padding="SAME"), (8, 8, 3), True),
+    ("s23_even_kernel_asym", False, dict(features=3, kernel=(4, 3), stride=(2, 3), padding=((2, 1), (0, 2))),
+     (9, 11, 2), True),
+    ("s3_k5", False, dict(features=2, kernel=5, stride=3, padding=2), (10, 8, 3), True),
+    ("kernel_larger_than_input", False, dict(features=3, kernel=3, stride=2, padding=1), (2, 2, 4), True),
     ("s2_valid", False, dict(features=4, kernel=3, stride=2, padding="VALID"), (9, 8, 3), True),
     ("dilation_s2_valid", False, dict(features=3, kernel=3, stride=2, dilation=(2, 1), padding="VALID"), (9, 8, 2),
      True),
@@ -107,7 +112,7 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
     dx, dw, db = np_conv_vjp(x, w, cot, stride, pads, dilation, groups)
 
     ref = None
-    impls = ["xla", "shift", "im2col"] if all_impls else ["xla"]  # XLA first: the others are compared to it
+    impls = ["xla", "shift", "im2col", "phase"] if all_impls else ["xla"]  # XLA first: the others are compared to it
     for impl in impls:
         layer = dataclasses.replace(base, impl=impl)
         y, gp, gx = _forward_and_grads(layer, params, x, jnp.asarray(cot, jnp.float32))
@@ -125,14 +130,64 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
         # 'auto' traces to exactly the program of the lowering it picks (checked above), so it computes
         # the same values; comparing the jaxprs saves compiling a fourth copy
         assert set(IMPLS) == {"auto", *impls}
-        picked = choose("auto", groups)
-        assert picked == ("shift" if groups > 1 and jax.default_backend() == "cpu" else "xla")
+        picked = choose("auto", groups, in_shape[:2], kernel, stride, dilation)
+        too_small = any(n < d * (k - 1) + 1 for n, k, d in zip(in_shape[:2], kernel, dilation, strict=True))
+        if jax.default_backend() != "cpu":
+            assert picked == "xla"
+        elif groups > 1 or too_small:
+            assert picked == "shift"
+        else:
+            assert picked == ("phase" if stride != (1, 1) and dilation == (1, 1) else "xla")
 
         def program(impl):
             fn = functools.partial(_forward_and_grads.__wrapped__, dataclasses.replace(base, impl=impl))
             return str(jax.make_jaxpr(fn)(params, x, jnp.asarray(cot, jnp.float32)))
 
         assert program("auto") == program(picked)
+
+
+def _conv_eqns(jaxpr):
+    """Every conv_general_dilated equation in a jaxpr, sub-jaxprs (custom_jvp, pjit) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _conv_eqns(sub)
+
+
+@pytest.mark.parametrize(
+    "stride, kernel, pads", [((2, 2), (3, 3), ((1, 1), (1, 1))), ((3, 2), (5, 2), ((2, 1), (0, 0)))]
+)
+def test_phase_input_gradient_uses_only_stride_one_convolutions(x64, stride, kernel, pads):
+    # The point of 'phase': the input gradient of a strided conv as stride-1 convolutions, never XLA's
+    # dilated-input ("transposed") convolution; forward mode, reverse mode and their composition
+    # (second derivatives) all equal the XLA primitive's.
+    x = jnp.asarray(_x((2, 11, 9, 3)), jnp.float64)
+    w = jnp.asarray(np.random.default_rng(4).standard_normal((*kernel, 3, 4)), jnp.float64)
+
+    def conv(impl):
+        return lambda x, w: conv2d(x, w, stride, pads, (1, 1), 1, impl)
+
+    y, vjp = jax.vjp(conv("xla"), x, w)
+    cot = jnp.asarray(np.random.default_rng(5).standard_normal(y.shape))
+    y2, vjp2 = jax.vjp(conv("phase"), x, w)
+    np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+    for got, want in zip(vjp2(cot), vjp(cot), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    tangents = (0.3 * x, 0.7 * w)
+    np.testing.assert_allclose(
+        jax.jvp(conv("phase"), (x, w), tangents)[1], jax.jvp(conv("xla"), (x, w), tangents)[1], rtol=1e-12, atol=1e-12
+    )
+
+    def second(impl):
+        return jax.grad(lambda x: jnp.sum(jax.grad(lambda x: jnp.sum(conv(impl)(x, w) ** 2))(x) ** 3))(x)
+
+    np.testing.assert_allclose(second("phase"), second("xla"), rtol=1e-10, atol=1e-10)
+    input_grad = jax.make_jaxpr(lambda x: jax.vjp(lambda x: conv("phase")(x, w), x)[1](cot))(x).jaxpr
+    dilations = [e.params["lhs_dilation"] for e in _conv_eqns(input_grad)]
+    assert dilations and all(d == (1, 1) for d in dilations), dilations
+    reference = jax.make_jaxpr(lambda x: jax.vjp(lambda x: conv("xla")(x, w), x)[1](cot))(x).jaxpr
+    assert stride in [e.params["lhs_dilation"] for e in _conv_eqns(reference)]  # what 'phase' avoids
 
 
 def test_tf_same_padding_puts_the_extra_row_at_the_end():
