@@ -312,10 +312,17 @@ def xla_flops(model: Layer, input_shape: Shape, *, batch: int = 1) -> float:
 
     XLA counts 2 per multiply-add over non-padded taps only, and adds elementwise
     ops, so it equals ``2 x MACs`` only for VALID/1x1 convolutions and dense layers
-    without bias or activations.
+    without bias or activations. Convolutions are counted as the XLA primitive
+    (``impl="xla"``): the other lowerings compute the same function with different
+    programs (the shifted form multiplies the zero padding too), which would not test the
+    analytic count.
     """
     import jax
     import jax.numpy as jnp
+
+    from jaxcnn.transforms import with_conv_impl
+
+    model = with_conv_impl(model, "xla")
 
     shape = tuple(int(d) for d in input_shape)  # static: a tuple argument to eval_shape would be traced
     params, state = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
