@@ -48,13 +48,18 @@ def check_impl(layer: Any, impl: str) -> None:
         raise ValueError(f"{type(layer).__name__}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
 
 
+def effective_kernel(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    """The extent a dilated kernel covers per axis: d (k - 1) + 1."""
+    return tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+
+
 def choose(
     impl: str,
     groups: int,
-    in_hw: tuple[int, int] | None = None,
-    kernel: tuple[int, int] | None = None,
-    stride: tuple[int, int] = (1, 1),
-    dilation: tuple[int, int] = (1, 1),
+    in_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
 ) -> str:
     """Resolve ``auto`` (and an inapplicable ``phase``) for the current default backend and this conv."""
     phase_ok = groups == 1 and dilation == (1, 1) and stride != (1, 1)
@@ -66,9 +71,7 @@ def choose(
         return "xla"
     if groups > 1:
         return "shift"
-    if in_hw is not None and kernel is not None and any(
-        n < dilation[i] * (kernel[i] - 1) + 1 for i, n in enumerate(in_hw)
-    ):
+    if any(n < k for n, k in zip(in_hw, effective_kernel(kernel, dilation), strict=True)):
         return "shift"
     return "phase" if phase_ok else "xla"
 
@@ -122,8 +125,7 @@ def _taps(x, kernel, stride, pads, dilation):
     """The input window seen by each kernel tap, as strided slices of the padded input."""
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     hp, wp = xp.shape[1:3]
-    keh = dilation[0] * (kernel[0] - 1) + 1
-    kew = dilation[1] * (kernel[1] - 1) + 1
+    keh, kew = effective_kernel(kernel, dilation)
     oh = (hp - keh) // stride[0] + 1
     ow = (wp - kew) // stride[1] + 1
     for i, j in _positions(*kernel):
@@ -196,6 +198,6 @@ def _phase_forward(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
         for aw in range(min(sw, kw)):
             wa = w[ah::sh, aw::sw]
             xa = xr[:, : oh + wa.shape[0] - 1, ah, : ow + wa.shape[1] - 1, aw]
-            part = lax.conv_general_dilated(xa, wa, (1, 1), "VALID", dimension_numbers=_DN)
+            part = _xla_dense(xa, wa, (1, 1), "VALID")
             y = part if y is None else y + part
     return y

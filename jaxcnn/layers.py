@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import initializers
-from jaxcnn.conv_impl import check_impl, conv2d
+from jaxcnn.conv_impl import check_impl, conv2d, effective_kernel
 from jaxcnn.core import Layer, Params, ParamsError, Shape, ShapeError, Spec, State
 
 Padding = Any  # "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right))
@@ -109,7 +109,7 @@ def window_output(
             "Use it before Flatten/global pooling, or reshape the input to (H, W, C)",
         )
     size = in_shape[:2]
-    k_eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    k_eff = effective_kernel(kernel, dilation)
     pads = resolve_padding(padding, size, k_eff, stride)
     out = []
     for n, k, s, (lo, hi) in zip(size, k_eff, stride, pads, strict=True):

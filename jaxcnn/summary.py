@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxcnn.core import Layer, Node, Shape, check_shape, layer_label, walk
 from jaxcnn.layers import Conv, DepthwiseConv, Dropout, Flatten, Identity, _Elementwise
+from jaxcnn.transforms import with_conv_impl
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
 # Layers counted as in place (no new activation tensor), as cs231n's VGG memory table
@@ -319,8 +320,6 @@ def xla_flops(model: Layer, input_shape: Shape, *, batch: int = 1) -> float:
     """
     import jax
     import jax.numpy as jnp
-
-    from jaxcnn.transforms import with_conv_impl
 
     model = with_conv_impl(model, "xla")
 
