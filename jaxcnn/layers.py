@@ -19,6 +19,7 @@ from jax import lax
 from jaxcnn import initializers
 from jaxcnn.conv_impl import check_impl, conv2d, effective_kernel
 from jaxcnn.core import Layer, Params, ParamsError, Shape, ShapeError, Spec, State
+from jaxcnn.reductions import mean_leading
 
 Padding = Any  # "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right))
 Pair = tuple[int, int]
@@ -571,10 +572,10 @@ class BatchNorm(Layer):
         # At least float32: bf16/f16 inputs are upcast, but float64 (x64 mode) must not be
         # silently truncated to float32 precision.
         xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        axes = tuple(range(x.ndim - 1))
         if train:
-            mean = jnp.mean(xf, axis=axes)
-            var = jnp.mean(jnp.square(xf - mean), axis=axes)
+            # two-stage sums: accurate under every XLA reduction strategy (see jaxcnn.reductions)
+            mean = mean_leading(xf, x.ndim - 1)
+            var = mean_leading(jnp.square(xf - mean), x.ndim - 1)
             n = math.prod(x.shape[:-1])
             unbiased = var * (n / max(n - 1, 1))
             d = self.ema_decay
@@ -619,7 +620,8 @@ class Dropout(Layer):
                 self, tuple(x.shape[1:]), "train mode needs a random key",
                 "Pass key=jax.random.key(...) to apply (or train=False for evaluation)",
             )
-        keep = jax.random.bernoulli(key, 1.0 - self.rate, x.shape)
+        # float32 draws always (what bernoulli does in the default mode), so a float64 run draws the same mask
+        keep = jax.random.uniform(key, x.shape, jnp.float32) < jnp.float32(1.0 - self.rate)
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state
 
 
