@@ -1,10 +1,11 @@
 """Time the same CNN train step in jaxcnn, Flax linen and PyTorch eager (channels_last and NCHW).
 
-Command: python experiments/compare_peers.py [--modes train,infer] [--json out.json] [--markdown out.md]
+Command: python experiments/compare_peers.py [--modes train] [--json out.json] [--markdown out.md]
          python experiments/compare_peers.py --quick          (both models at 32x32 batch 8, ~30 s: MobileNet compiles)
          python experiments/compare_peers.py --quick --cases allconv6:32:4 --reps 1   (smoke test, ~10-15 s)
-Expected runtime on the 2-core CPU: about 5 minutes for the four default cases in train mode, about
-8 minutes with ``--modes train,infer`` (MobileNet's first calls alone take 5-10 s per JAX framework).
+Expected runtime on the 2-core CPU: about 12 minutes for the five default cases in train and infer mode
+(MobileNet's first calls alone take 5-10 s per JAX framework, and jaxcnn tunes its XLA options per
+program first: a few more compiles, cached on disk for the next run).
 Run nothing else meanwhile: on 2 cores an overlapping process slows steps by 10-200x. Each
 repetition records the CPU time other processes used (from /proc/stat) and is redone when they
 used more than ``--max-other-load`` cores.
@@ -18,10 +19,12 @@ What it measures, per case (model, input size, batch), float32, one fixed random
 Frameworks, each written the way its users would write it:
 
 * ``jaxcnn``: ``models.get("allconv6", num_classes=10)`` / ``models.get("mobilenet_v1", width=a,
-  num_classes=10, padding=1)`` (default lowerings: XLA dense convs, shifted multiply-add depthwise on
-  CPU), the step under ``jax.jit(donate_argnums=(0,))`` with optax SGD.
+  num_classes=10, padding=1)`` (default lowerings, ``conv_impl="auto"``), the step under
+  ``jax.jit(donate_argnums=(0,), compiler_options=...)`` with optax SGD, the options picked as the
+  engine picks them (``jaxcnn.compile_options``: fastest candidate as accurate as XLA's default).
 * ``flax``: a hand-written ``flax.linen`` Module of the same architecture (depthwise as ``nn.Conv``
-  with ``feature_group_count``), ``apply(..., mutable=['batch_stats'])``, the same jit/donate/optax step.
+  with ``feature_group_count``), ``apply(..., mutable=['batch_stats'])``, the same jit/donate/optax step,
+  plain ``jax.jit`` (no option of jaxcnn's: ``import jaxcnn`` sets no XLA flag).
 * ``torch-eager-cl``: hand-written ``torch.nn`` model, model and input in ``channels_last``.
 * ``torch-eager``: the same model in plain NCHW.
 
@@ -55,7 +58,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,12 +69,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import models
+from jaxcnn import compile_options, models
 from jaxcnn.bench import device_info
+from jaxcnn.checkpoint import atomic_write_text
 
 FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager")
 PEERS = ("torch-eager-cl", "torch-eager", "flax")  # ratio denominators: jaxcnn / peer
-DEFAULT_CASES = ("allconv6:32:128", "mbv1_1.0:32:128", "allconv6:224:16", "mbv1_1.0:224:8")
+DEFAULT_CASES = ("allconv6:32:128", "mbv1_1.0:32:128", "mbv1_0.25:32:128", "allconv6:224:16", "mbv1_1.0:224:8")
 QUICK_CASES = ("allconv6:32:8", "mbv1_0.25:32:8")
 NUM_CLASSES = 10
 LR, MOMENTUM = 0.01, 0.9
@@ -160,10 +163,29 @@ def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
 
 
-def _jax_runner(framework: str, apply_train, apply_infer, params, state, mode: str, x, y, notes: str) -> Runner:
-    """The same step for jaxcnn and flax: ``apply_train(p, s, x) -> (logits, new_s)``, jit + donate carry."""
+def _jax_runner(
+    framework: str, apply_train, apply_infer, params, state, mode: str, x, y, notes: str, tune: bool = False
+) -> Runner:
+    """The same step for jaxcnn and flax: ``apply_train(p, s, x) -> (logits, new_s)``, jit + donate carry.
+
+    ``tune``: pick XLA compile options for this program as jaxcnn's engine does (jaxcnn.compile_options),
+    when the step is built (not part of the first call; its seconds go in the notes). Flax gets plain
+    ``jax.jit``, as its users write it.
+    """
     tx = optax.sgd(LR, momentum=MOMENTUM)
     counts = (_size(params), _size(state))
+
+    def jit(fn, args, **kw):
+        nonlocal notes
+        if not tune:
+            return jax.jit(fn, **kw)
+        t0 = time.perf_counter()
+        choice = compile_options.resolve("auto", fn, args, label=f"compare_peers {framework} {mode}")
+        how = ("not tuned" if not choice.seconds else "cached" if choice.cached
+               else f"tuned in {time.perf_counter() - t0:.1f} s")
+        notes += f"; XLA options {choice.name} ({how})"
+        return jax.jit(fn, compiler_options=choice.options, **kw)
+
     if mode == "train":
 
         def train_step(carry, x, y):
@@ -177,8 +199,8 @@ def _jax_runner(framework: str, apply_train, apply_infer, params, state, mode: s
             updates, opt = tx.update(grads, opt, params)
             return (optax.apply_updates(params, updates), new_state, opt), loss
 
-        step = jax.jit(train_step, donate_argnums=(0,))
         box = [(params, state, tx.init(params))]
+        step = jit(train_step, (box[0], x, y), donate_argnums=(0,))
 
         def run(n: int) -> None:
             loss = None
@@ -187,7 +209,7 @@ def _jax_runner(framework: str, apply_train, apply_infer, params, state, mode: s
             jax.block_until_ready((box[0], loss))
 
     else:
-        infer = jax.jit(apply_infer)
+        infer = jit(apply_infer, (params, state, x))
 
         def run(n: int) -> None:
             for _ in range(n):
@@ -214,7 +236,7 @@ def jaxcnn_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray) -> Runner
         "jaxcnn",
         lambda p, s, xb: model.apply(p, s, xb, train=True),
         lambda p, s, xb: model.apply(p, s, xb, train=False)[0],
-        params, state, mode, jnp.asarray(x), jnp.asarray(y), notes,
+        params, state, mode, jnp.asarray(x), jnp.asarray(y), notes, tune=True,
     )
 
 
@@ -547,21 +569,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def available(frameworks: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """The frameworks that can run, the skipped ones with the reason, and the peers' versions."""
     ok, skipped, versions = [], {}, {}
@@ -610,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", help="comma-separated MODEL:SIZE:BATCH, MODEL allconv6 or mbv1_<alpha> "
                         f"(default {','.join(DEFAULT_CASES)}; with --quick {','.join(QUICK_CASES)})")
-    parser.add_argument("--modes", default="train", help="comma-separated: train, infer (default train)")
+    parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer (default both)")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                         help=f"comma-separated subset of {','.join(FRAMEWORKS)} (jaxcnn is always needed)")
     parser.add_argument("--quick", action="store_true",
@@ -687,9 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(report)
     print("\n" + text, flush=True)
     if args.json:
-        write_atomic(args.json, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
     if args.markdown:
-        write_atomic(args.markdown, text + "\n")
+        atomic_write_text(args.markdown, text + "\n")
     return 0
 
 

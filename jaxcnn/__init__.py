@@ -1,10 +1,5 @@
 """jaxcnn: pure-function CNN layers in JAX with exact accounting of every model."""
 
-# First, before anything can start a JAX backend: XLA reads XLA_FLAGS only once.
-from jaxcnn import xla_defaults  # noqa: F401  (sets jaxcnn's default XLA flags on import)
-
-# isort: split
-
 from jaxcnn.combinators import Parallel, Residual, Sequential
 from jaxcnn.core import (
     Layer,

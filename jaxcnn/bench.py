@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcnn import compile_options as xla_options
 from jaxcnn import models
 from jaxcnn.core import Layer
 from jaxcnn.summary import summary
@@ -43,11 +44,13 @@ class Timing:
 
 
 def time_calls(
-    fn: Callable[..., Any], args: tuple, *, reps: int = 5, min_seconds: float = 1.0, carry: bool = False
+    fn: Callable[..., Any], args: tuple, *, reps: int = 5, min_seconds: float = 1.0, carry: bool = False,
+    compiler_options: dict[str, str] | None = None,
 ) -> Timing:
     """Time ``fn(*args)``; with ``carry=True`` the output's first element replaces ``args[0]`` (donation)."""
     t0 = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=(0,) if carry else ()).lower(*args).compile()
+    jitted = jax.jit(fn, donate_argnums=(0,) if carry else (), compiler_options=compiler_options or {})
+    compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     state = list(args)
 
@@ -147,9 +150,14 @@ def _steps(model: Layer):
 
 def bench_model(
     name: str, *, input_size: int, batch: int, dtype: str = "float32", mode: str = "train",
-    conv_impl: str | None = "auto", num_classes: int = 10, quick: bool = False, **options: Any,
+    conv_impl: str | None = "auto", num_classes: int = 10, quick: bool = False, compile_options: str = "auto",
+    **options: Any,
 ) -> dict[str, Any]:
-    """Benchmark one registry model; returns a flat record (see the module docstring)."""
+    """Benchmark one registry model; returns a flat record (see the module docstring).
+
+    ``compile_options``: "auto" picks XLA options per program by measurement and accuracy
+    (:mod:`jaxcnn.compile_options`; tuning time is reported apart from compile time), or a candidate name.
+    """
     model = models.get(name, num_classes=num_classes, **options)
     if conv_impl:
         model = with_conv_impl(model, conv_impl)
@@ -164,16 +172,19 @@ def bench_model(
     tx, train_step, infer_step = _steps(model)
     reps, secs = (2, 0.1) if quick else (5, 1.0)
     if mode == "train":
-        t = time_calls(train_step, ((params, state, tx.init(params)), x, y), reps=reps, min_seconds=secs, carry=True)
-        flops = 3 * 2 * macs * batch
+        fn, args, flops = train_step, ((params, state, tx.init(params)), x, y), 3 * 2 * macs * batch
     elif mode == "infer":
-        t = time_calls(infer_step, (params, state, x), reps=reps, min_seconds=secs)
-        flops = 2 * macs * batch
+        fn, args, flops = infer_step, (params, state, x), 2 * macs * batch
     else:
         raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+    t0 = time.perf_counter()
+    choice = xla_options.resolve(compile_options, fn, args, label=f"bench {name} {mode}")
+    tune_s = time.perf_counter() - t0
+    t = time_calls(fn, args, reps=reps, min_seconds=secs, carry=mode == "train", compiler_options=choice.options)
     return {
         "model": name, "input": f"{input_size}x{input_size}x{c}", "batch": batch, "dtype": dtype, "mode": mode,
-        "conv_impl": conv_impl, "macs_per_image": macs, "compile_s": t.compile_seconds,
+        "conv_impl": conv_impl, "compile_options": choice.name, "tune_s": tune_s,
+        "tune": choice.record(), "macs_per_image": macs, "compile_s": t.compile_seconds,
         "step_ms_median": 1e3 * t.median, "step_ms_low": 1e3 * t.low, "step_ms_high": 1e3 * t.high,
         "reps": t.reps, "calls_per_rep": t.calls_per_rep, "images_per_s": batch / t.median,
         "achieved_flops": flops / t.median, "device_memory_peak_bytes": memory_in_use(),
@@ -205,13 +216,14 @@ def run(
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table (plus the measured peaks)."""
     lines = [
-        "| model | input | batch | dtype | mode | conv | MMAC/img | compile s | step ms (min-max) | images/s |"
-        " GFLOP/s | % of peak |",
-        "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | input | batch | dtype | mode | conv | XLA options | MMAC/img | compile s | step ms (min-max) |"
+        " images/s | GFLOP/s | % of peak |",
+        "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['model']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['conv_impl']} "
+            f"| {r.get('compile_options', 'xla')} "
             f"| {r['macs_per_image'] / 1e6:.2f} | {r['compile_s']:.1f} "
             f"| {r['step_ms_median']:.1f} ({r['step_ms_low']:.1f}-{r['step_ms_high']:.1f}) "
             f"| {r['images_per_s']:,.0f} | {r['achieved_flops'] / 1e9:.1f} | {r['percent_of_peak']:.0f} |"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxcnn import models
+from jaxcnn.compile_options import CHOICES as COMPILE_CHOICES
 from jaxcnn.conv_impl import IMPLS
 from jaxcnn.core import LayerError
 from jaxcnn.summary import OPTIMIZER_SLOTS, summary
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epoch: data on device, compiled chunks; step: streaming host batches")
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="builder option, e.g. stem_stride=1 or bn=true (repeatable)")
+    t.add_argument("--compile-options", choices=list(COMPILE_CHOICES), default="auto",
+                   help="XLA options of the training programs: auto = fastest candidate that keeps float32 "
+                   "accuracy, measured once per model and machine (cached); or a candidate name")
     t.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, metrics.jsonl, result.json)")
     t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -102,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32"])
     b.add_argument("--mode", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     b.add_argument("--conv-impl", choices=list(IMPLS), default="auto")
+    b.add_argument("--compile-options", choices=list(COMPILE_CHOICES), default="auto",
+                   help="XLA options per program: auto = tuned (fastest accurate candidate), or a candidate name")
     b.add_argument("--quick", action="store_true", help="few short repetitions (checks the report, not the speed)")
     b.add_argument("--json", type=Path, default=None, help="also write the JSON report to this file")
     return parser
@@ -118,7 +124,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from None
         for batch in args.batch:
-            specs.append({"name": name, "input_size": args.input_size, "batch": batch, "conv_impl": args.conv_impl})
+            specs.append({"name": name, "input_size": args.input_size, "batch": batch, "conv_impl": args.conv_impl,
+                          "compile_options": args.compile_options})
     try:
         report = bench.run(specs, quick=args.quick, dtypes=tuple(args.dtype), modes=tuple(args.mode))
     except ValueError as err:  # LayerError included
@@ -180,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
             crop_pad=args.crop_pad if args.crop_pad is not None else (4 if size >= 32 else 2),
             flip=args.flip if args.flip is not None else not digits, seed=args.seed, seeds=args.seeds,
-            mode=args.mode,
+            mode=args.mode, compile_options=args.compile_options,
         ).check()
         mean, std = jdata.normalization_stats(train.x)
         data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn import checkpoint
+from jaxcnn import checkpoint, compile_options
 from jaxcnn.core import Layer
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -74,6 +74,9 @@ class TrainConfig:
     # "unroll" writes K copies of the step side by side (on CPU 1.3-2.4x faster: a vmapped
     # convolution becomes a grouped one, XLA:CPU's slowest kind); "auto" picks by backend.
     seed_batching: str = "auto"
+    # XLA compile options of the training programs: "auto" times the candidates on one step and keeps the
+    # fastest that is as accurate as XLA's default (cached per machine; jaxcnn.compile_options), or a name
+    compile_options: str = "auto"
 
     def check(self) -> TrainConfig:
         """Return self or raise ValueError naming the bad option."""
@@ -91,6 +94,8 @@ class TrainConfig:
             (self.mode in ("epoch", "step"), "mode must be 'epoch' or 'step'"),
             (isinstance(self.chunk, int) and self.chunk >= 0, "chunk must be an int >= 0"),
             (self.seed_batching in SEED_BATCHING, f"seed_batching must be one of {', '.join(SEED_BATCHING)}"),
+            (self.compile_options in compile_options.CHOICES,
+             f"compile_options must be one of {', '.join(compile_options.CHOICES)}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -136,6 +141,7 @@ class FitResult:
     compile_seconds: float
     seeds: list[int] = field(default_factory=list)
     initial_params: Any = None  # with fit(keep_initial=True): parameters before training, per seed
+    compile_choice: dict[str, Any] | None = None  # the XLA options used and the measurements behind them
 
     @property
     def mean_accuracy(self) -> float:
@@ -243,10 +249,34 @@ class Trainer:
         else:
             auto = _divisor_chunk(self.steps)
         self.chunk = min(cfg.chunk or auto, self.steps)
-        self._chunk_fns: dict[int, Any] = {}
         self._perm_fn = jax.jit(jax.vmap(self._permutation))
-        self._step_fn = jax.jit(self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,))
-        self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)))
+        self.choice: compile_options.Choice | None = None
+        self._use_options({})
+
+    def _use_options(self, options: dict[str, str]) -> None:
+        """(Re)build the jitted step, chunk and eval functions with these XLA compile options."""
+        self.compiler_options = dict(options)
+        self._chunk_fns: dict[int, Any] = {}
+        self._step_fn = jax.jit(
+            self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,), compiler_options=options
+        )
+        self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options)
+
+    def choose_options(self, carry) -> compile_options.Choice:
+        """Resolve ``cfg.compile_options`` (tuning on one seed's step when "auto") and rebuild the programs."""
+        params, state, _ = jax.tree_util.tree_map(lambda v: v[0], carry)
+        b = self.cfg.batch
+        x = (jnp.asarray(self.data.x_train[:b]).astype(jnp.float32) - self.mean) / self.std
+        y = jnp.asarray(self.data.y_train[:b])
+        key = jax.random.key(0)
+
+        def probe(params, state, x, y):  # what the accuracy check compares: loss, gradients, BN statistics
+            (loss, (new_state, _)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, state, x, y, key)
+            return loss, grads, new_state
+
+        self.choice = compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
+        self._use_options(self.choice.options)
+        return self.choice
 
     def _seedwise(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
         """Map ``fn`` over the leading seed axis of the arguments whose ``in_axes`` entry is 0.
@@ -328,7 +358,8 @@ class Trainer:
         """The jitted all-seeds function running ``length`` steps (compiled once per length)."""
         if length not in self._chunk_fns:
             self._chunk_fns[length] = jax.jit(
-                self._seedwise(self._chunk, (0, None, None, 0, 0)), donate_argnums=(0,)
+                self._seedwise(self._chunk, (0, None, None, 0, 0)), donate_argnums=(0,),
+                compiler_options=self.compiler_options,
             )
         return self._chunk_fns[length]
 
@@ -423,7 +454,7 @@ def _progress(epoch: int, epochs: int, rec: dict[str, Any], elapsed: float) -> s
 
 
 # options that may change when a run is resumed: more epochs extend it, the rest would change its meaning
-_RESUMABLE_CHANGES = {"epochs", "seed_batching"}  # the second changes how, not what, is computed
+_RESUMABLE_CHANGES = {"epochs", "seed_batching", "compile_options"}  # the last two change how, not what
 
 
 def _check_same_recipe(ck: Path, cfg: TrainConfig) -> None:
@@ -479,14 +510,23 @@ def fit(
     x_dev = jax.device_put(data.x_train, trainer.replicated) if cfg.mode == "epoch" else None
     y_dev = jax.device_put(data.y_train, trainer.replicated) if cfg.mode == "epoch" else None
     compile_s = 0.0
-    if cfg.mode == "epoch" and start < cfg.epochs:
-        compile_s = trainer.compile(carry, x_dev, y_dev)
+    if start < cfg.epochs:
+        t0 = time.perf_counter()
+        choice = trainer.choose_options(carry)
+        compile_s = time.perf_counter() - t0
+        if not quiet and cfg.compile_options == "auto" and choice.seconds:
+            print(f"compile options: {choice.name} ({'cached' if choice.cached else 'measured'}: "
+                  + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
+                  + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
+        if cfg.mode == "epoch":
+            compile_s += trainer.compile(carry, x_dev, y_dev)
     from jaxcnn.summary import summary  # local: summary imports layers, which train does not need otherwise
 
     base = {
         "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}),
         "summary_totals": summary(model, trainer.in_shape).totals,
         "versions": checkpoint.versions(),
+        "compile_options": trainer.choice.record() if trainer.choice is not None else None,
     }
     t_start = time.perf_counter()
     train_s = sum(h["seconds"] for h in history)
@@ -533,4 +573,5 @@ def fit(
     return FitResult(
         params=carry[0], state=carry[1], history=history, test_accuracy=list(history[-1]["test_accuracy"]),
         train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds, initial_params=initial,
+        compile_choice=trainer.choice.record() if trainer.choice is not None else None,
     )

@@ -35,15 +35,6 @@ def test_parse_case_spellings_and_errors():
             cp.parse_case(bad)
 
 
-def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
-    cp = _module()
-    target = tmp_path / "sub" / "r.json"
-    cp.write_atomic(target, "one")
-    cp.write_atomic(target, "two")
-    assert target.read_text() == "two"
-    assert [p.name for p in target.parent.iterdir()] == ["r.json"]
-
-
 def test_missing_peers_are_skipped_with_a_reason(monkeypatch):
     cp = _module()
     for name in ("flax", "flax.linen", "torch"):
@@ -70,7 +61,8 @@ def test_quick_run_reports_every_framework(tmp_path):
     out_json, out_md = tmp_path / "peers.json", tmp_path / "peers.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--reps", "1", "--retries", "0",
+        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--modes", "train",
+         "--reps", "1", "--retries", "0",
          "--json", str(out_json), "--markdown", str(out_md)],
         capture_output=True, text=True, env=env, timeout=600,
     )

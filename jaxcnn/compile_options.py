@@ -1,0 +1,243 @@
+"""XLA compile options chosen per program, by measurement and an accuracy check, never globally.
+
+``import jaxcnn`` changes no environment variable and no JAX setting. Instead, each
+program the engine or the benchmark compiles gets its options through
+``jax.jit(..., compiler_options=...)`` from :func:`tune`, which
+
+1. compiles a probe function (one training step for one seed: loss, gradients and
+   BatchNorm statistics) once per candidate and once in float64 (the reference);
+2. keeps a candidate only if every output's error against float64 is at most
+   ``4x`` the error of XLA's own default compile (or of float32 rounding, whichever is
+   larger) -- so an option that trades accuracy for speed is refused, whatever it gains;
+3. times the accepted candidates interleaved (median of a few calls) and picks the fastest;
+4. caches the choice on disk keyed by the probe's program text (model, shapes, dtypes),
+   backend, device, CPU and versions, so a workload is tuned once per machine.
+
+Why per program: the options that help differ between workloads. On the 2-core Zen 4 CPU
+(jaxlib 0.10.2), ``ynn-dot`` (YNNPACK fusions of dots with their neighbours, XLA's own
+convolutions, YNNPACK reductions) trains allconv6 at 32x32 about 1.5x faster than XLA's
+default (which hands every convolution to YNNPACK), while MobileNet gains little. The old
+process-wide flag (``--xla_cpu_experimental_ynn_fusion_type=dot``, kept here as the
+``ynn-dot-only`` candidate for comparison) also took reductions away from YNNPACK: XLA then
+sums a BatchNorm mean over N, H, W with long sequential accumulations, 10-20x less
+accurate than PyTorch's float32 (1.7e-6 against 1.2e-7 relative, tests/test_numerics.py),
+and 5-10x slower. It is not offered by default: the accuracy check refuses it for
+any model with BatchNorm.
+
+``JAXCNN_TUNE=0`` (or ``compile_options="xla"`` in :class:`~jaxcnn.train.TrainConfig` and
+``--compile-options xla`` on the CLI) skips tuning; ``JAXCNN_CACHE_DIR`` moves the cache
+(default ``~/.cache/jaxcnn``). GPU and TPU have one candidate, XLA's default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+
+CANDIDATES: dict[str, dict[str, str]] = {
+    "xla": {},  # XLA's own choice (jaxlib 0.10: YNNPACK for each dot, convolution and reduction)
+    "ynn-dot": {_YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+    # the flag jaxcnn used to set on import: reductions leave YNNPACK and lose accuracy (not tuned)
+    "ynn-dot-only": {_YNN: "LIBRARY_FUSION_TYPE_DOT"},
+}
+TUNED: dict[str, tuple[str, ...]] = {"cpu": ("xla", "ynn-dot")}  # per backend; others: ("xla",)
+CHOICES = ("auto", *CANDIDATES)
+TOLERANCE_FACTOR = 4.0
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+CACHE_VERSION = 1
+
+
+@dataclass
+class Choice:
+    """The options picked for one program, and the measurements behind the pick."""
+
+    name: str
+    options: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)  # median seconds per call, per candidate timed
+    errors: dict[str, float] = field(default_factory=dict)  # worst relative error vs float64, per candidate
+    rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was refused
+    cached: bool = False
+    key: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready record (for checkpoints, results and benchmark rows)."""
+        return asdict(self)
+
+
+def options(name: str) -> dict[str, str]:
+    """The compiler options of candidate ``name``; ValueError naming the choices otherwise."""
+    if name not in CANDIDATES:
+        raise ValueError(f"compile_options must be one of {', '.join(CHOICES)}, got {name!r}")
+    return dict(CANDIDATES[name])
+
+
+def candidates_for(backend: str | None = None) -> tuple[str, ...]:
+    """The candidates :func:`tune` tries on ``backend`` (default: JAX's default backend)."""
+    return TUNED.get(backend or jax.default_backend(), ("xla",))
+
+
+def tuning_enabled() -> bool:
+    """False when ``JAXCNN_TUNE`` is 0/false/no/off."""
+    return os.environ.get("JAXCNN_TUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def resolve(choice: str, fn: Callable[..., Any], args: tuple, **kwargs: Any) -> Choice:
+    """``auto`` -> :func:`tune` (or XLA's default when tuning is off); a candidate name -> that candidate."""
+    if choice == "auto":
+        if not tuning_enabled() or len(candidates_for()) == 1:
+            return Choice("xla", {})
+        return tune(fn, args, **kwargs)
+    return Choice(choice, options(choice))
+
+
+def relative_errors(got: Any, want: Any) -> list[float]:
+    """Normwise relative error ``||got - want|| / ||want||`` of each floating leaf (in float64)."""
+    errs = []
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        w = np.asarray(w)
+        if not np.issubdtype(w.dtype, np.floating) or w.size == 0:
+            continue
+        w, g = w.astype(np.float64), np.asarray(g, np.float64)
+        scale = float(np.linalg.norm(w.ravel()))
+        errs.append(float(np.linalg.norm((g - w).ravel())) / scale if scale else float(np.linalg.norm(g.ravel())))
+    return errs
+
+
+def accuracy_verdict(errs: list[float], reference: list[float], factor: float = TOLERANCE_FACTOR) -> str | None:
+    """None when every leaf error is within ``factor`` x max(reference error, float32 eps); else why not."""
+    for i, (e, r) in enumerate(zip(errs, reference, strict=True)):
+        bound = factor * max(r, FLOAT32_EPS)
+        if not e <= bound:  # also catches NaN
+            return f"output leaf {i}: relative error {e:.2e} vs float64 exceeds {factor:g} x {max(r, FLOAT32_EPS):.2e}"
+    return None
+
+
+def _to_float64(tree: Any) -> Any:
+    def cast(v):
+        if isinstance(v, jax.Array | np.ndarray) and jnp.issubdtype(v.dtype, jnp.floating):
+            return jnp.asarray(np.asarray(v, np.float64))
+        return v
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def _float64_reference(fn: Callable[..., Any], args: tuple) -> Any:
+    with jax.enable_x64(True):
+        out = jax.jit(fn)(*_to_float64(args))
+        return jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), out)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("JAXCNN_CACHE_DIR") or Path.home() / ".cache" / "jaxcnn") / "compile-options"
+
+
+def _machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key(fn: Callable[..., Any], args: tuple, names: tuple[str, ...], label: str = "") -> str:
+    """sha256 of the probe's lowered program, backend, device, CPU, versions and candidates."""
+    text = jax.jit(fn).lower(*args).as_text()
+    d = jax.devices()[0]
+    parts = [str(CACHE_VERSION), label, text, jax.default_backend(), d.device_kind, str(jax.device_count()),
+             _machine(), jax.__version__, ",".join(names)]
+    try:
+        import jaxlib
+
+        parts.append(jaxlib.__version__)
+    except ImportError:  # pragma: no cover - jaxlib is a dependency
+        pass
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _read_cache(key: str) -> Choice | None:
+    path = _cache_dir() / f"{key}.json"
+    try:
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict) or rec.get("name") not in CANDIDATES:
+            return None
+        fields = {k: rec[k] for k in ("name", "seconds", "errors", "rejected") if k in rec}
+        return Choice(options=options(rec["name"]), cached=True, key=key, **fields)
+    except (OSError, ValueError, TypeError):
+        return None  # a missing or damaged cache entry only costs a new measurement
+
+
+def _write_cache(choice: Choice) -> None:
+    from jaxcnn.checkpoint import atomic_write_text  # local: checkpoint is heavier than this module
+
+    try:
+        d = _cache_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / f"{choice.key}.json", json.dumps({**choice.record(), "cached": False}, indent=1))
+    except OSError:
+        pass  # an unwritable cache must not stop training; the next run measures again
+
+
+def tune(
+    fn: Callable[..., Any],
+    args: tuple,
+    *,
+    names: tuple[str, ...] | None = None,
+    reps: int = 5,
+    label: str = "",
+    use_cache: bool = True,
+    factor: float = TOLERANCE_FACTOR,
+) -> Choice:
+    """Pick the fastest candidate whose outputs of ``fn(*args)`` are as accurate as XLA's default compile.
+
+    ``fn`` must be pure and return the outputs to check (for a training step: loss,
+    gradients and BatchNorm statistics); it is called with ``args`` unchanged (no donation).
+    The first name is the reference and is never refused.
+    """
+    names = names or candidates_for()
+    key = cache_key(fn, args, names, label) if use_cache else ""
+    if use_cache and (hit := _read_cache(key)) is not None:
+        return hit
+    want = _float64_reference(fn, args)
+    compiled, errors, rejected = {}, {}, {}
+    reference: list[float] | None = None
+    for name in names:
+        exe = jax.jit(fn, compiler_options=options(name)).lower(*args).compile()
+        errs = relative_errors(exe(*args), want)
+        errors[name] = max(errs, default=0.0)
+        if reference is None:
+            reference = errs
+        elif (why := accuracy_verdict(errs, reference, factor)) is not None:
+            rejected[name] = why
+            continue
+        compiled[name] = exe
+    times: dict[str, list[float]] = {name: [] for name in compiled}
+    for exe in compiled.values():  # warm-up
+        jax.block_until_ready(exe(*args))
+    for _ in range(reps):  # interleaved, so a busy moment hurts every candidate alike
+        for name, exe in compiled.items():
+            t = time.perf_counter()
+            jax.block_until_ready(exe(*args))
+            times[name].append(time.perf_counter() - t)
+    seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    best = min(seconds, key=seconds.__getitem__)
+    choice = Choice(best, options(best), seconds, errors, rejected, False, key)
+    if use_cache:
+        _write_cache(choice)
+    return choice

@@ -1,0 +1,98 @@
+"""XLA compile options per program: no global setting on import, tuning by speed and accuracy, a disk cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import compile_options as co
+from jaxcnn.train import TrainConfig
+
+
+def test_import_leaves_the_environment_and_jax_flags_alone():
+    code = (
+        "import os, json; before = dict(os.environ); import jaxcnn, jaxcnn.train, jaxcnn.bench; "
+        "import jax.numpy as jnp; jnp.ones(2).sum().block_until_ready(); "
+        "print(json.dumps([before == dict(os.environ), os.environ.get('XLA_FLAGS')]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == [True, None]
+
+
+def test_names_resolve_to_their_options_and_bad_names_are_named():
+    assert co.options("xla") == {}
+    assert "LIBRARY_FUSION_TYPE_REDUCE" in co.options("ynn-dot")[co._YNN]
+    with pytest.raises(ValueError, match="compile_options must be one of auto, xla"):
+        co.options("fast")
+    with pytest.raises(ValueError, match="compile_options"):
+        TrainConfig(compile_options="fast").check()
+    fn, args = (lambda x: x * 2), (jnp.ones(3),)
+    assert co.resolve("ynn-dot", fn, args).name == "ynn-dot"
+
+
+def test_tuning_off_means_xla_default(monkeypatch):
+    monkeypatch.setenv("JAXCNN_TUNE", "0")
+    choice = co.resolve("auto", lambda x: x + 1, (jnp.ones(2),))
+    assert (choice.name, choice.options, choice.seconds) == ("xla", {}, {})
+
+
+def test_relative_errors_and_verdict_by_hand():
+    want = {"a": np.array([3.0, 4.0]), "i": np.array([1, 2])}  # integer leaves are not compared
+    got = {"a": np.array([3.0, 4.5]), "i": np.array([9, 9])}
+    assert co.relative_errors(got, want) == [pytest.approx(0.1)]  # |(0, .5)| / |(3, 4)|
+    assert co.accuracy_verdict([4e-7], [1e-7]) is None  # within 4 x the reference
+    assert "leaf 0" in co.accuracy_verdict([5e-7], [1e-7])
+    assert co.accuracy_verdict([4e-7], [0.0]) is None  # the float32 eps floor: 4 x 1.19e-7
+    assert co.accuracy_verdict([float("nan")], [1e-7]) is not None
+
+
+def test_tune_measures_once_then_reads_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((64, 32)), jnp.float32)
+
+    def fn(x):
+        return jnp.tanh(x @ x.T).sum(0)
+
+    first = co.tune(fn, (x,), reps=2)
+    assert not first.cached and set(first.seconds) == set(co.candidates_for()) and first.key
+    assert all(e < 1e-5 for e in first.errors.values())
+    files = list((tmp_path / "compile-options").glob("*.json"))
+    assert [f.stem for f in files] == [first.key]
+    second = co.tune(fn, (x,), reps=2)
+    assert second.cached and second.name == first.name and second.seconds == first.seconds
+    files[0].write_text("{not json")  # a damaged entry costs a new measurement, never an error
+    assert not co.tune(fn, (x,), reps=2).cached
+    other = co.tune(lambda x: jnp.sin(x).sum(0), (x,), reps=2)  # another program, another key
+    assert other.key != first.key
+
+
+def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
+    from jaxcnn import Conv, Dense, GlobalAvgPool, ReLU, Sequential
+    from jaxcnn.train import TrainData, fit
+
+    monkeypatch.setenv("JAXCNN_TUNE", "1")
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 48)
+    model = Sequential([Conv(4, 3), ReLU(), GlobalAvgPool(), Dense(3)])
+    data = TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=3)
+    result = fit(model, data, TrainConfig(epochs=1, batch=16), quiet=True, out_dir=tmp_path / "run")
+    rec = result.compile_choice
+    assert rec["name"] in co.candidates_for() and set(rec["seconds"]) == set(co.candidates_for())
+    meta = json.loads(sorted((tmp_path / "run").glob("ckpt-*.json"))[-1].read_text())
+    assert meta["compile_options"]["name"] == rec["name"]  # recorded with the run
+    # resuming with other options is allowed: they change how, not what, is computed
+    again = fit(model, data, TrainConfig(epochs=2, batch=16, compile_options="xla"), quiet=True,
+                out_dir=tmp_path / "run", resume=True)
+    assert again.compile_choice["name"] == "xla" and len(again.history) == 2
+    assert jax.tree_util.tree_structure(again.params) == jax.tree_util.tree_structure(result.params)
