@@ -388,52 +388,57 @@ IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 
-def _gunzip(raw: bytes, path: Path) -> bytes:
-    """gzip-decompressed ``raw``, checking memory as it grows (a small gzip bomb cannot expand unnoticed)."""
+def _gunzip(raw: bytes, path: Path, limit: int) -> bytes:
+    """gzip-decompressed ``raw``, at most ``limit + 1`` bytes: a gzip bomb stops as soon as it says too much."""
     out: list[bytes] = []
     total = 0
-    while raw:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        buf = raw
-        while buf and not d.eof:
-            chunk = d.decompress(buf, 1 << 24)
-            total += len(chunk)
-            check_memory(2 * total, f"decompressing {path}")
-            out.append(chunk)
-            buf = d.unconsumed_tail
-        if not d.eof:
-            raise EOFError("compressed file ended before the end-of-stream marker was reached")
-        raw = d.unused_data  # another gzip member follows (rare, but valid gzip)
-    return b"".join(out)
+    try:
+        while raw and total <= limit:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            buf = raw
+            while buf and not d.eof and total <= limit:
+                chunk = d.decompress(buf, min(1 << 24, limit + 1 - total))
+                total += len(chunk)
+                out.append(chunk)
+                buf = d.unconsumed_tail
+            if total > limit:
+                break
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            raw = d.unused_data  # another gzip member follows (rare, but valid gzip)
+    except (zlib.error, EOFError) as e:
+        raise DataError(f"{path} is not a valid gzip file ({e}); download it again") from None
+    return b"".join(out)[:limit + 1]
 
 
 def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
     """The uint8 array in an IDX file (gzipped if the name ends in .gz); ``magic`` is checked when given."""
     path = _require(Path(path), "IDX file", "mnist:PATH")
     raw = _read(path, "IDX file")
-    if path.suffix == ".gz":
-        try:
-            raw = _gunzip(raw, path)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is not a valid gzip file ({e}); download it again") from None
-    if len(raw) < 4:
-        raise DataError(f"{path} is {len(raw)} bytes, too short for an IDX header; download it again")
-    found = int.from_bytes(raw[:4], "big")
+    gz = path.suffix == ".gz"
+    head = _gunzip(raw, path, 4 + 4 * 255) if gz else raw[:4 + 4 * 255]
+    if len(head) < 4:
+        raise DataError(f"{path} is {len(head)} bytes, too short for an IDX header; download it again")
+    found = int.from_bytes(head[:4], "big")
     if magic is not None and found != magic:
         kinds = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
         hint = f" (that is an IDX {kinds[found]} file)" if found in kinds else ""
         raise DataError(f"{path} has magic number 0x{found:08X}{hint}, expected 0x{magic:08X} "
                         f"(IDX unsigned-byte {kinds.get(magic, 'data')}); check the file name and download it again")
-    if raw[0] or raw[1] or raw[2] != 0x08:
+    if head[0] or head[1] or head[2] != 0x08:
         raise DataError(f"{path} has magic number 0x{found:08X}, not an IDX unsigned-byte file (0x0000080N)")
-    ndim = raw[3]
+    ndim = head[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is {len(raw)} bytes, shorter than its {header}-byte header; download it again")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(head) < header:
+        raise DataError(f"{path} is {len(head)} bytes, shorter than its {header}-byte header; download it again")
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(dims)  # Python ints: a header claiming 2**93 bytes cannot wrap around
+    if gz:
+        _memory(expected, f"{path} (dimensions {dims})", "the header is corrupt, download the file again")
+        raw = _gunzip(raw, path, expected)
     if len(raw) != expected:
-        raise DataError(f"{path} is {len(raw):,} bytes, expected {expected:,} for dimensions {dims}; "
+        got = f"{len(raw):,} bytes" if len(raw) <= expected else f"more than {expected:,} bytes"
+        raise DataError(f"{path} is {got}, expected {expected:,} for dimensions {dims}; "
                         f"the file is truncated or corrupt, download it again")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 

@@ -28,8 +28,8 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> io.BufferedRead
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise FileProblem(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise FileProblem(f"cannot open {what} {path} ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise FileProblem(f"cannot open {what} {str(path)[:200]!r} ({getattr(e, 'strerror', None) or e})") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

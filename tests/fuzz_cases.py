@@ -164,8 +164,203 @@ def _cifar_py(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callab
         yield "mutated", case(mutate(seed, rng))
 
 
+def hostile_npz_members() -> dict[str, bytes]:
+    """Name -> raw .npy member bytes that an .npz reader must refuse without allocating what they claim."""
+    def npy(header: str, body: bytes = b"") -> bytes:
+        h = header.encode("latin1")
+        h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + body
+    return {
+        "claims_terabytes": npy("{'descr': '|u1', 'fortran_order': False, 'shape': (1000000, 1000000, 1000), }",
+                                b"\x00" * 64),
+        "object_dtype": npy("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", b"\x80\x02N."),
+        "negative_shape": npy("{'descr': '|u1', 'fortran_order': False, 'shape': (-5, 3), }", b"\x00" * 15),
+        "bad_header": npy("{'descr': __import__('os'), 'shape': (1,)}", b"\x00"),
+        "huge_header_len": b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{",
+        "structured": npy("{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (1,), }", b"\x00" * 4),
+    }
+
+
+def _zip_npz(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, raw in members.items():
+            z.writestr(name + ".npy", raw)
+    return buf.getvalue()
+
+
+def _npz(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    import io
+
+    from jaxcnn import data as jd
+
+    f = tmp / "d.npz"
+    valid = []
+    for compress in (False, True):
+        buf = io.BytesIO()
+        (np.savez_compressed if compress else np.savez)(
+            buf, x=random_images(4, (6, 6, 1)), y=np.array([0, 1, 2, 1]), x_test=random_images(2, (6, 6, 1)),
+            y_test=np.array([1, 0]), num_classes=np.array(3))
+        valid.append(buf.getvalue())
+    y_ok = io.BytesIO()
+    np.save(y_ok, np.array([0, 1]))
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            f.write_bytes(raw)
+            return jd.load(f"npz:{f}")
+        return run
+
+    for name, member in hostile_npz_members().items():
+        yield f"hostile:{name}", case(_zip_npz({"x": member, "y": y_ok.getvalue()}))
+    while True:
+        yield "mutated", case(mutate(valid[int(rng.integers(2))], rng))
+
+
+def _cifar_bin(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from data_fixtures import write_cifar_bin
+
+    from jaxcnn import data as jd
+
+    for i in range(1, 6):
+        write_cifar_bin(tmp / f"data_batch_{i}.bin", random_images(1), [i])
+    write_cifar_bin(tmp / "seed.bin", random_images(2), [3, 4])
+    valid = (tmp / "seed.bin").read_bytes()
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (tmp / "test_batch.bin").write_bytes(raw)
+            return jd.load_cifar(tmp, "cifar10")
+        return run
+
+    while True:
+        yield "mutated", case(mutate(valid, rng))
+
+
+def _gzip_bomb(head: bytes, zeros: int) -> bytes:
+    """gzip of ``head`` + ``zeros`` zero bytes (256 MB -> ~250 kB), made in 1 MB steps so the maker stays small."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts, block = [c.compress(head)], bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        parts.append(c.compress(block))
+    return b"".join(parts) + c.flush()
+
+
+def _idx(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    import gzip
+
+    from data_fixtures import write_idx
+
+    from jaxcnn import data as jd
+
+    d = tmp / "mnist"
+    d.mkdir()
+    files = {}
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        write_idx(d / f"{prefix}-images-idx3-ubyte", random_images(n, (5, 5, 1))[..., 0])
+        write_idx(d / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    for p in d.iterdir():
+        files[p.name] = p.read_bytes()
+
+    hostile = {  # headers that claim far more than the file holds
+        "huge_dims": struct.pack(">I", 0x0803) + struct.pack(">III", 2**31, 2**31, 2**31),
+        "many_dims": struct.pack(">I", 0x08FF) + b"\xff" * 1020,
+        "gzip_bomb": _gzip_bomb(struct.pack(">I", 0x0803) + struct.pack(">III", 10, 10, 10), 1 << 28),
+    }
+
+    def case(name: str, raw: bytes, gz: bool) -> Callable[[], object]:
+        def run() -> object:
+            for other, data in files.items():
+                (d / other).write_bytes(data)
+                (d / (other + ".gz")).unlink(missing_ok=True)
+            if gz:
+                (d / name).unlink()
+                (d / (name + ".gz")).write_bytes(raw)
+            else:
+                (d / name).write_bytes(raw)
+            return jd.load_idx(d, "mnist")
+        return run
+
+    for key, raw in hostile.items():
+        yield f"hostile:{key}", case("t10k-images-idx3-ubyte", raw, key == "gzip_bomb")
+    names = sorted(files)
+    while True:
+        name = names[int(rng.integers(len(names)))]
+        gz = bool(rng.integers(2))
+        raw = files[name]
+        yield "mutated", case(name, mutate(gzip.compress(raw) if gz else raw, rng), gz)
+
+
+def _list(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from data_fixtures import write_png
+
+    from jaxcnn import data as jd
+
+    write_png(tmp / "a.png", (255, 0, 0))
+    write_png(tmp / "b.png", (0, 0, 255))
+    valid = b"# images\na.png 0\nb.png 1\n"
+    png = (tmp / "a.png").read_bytes()
+
+    def case(listing: bytes, image: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (tmp / "l.txt").write_bytes(listing)
+            (tmp / "c.png").write_bytes(image)
+            return jd.load(f"list:{tmp / 'l.txt'}", size=8)
+        return run
+
+    yield "hostile:huge_label", case(b"a.png 0\nb.png 99999999999999999999999999\n", png)
+    yield "hostile:float_label", case(b"a.png 0.5\n", png)
+    while True:
+        if rng.integers(2):
+            yield "mutated", case(mutate(valid, rng), png)
+        else:
+            yield "mutated", case(b"a.png 0\nc.png 1\n", mutate(png, rng))
+
+
+def _checkpoint(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from jaxcnn import checkpoint
+
+    tree = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(3)}
+    checkpoint.save(tmp, "ckpt-000001", tree, {"epoch": 0})
+    valid_json = (tmp / "ckpt-000001.json").read_bytes()
+    valid_npz = (tmp / "ckpt-000001.npz").read_bytes()
+    d = tmp / "run"
+    d.mkdir()
+
+    def case(js: bytes, npz: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (d / "ckpt-000001.json").write_bytes(js)
+            (d / "ckpt-000001.npz").write_bytes(npz)
+            found, skipped = checkpoint.find_latest(d)
+            if found is None:
+                raise checkpoint.CheckpointError(skipped[0][1])
+            loaded, _ = checkpoint.load(found, tree)
+            assert np.array_equal(loaded["params"]["w"], tree["params"]["w"])  # a load is a correct load
+            return loaded
+        return run
+
+    for text in (b"[]", b"null", b"{}", b'{"array_file": 5}', b'{"array_file": "../x.npz", "sha256": "0"}',
+                 b"[" * 100_000, b'{"array_file": "ckpt-000001.npz"}'):
+        yield f"hostile:json {text[:20]!r}", case(text, valid_npz)
+    while True:
+        if rng.integers(2):
+            yield "mutated", case(mutate(valid_json, rng), valid_npz)
+        else:
+            yield "mutated", case(valid_json, mutate(valid_npz, rng))
+
+
 READERS: dict[str, Callable[[Path, np.random.Generator], Iterator[tuple[str, Callable[[], object]]]]] = {
     "cifar_py": _cifar_py,
+    "cifar_bin": _cifar_bin,
+    "idx": _idx,
+    "npz": _npz,
+    "list": _list,
+    "checkpoint": _checkpoint,
 }
 
 
@@ -204,5 +399,6 @@ def drive(reader: str, seed: int, n: int) -> dict[str, object]:
     return {"counts": counts, "bad": bad, "peak_extra_mb": peak_mb, "slowest_s": slowest}
 
 
-if __name__ == "__main__":
-    print(json.dumps(drive(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
+if __name__ == "__main__":  # READER[,READER...] SEED N: one JSON report per reader, one line each
+    for r in sys.argv[1].split(","):
+        print(json.dumps({"reader": r, **drive(r, int(sys.argv[2]), int(sys.argv[3]))}), flush=True)
