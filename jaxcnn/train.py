@@ -465,8 +465,12 @@ def run_identity(model: Layer, data: TrainData, cfg: TrainConfig, meta: dict[str
     })
 
 
-def _check_same_run(ck: Path, saved: Any, now: dict[str, Any]) -> None:
+def _check_same_run(ck: Path, saved: Any, now: dict[str, Any], legacy_config: Any = None) -> None:
     """CheckpointError naming every field of the run that differs from the one ``ck`` was written by."""
+    if saved is None:  # written before identities were recorded: only its recipe can be compared
+        print(f"note: {ck} predates run identities; only its training options are checked", file=sys.stderr)
+        saved = dict(now)
+        saved.update({f"config.{k}": v for k, v in _json(legacy_config).items() if f"config.{k}" in now})
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{ck} has no valid record of the run that wrote it ('identity'); "
                                          "resume cannot check it is the same run: use another folder")
@@ -554,7 +558,8 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
             "restore a copy, or delete the ckpt-* files to start over")
     if ck is not None:
         ck_meta = checkpoint.read_meta(ck)
-        _check_same_run(ck, ck_meta.get("identity"), identity)
+        legacy = ck_meta.get("config") if isinstance(ck_meta.get("config"), dict) else {}
+        _check_same_run(ck, ck_meta.get("identity"), identity, legacy)
         start, history = _resume_point(ck, ck_meta, cfg)
         tree, _ = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
         carry = jax.device_put((tree["params"], tree["state"], tree["opt_state"]), trainer.replicated)

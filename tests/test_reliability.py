@@ -112,7 +112,7 @@ def _cli(capsys, *argv) -> tuple[int, str]:
 
 
 def _one_line(err: str, *needles: str) -> None:
-    lines = [line for line in err.strip().splitlines() if not line.startswith("skipped checkpoint")]
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("skipped checkpoint", "note: "))]
     assert len(lines) == 1 and "Traceback" not in err, err
     for n in needles:
         assert n in lines[0], (n, lines[0])
@@ -218,6 +218,7 @@ def _train_args(out, *extra):
             "--out", out, "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_item3_resume_reports_skipped_checkpoints_refuses_when_none_valid_and_cleans_tmp(
         finished_run, tmp_path, capsys):
     import json
@@ -253,6 +254,7 @@ def test_item3_resume_reports_skipped_checkpoints_refuses_when_none_valid_and_cl
 # 4. Resume refuses a changed run; the epoch count is checked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, needle", [
     (["--test-fraction", "0.5"], "test_fraction: 0.2 -> 0.5"),
     (["--input-size", "12"], "input_size: 8 -> 12"),
@@ -272,6 +274,7 @@ def test_item4_resume_refuses_a_run_that_differs(finished_run, capsys, change, n
     _one_line(err, "was written by a different run", needle)
 
 
+@pytest.mark.slow
 def test_item4_identity_is_recorded_and_fewer_epochs_are_refused(finished_run, capsys):
     import json
 
@@ -284,6 +287,24 @@ def test_item4_identity_is_recorded_and_fewer_epochs_are_refused(finished_run, c
     rc, err = _cli(capsys, *_train_args(finished_run, "--epochs", "1", "--resume"))
     assert rc == 2
     _one_line(err, "already trained 2 epochs, more than --epochs 1", "pass --epochs 2 or more")
+
+
+@pytest.mark.slow
+def test_item4_checkpoints_from_before_identities_still_resume_on_their_recipe(finished_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    for p in out.glob("ckpt-*.json"):
+        meta = json.loads(p.read_text())
+        del meta["identity"]
+        p.write_text(json.dumps(meta))
+    rc, err = _cli(capsys, *_train_args(out, "--epochs", "2", "--resume"))
+    assert rc == 0 and "predates run identities" in err
+    rc, err = _cli(capsys, *_train_args(out, "--epochs", "2", "--resume", "--lr", "0.2"))
+    assert rc == 2
+    _one_line(err, "config.lr: 0.05 -> 0.2")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,6 +453,7 @@ def test_item9_a_real_process_prints_one_line_and_no_traceback(tmp_path):
 # 10. The smaller ones
 
 
+@pytest.mark.slow
 def test_item10_smaller_checks(tmp_path, capsys):
     import jax
     import jax.numpy as jnp
