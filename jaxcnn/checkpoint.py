@@ -15,11 +15,14 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from jaxcnn.files import FileProblem, read_regular
 
 
 class CheckpointError(ValueError):
@@ -90,33 +93,70 @@ def save(directory: str | Path, name: str, tree: Any, meta: dict[str, Any]) -> P
     return directory / f"{name}.json"
 
 
-def read_meta(json_path: str | Path) -> dict[str, Any]:
-    """The metadata of a checkpoint, or CheckpointError."""
-    json_path = Path(json_path)
+def _read(path: Path, what: str) -> bytes:
     try:
-        return json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {json_path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return read_regular(path, what)
+    except FileProblem as e:
+        raise CheckpointError(f"{e}; delete it or restore a copy") from None
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_meta(json_path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint (a JSON object naming its array file and sha256), or CheckpointError."""
+    json_path = Path(json_path)
+    if not json_path.exists() and not json_path.is_symlink():
+        raise CheckpointError(f"checkpoint {json_path} does not exist")
+    raw = _read(json_path, "checkpoint metadata")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(
-            f"checkpoint metadata {json_path} is corrupt ({e}); delete it or restore a copy"
+            f"checkpoint metadata {json_path} is corrupt ({type(e).__name__}: {str(e)[:80]}); "
+            "delete it or restore a copy"
         ) from None
+    problem = None
+    if not isinstance(meta, dict):
+        problem = f"it holds a JSON {type(meta).__name__}, not an object"
+    elif not isinstance(meta.get("array_file"), str) or Path(meta["array_file"]).name != meta["array_file"] \
+            or meta["array_file"].startswith("."):
+        problem = f"'array_file' is {str(meta.get('array_file'))[:40]!r}, not a file name beside it"
+    elif not isinstance(meta.get("sha256"), str) or not _SHA256.match(meta["sha256"]):
+        problem = "'sha256' is missing or not 64 hex digits"
+    elif not isinstance(meta.get("arrays", {}), dict):
+        problem = "'arrays' is not an object"
+    if problem:
+        raise CheckpointError(f"checkpoint metadata {json_path} is invalid: {problem}; delete it or restore a copy")
+    return meta
+
+
+def verify(json_path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint whose array file exists and matches its sha256, or CheckpointError why not."""
+    json_path = Path(json_path)
+    meta = read_meta(json_path)
+    npz = json_path.with_name(meta["array_file"])
+    if not npz.exists():
+        raise CheckpointError(f"checkpoint arrays {npz} are missing (metadata {json_path} points to them)")
+    if hashlib.sha256(_read(npz, "checkpoint arrays")).hexdigest() != meta["sha256"]:
+        raise CheckpointError(f"checkpoint arrays {npz} do not match the sha256 in {json_path}: the file is corrupt")
+    return meta
 
 
 def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
     """Load a checkpoint into the structure of ``template``, validating checksum, keys, shapes, dtypes."""
     json_path = Path(json_path)
     meta = read_meta(json_path)
-    npz = json_path.with_name(meta.get("array_file", json_path.stem + ".npz"))
-    try:
-        data = npz.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint arrays {npz} are missing (metadata {json_path} points to them)") from None
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+    npz = json_path.with_name(meta["array_file"])
+    if not npz.exists():
+        raise CheckpointError(f"checkpoint arrays {npz} are missing (metadata {json_path} points to them)")
+    data = _read(npz, "checkpoint arrays")
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise CheckpointError(f"checkpoint arrays {npz} do not match the sha256 in {json_path}: the file is corrupt")
     try:
-        arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
-    except ValueError as e:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"checkpoint arrays {npz} cannot be read safely ({e})") from None
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     expected = {jax.tree_util.keystr(p): leaf for p, leaf in leaves}
@@ -144,29 +184,46 @@ def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
 _STEP = re.compile(r"^ckpt-(\d+)\.json$")
 
 
+def _numbered(directory: Path) -> list[Path]:
+    """Every ``ckpt-N.json`` in ``directory``, newest (highest N) first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_latest(directory: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest verified checkpoint in ``directory`` (or None) and every newer one skipped, with the reason."""
+    skipped: list[tuple[Path, str]] = []
+    for path in _numbered(Path(directory)):
+        try:
+            verify(path)
+        except CheckpointError as e:
+            skipped.append((path, str(e)))
+            continue
+        return path, skipped
+    return None, skipped
+
+
 def latest(directory: str | Path) -> Path | None:
     """The newest complete checkpoint ``ckpt-N.json`` in ``directory`` (checksum verified), or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = sorted(
-        ((int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP.match(p.name))), reverse=True
-    )
-    for _, path in found:
-        try:
-            meta = read_meta(path)
-            data = path.with_name(meta["array_file"]).read_bytes()
-        except (CheckpointError, KeyError, FileNotFoundError):
-            continue
-        if hashlib.sha256(data).hexdigest() == meta.get("sha256"):
-            return path
-    return None
+    return find_latest(directory)[0]
 
 
 def prune(directory: str | Path, keep: int = 2) -> None:
-    """Delete all but the ``keep`` newest ``ckpt-N`` pairs."""
-    directory = Path(directory)
-    found = sorted(((int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP.match(p.name))), reverse=True)
-    for _, path in found[keep:]:
-        path.with_suffix(".npz").unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+    """Delete the ``ckpt-N`` pairs older than the ``keep`` newest *verified* ones.
+
+    A corrupt checkpoint never counts towards ``keep``, so a good one is never deleted in its favour; corrupt
+    ones newer than the kept ones are left for the user (the next epochs of a resumed run overwrite them).
+    """
+    kept = 0
+    for path in _numbered(Path(directory)):
+        if kept >= keep:
+            path.with_suffix(".npz").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            verify(path)
+        except CheckpointError:
+            continue
+        kept += 1

@@ -116,7 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark and print the markdown table."""
     from jaxcnn import bench
+    from jaxcnn.outdir import OutputFolderError, check_writable_file
 
+    if args.json is not None:  # found before the benchmark runs, not after
+        try:
+            check_writable_file(args.json, "--json file")
+        except OutputFolderError as err:
+            raise UsageError(str(err)) from None
     specs = []
     for name in args.models:
         try:
@@ -138,7 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(pairs: list[str]) -> dict:
+def _options(model: str, pairs: list[str]) -> dict:
+    """``--option KEY=VALUE`` pairs, each value parsed by the type of the model builder's parameter."""
     out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -147,54 +154,69 @@ def _options(pairs: list[str]) -> dict:
         if key in ("num_classes", "width"):
             raise UsageError(f"--option {key}=... is not an option: the classes come from the data, the width from "
                              "the MODEL/width suffix")
-        low = value.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-        else:
-            try:
-                out[key] = int(value)
-            except ValueError:
-                try:
-                    out[key] = float(value)
-                except ValueError:
-                    out[key] = value
+        try:
+            out[key] = models.parse_option(model, key, value)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, print per-seed and mean test accuracy, write result.json into --out."""
+    from jaxcnn.checkpoint import CheckpointError
+    from jaxcnn.outdir import exclusive
+    from jaxcnn.train import TrainingError
+
+    try:
+        options = _options(args.model, args.option)
+        models.get(args.model, **options)  # a bad name or option fails before the data is read
+        # the folder is held (and checked writable) before any work, for the whole run, result.json included
+        with exclusive(args.out, files=("result.json", "metrics.jsonl")):
+            return _train(args, options)
+    except (ValueError, OSError, CheckpointError, TrainingError) as err:  # DataError, LayerError, bad options
+        raise UsageError(str(err)) from None
+    except MemoryError:
+        raise UsageError(f"out of memory for --data {args.data}"
+                         + (f" at --input-size {args.input_size}" if args.input_size else "")
+                         + f", model {args.model}, --batch {args.batch}; use a smaller size, batch or data set"
+                         ) from None
+
+
+def _train(args: argparse.Namespace, options: dict) -> int:
+    """The train command with its output folder held."""
     import json
 
     import numpy as np
 
     from jaxcnn import data as jdata
-    from jaxcnn.checkpoint import CheckpointError, atomic_write_text
-    from jaxcnn.train import TrainConfig, TrainData, TrainingError, fit
+    from jaxcnn.checkpoint import atomic_write_text
+    from jaxcnn.train import TrainConfig, TrainData, fit
 
-    options = _options(args.option)
-    try:
-        models.get(args.model, **options)  # a bad name or option fails before the data is read
-        splits = jdata.load(args.data, size=args.input_size)
-        train, test = splits["train"], splits.get("test")
-        if test is None:
-            train, test = jdata.stratified_split(train, test_fraction=args.test_fraction, seed=0)
-        k = train.num_classes
-        model = models.get(args.model, num_classes=k, **options)
-        size = train.x.shape[1]
-        digits = args.data.split(":", 1)[0] in ("mnist5k", "digits", "mnist", "fashion")
-        cfg = TrainConfig(
-            epochs=args.epochs, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
-            weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
-            crop_pad=args.crop_pad if args.crop_pad is not None else (4 if size >= 32 else 2),
-            flip=args.flip if args.flip is not None else not digits, seed=args.seed, seeds=args.seeds,
-            mode=args.mode, compile_options=args.compile_options,
-        ).check()
-        mean, std = jdata.normalization_stats(train.x)
-        data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)
-        meta = {"model": args.model, "options": options, "data": args.data}
-        result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta)
-    except (ValueError, OSError, CheckpointError, TrainingError) as err:  # DataError, LayerError, bad options
-        raise UsageError(str(err)) from None
+    splits = jdata.load(args.data, size=args.input_size)
+    train, test = splits["train"], splits.get("test")
+    if test is None:
+        if not 0 < args.test_fraction < 1:
+            raise UsageError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
+        train, test = jdata.stratified_split(train, test_fraction=args.test_fraction, seed=0)
+    if len(np.unique(train.y)) < 2:
+        print(f"jaxcnn train: warning: the training data ({train.name}) holds only one class, so every "
+              "prediction is that class and accuracy is trivially 100%", file=sys.stderr)
+    k = train.num_classes
+    model = models.get(args.model, num_classes=k, **options)
+    size = train.x.shape[1]
+    digits = args.data.split(":", 1)[0] in ("mnist5k", "digits", "mnist", "fashion")
+    cfg = TrainConfig(
+        epochs=args.epochs, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
+        crop_pad=args.crop_pad if args.crop_pad is not None else (4 if size >= 32 else 2),
+        flip=args.flip if args.flip is not None else not digits, seed=args.seed, seeds=args.seeds,
+        mode=args.mode, compile_options=args.compile_options,
+    ).check()
+    mean, std = jdata.normalization_stats(train.x)
+    data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)
+    meta = {"model": args.model, "options": options, "data": args.data, "input_size": args.input_size,
+            "test_fraction": args.test_fraction if "test" not in splits else None}
+    result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta)
     accs = ", ".join(f"{100 * a:.2f}%" for a in result.test_accuracy)
     print(f"{args.model} on {args.data}: test accuracy {100 * result.mean_accuracy:.2f} +- "
           f"{100 * result.std_accuracy:.2f}% over {len(result.seeds)} seed(s) [{accs}]; "
@@ -202,7 +224,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     record = {"model": args.model, "options": options, "data": args.data, "seeds": result.seeds,
               "test_accuracy": result.test_accuracy, "mean": result.mean_accuracy, "std": result.std_accuracy,
               "train_seconds": result.train_seconds, "compile_seconds": result.compile_seconds,
-              "config": cfg.__dict__, "final_train_loss": float(np.mean(result.history[-1]["train_loss"]))}
+              "config": cfg.__dict__, "final_train_loss": float(np.mean(result.history[-1]["train_loss"])),
+              "identity": result.identity}
     atomic_write_text(args.out / "result.json", json.dumps(record, indent=1))
     return 0
 
@@ -246,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. piped into head
         return 0
+    except (MemoryError, OverflowError) as err:  # a size no check caught: still one line, not a traceback
+        print(f"jaxcnn {args.command}: error: {type(err).__name__}: {str(err)[:200] or 'out of memory'}; "
+              "use smaller sizes", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

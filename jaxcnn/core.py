@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -226,7 +227,8 @@ class Layer:
 def check_shape(layer: Layer, in_shape: Any) -> Shape:
     """Normalise ``in_shape`` to a tuple of positive ints or raise ShapeError."""
     try:
-        shape = tuple(int(d) for d in in_shape)
+        # operator.index: ints and NumPy integers only, so (8.5, 8, 1) is refused rather than truncated to 8
+        shape = tuple(operator.index(d) for d in in_shape)
     except TypeError:
         raise ShapeError(
             layer, in_shape, "the input shape must be a tuple of ints", "Pass e.g. (32, 32, 3)"
@@ -247,6 +249,13 @@ def batched_shape(layer: Layer, x: Any) -> Shape:
             layer, getattr(x, "shape", type(x).__name__),
             "apply takes a batched array with a leading batch axis",
             "Add a batch axis, e.g. x[None]",
+        )
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+                                  or jnp.issubdtype(dtype, jnp.bool_)):
+        raise ParamsError(
+            layer, tuple(shape[1:]), f"apply takes real-valued input, got dtype {dtype}",
+            "Pass a float (or integer) array, e.g. x.real.astype(jnp.float32) if the data is complex by mistake",
         )
     return tuple(shape[1:])
 

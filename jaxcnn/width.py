@@ -57,6 +57,8 @@ def _all_layers(model: Layer) -> list[Layer]:
 
 def scale_width(model: Layer, m: float, *, divisor: int | None = None) -> Layer:
     """A copy of ``model`` with every free channel count multiplied by ``m``."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"scale_width takes a model (a Layer), got {type(model).__name__} {str(model)[:40]!r}")
     m = check_width(m)
     if divisor is not None and (not isinstance(divisor, int) or divisor < 1):
         raise ValueError(f"divisor must be a positive int or None, got {divisor!r}")

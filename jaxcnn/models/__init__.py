@@ -6,12 +6,17 @@ same as passing ``width=``. Every builder takes ``num_classes`` and ``width``.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
+import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+
+import numpy as np
 
 from jaxcnn.core import Layer, Shape
 from jaxcnn.models.allconv import (
@@ -110,8 +115,12 @@ def get(name: str, *, num_classes: int | None = None, width: float | None = None
     w = check_width(width if width is not None else (suffix_width or 1.0))
     e = REGISTRY[base]
     k = e.num_classes if num_classes is None else num_classes
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"num_classes must be a positive int, got {k!r}")
+    try:
+        k = operator.index(k)  # ints and NumPy integers; not bools, floats or strings
+    except TypeError:
+        k = None
+    if k is None or isinstance(num_classes, (bool, np.bool_)) or k < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     accepted = builder_options(base)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -132,24 +141,92 @@ _FORWARDS: dict[Callable[..., Any], tuple[Callable[..., Any], frozenset[str]]] =
 }
 
 
-def builder_options(name: str) -> list[str]:
-    """Keyword options the builder of ``name`` accepts besides num_classes and width."""
+def builder_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters (with their annotations) the builder of ``name`` accepts besides num_classes/width."""
     build = REGISTRY[parse_name(name)[0]].build
     skip = {"num_classes", "width", "name"}
     if isinstance(build, partial):
         skip |= set(build.keywords)
         build = build.func
-    names: list[str] = []
+    found: dict[str, inspect.Parameter] = {}
     fn: Callable[..., Any] | None = build
     while fn is not None:
         for p in inspect.signature(fn).parameters.values():
-            if p.kind is p.VAR_KEYWORD or p.name in skip or p.name in names:
+            if p.kind is p.VAR_KEYWORD or p.name in skip or p.name in found:
                 continue
             if p.kind is p.KEYWORD_ONLY or p.default is not p.empty:
-                names.append(p.name)
+                found[p.name] = p
         nxt = _FORWARDS.get(fn)
         fn, skip = (nxt[0], skip | nxt[1]) if nxt else (None, skip)
-    return names
+    return found
+
+
+def builder_options(name: str) -> list[str]:
+    """Keyword options the builder of ``name`` accepts besides num_classes and width."""
+    return list(builder_parameters(name))
+
+
+def _parse_typed(text: str, kind: str) -> Any:
+    """``text`` as a value of the annotation ``kind`` (as written in the builder); ValueError if it is not one."""
+    kinds = [k.strip() for k in kind.split("|")]
+    if "None" in kinds and text.lower() == "none":
+        return None
+    for k in kinds:
+        if k == "bool":
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+        elif k == "int":
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        elif k == "float":
+            try:
+                v = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(v):
+                return v
+        elif k.startswith("tuple[") and len(text) <= 2000:
+            try:
+                v = ast.literal_eval(text)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if _is_int_tuples(v, k.count("tuple[")):
+                return v
+    for k in kinds:
+        if k == "str":
+            return text
+    raise ValueError(kind)
+
+
+def _is_int_tuples(v: Any, depth: int) -> bool:
+    """True for a tuple of ints (depth 1) or a tuple of tuples of ints (depth 2)."""
+    if not isinstance(v, tuple):
+        return False
+    if depth <= 1:
+        return all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    return all(_is_int_tuples(i, depth - 1) for i in v)
+
+
+_EXAMPLES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text",
+             "None": "none"}
+
+
+def parse_option(name: str, key: str, text: str) -> Any:
+    """A ``--option KEY=TEXT`` value converted by the type of the builder's parameter, or ValueError saying which."""
+    params = builder_parameters(name)
+    base = parse_name(name)[0]
+    if key not in params:
+        raise ValueError(f"{base} has no option {key}; its options are {', '.join(params)}")
+    kind = params[key].annotation if isinstance(params[key].annotation, str) else getattr(
+        params[key].annotation, "__name__", str(params[key].annotation))
+    try:
+        return _parse_typed(text, kind)
+    except ValueError:
+        want = " or ".join(_EXAMPLES.get(k.strip(), "a tuple like " + repr(params[key].default)[:40])
+                           for k in kind.split("|"))
+        raise ValueError(f"--option {key}={text[:40]}: {base}'s {key} must be {want} ({kind})") from None
 
 
 def names() -> list[str]:
@@ -157,4 +234,5 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-__all__ = ["Entry", "REGISTRY", "builder_options", "entry", "get", "names", "parse_name", "register"]
+__all__ = ["Entry", "REGISTRY", "builder_options", "builder_parameters", "entry", "get", "names", "parse_name",
+           "parse_option", "register"]

@@ -1,0 +1,85 @@
+"""Reading files a user points at: regular files only, and memory asked for only after it was estimated.
+
+Every reader of user data and checkpoints opens its files through :func:`open_regular`: a FIFO, a device or a
+socket named by a data spec or list file would block ``open``/``read`` forever, so files are opened
+non-blocking and refused unless ``fstat`` says they are regular. :func:`check_memory` is called with the size of
+an array *before* it is allocated, so a header or a command-line size that asks for terabytes is refused with
+the figure instead of a MemoryError traceback (or the machine swapping).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["FileProblem", "available_memory", "check_memory", "open_regular", "read_regular"]
+
+
+class FileProblem(ValueError):
+    """A file that cannot be read as data (missing, not a regular file, unreadable) or too large for memory."""
+
+
+def open_regular(path: str | os.PathLike, what: str = "file") -> io.BufferedReader:
+    """``path`` opened for binary reading, or FileProblem if it is missing, unreadable or not a regular file."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileProblem(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise FileProblem(f"cannot open {what} {str(path)[:200]!r} ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise FileProblem(f"{what} {path} is {kind}; only regular files are read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`); its size is checked against memory."""
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        check_memory(size, f"reading {what} {path}")
+        try:
+            return f.read()
+        except OSError as e:
+            raise FileProblem(f"cannot read {what} {path} ({e.strerror or e})") from None
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still use: MemAvailable (Linux), else total physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} PiB"
+
+
+def check_memory(nbytes: int, what: str, hint: str = "") -> None:
+    """FileProblem naming ``what`` and the figure if ``nbytes`` exceeds the memory available now."""
+    avail = available_memory()
+    if nbytes > avail:
+        raise FileProblem(f"{what} needs {_human(nbytes)} of memory, but only {_human(avail)} is available"
+                          + (f"; {hint}" if hint else ""))

@@ -1,0 +1,404 @@
+"""Hostile and mutated files for every on-disk reader, and a driver that loads them in a child process.
+
+``python tests/fuzz_cases.py READER SEED N`` writes N cases for READER (hand-crafted hostile files first, then
+random byte flips, truncations and insertions of a valid file), loads each with the jaxcnn reader, and prints
+one JSON object: per-outcome counts, every outcome that is neither a correct load nor the reader's clean error
+(DataError / CheckpointError), and the peak resident memory. The parent test runs it in a subprocess so that a
+segfault shows up as a return code and a hang as a timeout, instead of taking the test run down.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import resource
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+_TESTS = Path(__file__).resolve().parent
+for _p in (_TESTS.parent, _TESTS):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from data_fixtures import random_images, write_cifar_py2  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hand-crafted hostile pickles (protocol 2, opcode by opcode)
+
+
+def _s(b: bytes) -> bytes:
+    return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<i", len(b)) + b)
+
+
+def _i(v: int) -> bytes:
+    return b"J" + struct.pack("<i", v)
+
+
+def _dtype(code: bytes, order: bytes = b"|", flags: int = 0, names: bytes = b"N", elsize: int = -1) -> bytes:
+    return (b"cnumpy\ndtype\n" + _s(code) + _i(0) + _i(1) + b"\x87R"
+            + b"(" + _i(3) + _s(order) + b"N" + names + b"N" + _i(elsize) + _i(-1) + _i(flags) + b"tb")
+
+
+def _array(shape: tuple[int, ...], dtype: bytes, raw: bytes, klass: bytes = b"cnumpy\nndarray\n") -> bytes:
+    shp = b"(" + b"".join(_i(d) if -2**31 <= d < 2**31 else b"\x8a\x08" + struct.pack("<q", d) for d in shape) + b"t"
+    return (b"cnumpy.core.multiarray\n_reconstruct\n" + klass + _i(0) + b"\x85" + _s(b"b") + b"\x87R"
+            + b"(" + _i(1) + shp + dtype + b"\x89" + _s(raw) + b"tb")
+
+
+def _batch(data: bytes, labels: bytes = b"](e") -> bytes:
+    return b"\x80\x02}(" + _s(b"data") + data + _s(b"labels") + labels + b"u."
+
+
+def hostile_pickles() -> dict[str, bytes]:
+    """Name -> bytes of pickles that must be refused (never loaded, never crash)."""
+    u1 = _dtype(b"u1")
+    cases = {
+        # issue 16 item 1: object dtype whose flags (0) strip the 'holds objects' marker -> raw bytes as pointers
+        "object_dtype_flags0": _batch(_array((2,), _dtype(b"O8", flags=0), b"A" * 16)),
+        "object_dtype": _batch(_array((2,), _dtype(b"O8", flags=63), b"A" * 16)),
+        "void_dtype": _batch(_array((2,), _dtype(b"V8"), b"A" * 16)),
+        "unicode_dtype": _batch(_array((2,), _dtype(b"U2", order=b"<"), b"A" * 16)),
+        "bytes_dtype": _batch(_array((2,), _dtype(b"S8"), b"A" * 16)),
+        "datetime_dtype": _batch(_array((2,), _dtype(b"M8", order=b"<"), b"A" * 16)),
+        "complex_dtype": _batch(_array((1,), _dtype(b"c16", order=b"<"), b"A" * 16)),
+        "structured_dtype": _batch(_array((2,), _dtype(b"u1", names=b"(" + _s(b"a") + b"t"), b"AB")),
+        "u1_with_object_flags": _batch(_array((2,), _dtype(b"u1", flags=63), b"AB")),
+        "u1_wrong_itemsize": _batch(_array((2,), _dtype(b"u1", elsize=8), b"AB")),
+        "shape_claims_terabytes": _batch(_array((2**20, 2**20, 3072), u1, b"A" * 64)),
+        "shape_overflows_int64": _batch(_array((2**62, 2**62, 16), u1, b"")),
+        "negative_dimension": _batch(_array((-1, 4), u1, b"A" * 4)),
+        "data_too_short": _batch(_array((2, 3072), u1, b"A" * 6000)),
+        "ndarray_subclass": _batch(_array((2,), u1, b"AB", klass=b"cnumpy\nrecarray\n")),
+        "reconstruct_with_dtype_class": _batch(_array((2,), u1, b"AB", klass=b"cnumpy\ndtype\n")),
+        "os_system": b"\x80\x02cposix\nsystem\n" + _s(b"true") + b"\x85R.",
+        "builtins_eval": b"\x80\x02c__builtin__\neval\n" + _s(b"1") + b"\x85R.",
+        "numpy_load": b"\x80\x02cnumpy\nload\n" + _s(b"/etc/passwd") + b"\x85R.",
+        "codecs_rot13": b"\x80\x02c_codecs\nencode\n" + b"X\x01\x00\x00\x00x" + _s(b"rot13") + b"\x86R.",
+        "build_on_dict": b"\x80\x02}" + b"}" + b"b.",
+        "reduce_on_list": b"\x80\x02])R.",
+        "memo_get_unset": b"\x80\x02h\x07.",
+        "self_containing_list": b"\x80\x02]q\x00h\x00a.",
+        "deep_nesting": b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".",
+        "huge_long4": b"\x80\x02\x8b" + struct.pack("<i", 2**30) + b"\x01" * 16 + b".",
+        "binbytes8_claims_exabytes": b"\x80\x05\x8e" + struct.pack("<Q", 2**63) + b"xx.",
+        "out_of_band_buffer": b"\x80\x05\x97.",
+        "scalar_wrong_size": (b"\x80\x02cnumpy.core.multiarray\nscalar\n" + _dtype(b"i8", order=b"<")
+                              + _s(b"abc") + b"\x86R."),
+        "dtype_as_value": b"\x80\x02" + u1 + b".",
+        "unbuilt_array_as_value": _batch(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _i(0)
+                                         + b"\x85" + _s(b"b") + b"\x87R"),
+        "protocol_0_text": b"(dp0\nS'data'\np1\nI1\ns.",
+        "unhashable_key": b"\x80\x02}(]Nu.",
+        "stack_underflow": b"\x80\x02u.",
+        "stop_with_marks_open": b"\x80\x02((N.",
+        "empty": b"",
+    }
+    # one 1 MB buffer named by 20,000 arrays: they must be views of it, not 20 GB of copies
+    big = 1_000_000
+    one = b"cnumpy.core.numeric\n_frombuffer\n(h\x00" + u1 + _i(big) + b"\x85" + _s(b"C") + b"tR"
+    cases["shared_buffer_many_arrays"] = (b"\x80\x05\x8e" + struct.pack("<Q", big) + b"\x00" * big + b"\x940]("
+                                          + one * 20_000 + b"e.")
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Valid files to mutate, and readers
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    """A random corruption: byte flips, a truncation, an insertion or a duplicated run."""
+    b = bytearray(data)
+    kind = rng.integers(4)
+    if kind == 0:
+        for _ in range(int(rng.integers(1, 9))):
+            i = int(rng.integers(len(b)))
+            b[i] = int(rng.integers(256))
+    elif kind == 1:
+        del b[int(rng.integers(len(b))):]
+    elif kind == 2:
+        i = int(rng.integers(len(b) + 1))
+        b[i:i] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+    else:
+        i, j = sorted(int(v) for v in rng.integers(0, len(b) + 1, 2))
+        b[j:j] = b[i:j][:64]
+    return bytes(b)
+
+
+def _cifar_py_seeds(tmp: Path) -> list[bytes]:
+    x = random_images(2).transpose(0, 3, 1, 2).reshape(2, -1)
+    write_cifar_py2(tmp / "py2", x, [3, 7])
+    seeds = [(tmp / "py2").read_bytes()]
+    for protocol in (2, 4, 5):
+        seeds.append(pickle.dumps({b"data": x, b"labels": [3, 7], b"filenames": [b"a.png", b"b.png"]},
+                                  protocol=protocol))
+    return seeds
+
+
+def _cifar_py(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    """Cases for the CIFAR python reader: a folder of valid batches whose test_batch is the hostile file."""
+    from jaxcnn import data as jd
+
+    d = tmp / "cifar-10-batches-py"
+    d.mkdir()
+    x = random_images(2).transpose(0, 3, 1, 2).reshape(2, -1)
+    for i in range(1, 6):
+        write_cifar_py2(d / f"data_batch_{i}", x, [1, 2])
+    seeds = _cifar_py_seeds(tmp)
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (d / "test_batch").write_bytes(raw)
+            return jd.load_cifar(tmp, "cifar10")
+        return run
+
+    for name, raw in hostile_pickles().items():
+        yield f"hostile:{name}", case(raw)
+    while True:
+        seed = seeds[int(rng.integers(len(seeds)))]
+        yield "mutated", case(mutate(seed, rng))
+
+
+def hostile_npz_members() -> dict[str, bytes]:
+    """Name -> raw .npy member bytes that an .npz reader must refuse without allocating what they claim."""
+    def npy(header: str, body: bytes = b"") -> bytes:
+        h = header.encode("latin1")
+        h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + body
+    return {
+        "claims_terabytes": npy("{'descr': '|u1', 'fortran_order': False, 'shape': (1000000, 1000000, 1000), }",
+                                b"\x00" * 64),
+        "object_dtype": npy("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", b"\x80\x02N."),
+        "negative_shape": npy("{'descr': '|u1', 'fortran_order': False, 'shape': (-5, 3), }", b"\x00" * 15),
+        "bad_header": npy("{'descr': __import__('os'), 'shape': (1,)}", b"\x00"),
+        "huge_header_len": b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{",
+        "structured": npy("{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (1,), }", b"\x00" * 4),
+    }
+
+
+def _zip_npz(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, raw in members.items():
+            z.writestr(name + ".npy", raw)
+    return buf.getvalue()
+
+
+def _npz(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    import io
+
+    from jaxcnn import data as jd
+
+    f = tmp / "d.npz"
+    valid = []
+    for compress in (False, True):
+        buf = io.BytesIO()
+        (np.savez_compressed if compress else np.savez)(
+            buf, x=random_images(4, (6, 6, 1)), y=np.array([0, 1, 2, 1]), x_test=random_images(2, (6, 6, 1)),
+            y_test=np.array([1, 0]), num_classes=np.array(3))
+        valid.append(buf.getvalue())
+    y_ok = io.BytesIO()
+    np.save(y_ok, np.array([0, 1]))
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            f.write_bytes(raw)
+            return jd.load(f"npz:{f}")
+        return run
+
+    for name, member in hostile_npz_members().items():
+        yield f"hostile:{name}", case(_zip_npz({"x": member, "y": y_ok.getvalue()}))
+    while True:
+        yield "mutated", case(mutate(valid[int(rng.integers(2))], rng))
+
+
+def _cifar_bin(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from data_fixtures import write_cifar_bin
+
+    from jaxcnn import data as jd
+
+    for i in range(1, 6):
+        write_cifar_bin(tmp / f"data_batch_{i}.bin", random_images(1), [i])
+    write_cifar_bin(tmp / "seed.bin", random_images(2), [3, 4])
+    valid = (tmp / "seed.bin").read_bytes()
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (tmp / "test_batch.bin").write_bytes(raw)
+            return jd.load_cifar(tmp, "cifar10")
+        return run
+
+    while True:
+        yield "mutated", case(mutate(valid, rng))
+
+
+def _gzip_bomb(head: bytes, zeros: int) -> bytes:
+    """gzip of ``head`` + ``zeros`` zero bytes (256 MB -> ~250 kB), made in 1 MB steps so the maker stays small."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts, block = [c.compress(head)], bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        parts.append(c.compress(block))
+    return b"".join(parts) + c.flush()
+
+
+def _idx(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    import gzip
+
+    from data_fixtures import write_idx
+
+    from jaxcnn import data as jd
+
+    d = tmp / "mnist"
+    d.mkdir()
+    files = {}
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        write_idx(d / f"{prefix}-images-idx3-ubyte", random_images(n, (5, 5, 1))[..., 0])
+        write_idx(d / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    for p in d.iterdir():
+        files[p.name] = p.read_bytes()
+
+    hostile = {  # headers that claim far more than the file holds
+        "huge_dims": struct.pack(">I", 0x0803) + struct.pack(">III", 2**31, 2**31, 2**31),
+        "many_dims": struct.pack(">I", 0x08FF) + b"\xff" * 1020,
+        "gzip_bomb": _gzip_bomb(struct.pack(">I", 0x0803) + struct.pack(">III", 10, 10, 10), 1 << 28),
+    }
+
+    def case(name: str, raw: bytes, gz: bool) -> Callable[[], object]:
+        def run() -> object:
+            for other, data in files.items():
+                (d / other).write_bytes(data)
+                (d / (other + ".gz")).unlink(missing_ok=True)
+            if gz:
+                (d / name).unlink()
+                (d / (name + ".gz")).write_bytes(raw)
+            else:
+                (d / name).write_bytes(raw)
+            return jd.load_idx(d, "mnist")
+        return run
+
+    for key, raw in hostile.items():
+        yield f"hostile:{key}", case("t10k-images-idx3-ubyte", raw, key == "gzip_bomb")
+    names = sorted(files)
+    while True:
+        name = names[int(rng.integers(len(names)))]
+        gz = bool(rng.integers(2))
+        raw = files[name]
+        yield "mutated", case(name, mutate(gzip.compress(raw) if gz else raw, rng), gz)
+
+
+def _list(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from data_fixtures import write_png
+
+    from jaxcnn import data as jd
+
+    write_png(tmp / "a.png", (255, 0, 0))
+    write_png(tmp / "b.png", (0, 0, 255))
+    valid = b"# images\na.png 0\nb.png 1\n"
+    png = (tmp / "a.png").read_bytes()
+
+    def case(listing: bytes, image: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (tmp / "l.txt").write_bytes(listing)
+            (tmp / "c.png").write_bytes(image)
+            return jd.load(f"list:{tmp / 'l.txt'}", size=8)
+        return run
+
+    yield "hostile:huge_label", case(b"a.png 0\nb.png 99999999999999999999999999\n", png)
+    yield "hostile:float_label", case(b"a.png 0.5\n", png)
+    while True:
+        if rng.integers(2):
+            yield "mutated", case(mutate(valid, rng), png)
+        else:
+            yield "mutated", case(b"a.png 0\nc.png 1\n", mutate(png, rng))
+
+
+def _checkpoint(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from jaxcnn import checkpoint
+
+    tree = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(3)}
+    checkpoint.save(tmp, "ckpt-000001", tree, {"epoch": 0})
+    valid_json = (tmp / "ckpt-000001.json").read_bytes()
+    valid_npz = (tmp / "ckpt-000001.npz").read_bytes()
+    d = tmp / "run"
+    d.mkdir()
+
+    def case(js: bytes, npz: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (d / "ckpt-000001.json").write_bytes(js)
+            (d / "ckpt-000001.npz").write_bytes(npz)
+            found, skipped = checkpoint.find_latest(d)
+            if found is None:
+                raise checkpoint.CheckpointError(skipped[0][1])
+            loaded, _ = checkpoint.load(found, tree)
+            assert np.array_equal(loaded["params"]["w"], tree["params"]["w"])  # a load is a correct load
+            return loaded
+        return run
+
+    for text in (b"[]", b"null", b"{}", b'{"array_file": 5}', b'{"array_file": "../x.npz", "sha256": "0"}',
+                 b"[" * 100_000, b'{"array_file": "ckpt-000001.npz"}'):
+        yield f"hostile:json {text[:20]!r}", case(text, valid_npz)
+    while True:
+        if rng.integers(2):
+            yield "mutated", case(mutate(valid_json, rng), valid_npz)
+        else:
+            yield "mutated", case(valid_json, mutate(valid_npz, rng))
+
+
+READERS: dict[str, Callable[[Path, np.random.Generator], Iterator[tuple[str, Callable[[], object]]]]] = {
+    "cifar_py": _cifar_py,
+    "cifar_bin": _cifar_bin,
+    "idx": _idx,
+    "npz": _npz,
+    "list": _list,
+    "checkpoint": _checkpoint,
+}
+
+
+def drive(reader: str, seed: int, n: int) -> dict[str, object]:
+    """Run ``n`` cases of ``reader``; return counts, unexpected outcomes and peak memory."""
+    from jaxcnn.checkpoint import CheckpointError
+    from jaxcnn.data import DataError
+
+    rng = np.random.default_rng(seed)
+    counts: dict[str, int] = {}
+    bad: list[str] = []
+    slowest = 0.0
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = READERS[reader](Path(tmp), rng)
+        for _ in range(n):
+            name, run = next(cases)
+            t0 = time.perf_counter()
+            try:
+                run()
+                outcome = "loaded"
+            except (DataError, CheckpointError) as e:
+                outcome = "refused"
+                if "\n" in str(e):
+                    bad.append(f"{name}: multi-line error {str(e)!r}")
+                if name.startswith("hostile:") and "Traceback" in str(e):
+                    bad.append(f"{name}: {e}")
+            except Exception as e:  # anything else is a reader bug: the CLI would show a traceback
+                outcome = "other"
+                bad.append(f"{name}: {type(e).__name__}: {e}"[:300])
+            slowest = max(slowest, time.perf_counter() - t0)
+            if name.startswith("hostile:") and outcome == "loaded":
+                bad.append(f"{name}: loaded, should have been refused")
+            counts[outcome] = counts.get(outcome, 0) + 1
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    return {"counts": counts, "bad": bad, "peak_extra_mb": peak_mb, "slowest_s": slowest}
+
+
+if __name__ == "__main__":  # READER[,READER...] SEED N: one JSON report per reader, one line each
+    for r in sys.argv[1].split(","):
+        print(json.dumps({"reader": r, **drive(r, int(sys.argv[2]), int(sys.argv[3]))}), flush=True)
