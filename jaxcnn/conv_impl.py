@@ -38,7 +38,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-IMPLS = ("auto", "xla", "shift", "im2col", "phase")
+from jaxcnn import native
+
+IMPLS = ("auto", "xla", "shift", "im2col", "phase", "native")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -60,16 +62,31 @@ def choose(
     kernel: tuple[int, int],
     stride: tuple[int, int],
     dilation: tuple[int, int],
+    *,
+    native_ok: bool = False,
 ) -> str:
-    """Resolve ``auto`` (and an inapplicable ``phase``) for the current default backend and this conv."""
+    """Resolve ``auto`` (and an inapplicable ``phase`` or ``native``) for the default backend and this conv.
+
+    ``native_ok``: the operands fit a native kernel (:func:`jaxcnn.native.depthwise_applicable`).
+    """
     phase_ok = groups == 1 and dilation == (1, 1) and stride != (1, 1)
     if impl == "phase":
         return "phase" if phase_ok else "xla"
+    if impl == "native":
+        if native_ok and jax.default_backend() == "cpu" and native.available():
+            return "native"
+        if native_ok and jax.default_backend() == "cpu":
+            native.warn_unavailable()
+        return choose("auto", groups, in_hw, kernel, stride, dilation)  # native has no kernel for this conv
     if impl != "auto":
         return impl
     if jax.default_backend() != "cpu":
         return "xla"
     if groups > 1:
+        if native_ok and native.enabled():
+            if native.available():
+                return "native"
+            native.warn_unavailable()
         return "shift"
     if any(n < k for n, k in zip(in_hw, effective_kernel(kernel, dilation), strict=True)):
         return "shift"
@@ -86,7 +103,10 @@ def conv2d(
     impl: str = "xla",
 ) -> jax.Array:
     """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering."""
-    impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation)
+    native_ok = native.depthwise_applicable(x.dtype, w.shape, x.shape[3], groups, dilation, pads)
+    impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation, native_ok=native_ok)
+    if impl == "native":
+        return native.depthwise(x, w.astype(x.dtype), stride, pads)
     if impl == "xla":
         return lax.conv_general_dilated(
             x, w, window_strides=stride, padding=pads, rhs_dilation=dilation,
