@@ -4,8 +4,9 @@
 // Why hand-written: XLA:CPU has no fast depthwise weight gradient (a reduction over N, H, W
 // per tap and channel), and its grouped convolution is slow in all three directions. These
 // loops keep the channel axis innermost and contiguous, so the compiler vectorises them; the
-// hot loop is compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and picked at run
-// time, so the built library runs on any x86-64 CPU. Work is split over rows of the output
+// hot loop is compiled three times on x86-64 (AVX-512, AVX2+FMA, baseline) and picked at run
+// time, so the built library runs on any x86-64 CPU (other CPUs get the baseline build).
+// Work is split over rows of the output
 // and run on XLA's own intra-op thread pool (the FFI ThreadPool context), so the kernels
 // use the cores XLA uses and never add threads of their own.
 //
@@ -84,15 +85,20 @@ using PairSumFn = void (*)(const float* const*, const float* const*, int64_t, fl
     PairSumBody<kAdd>(a, b, np, out, C);                                                              \
   }
 
+JAXCNN_PAIRSUM_VARIANT(PairSumBase, )
+
+#if defined(__x86_64__) || defined(__i386__)
 JAXCNN_PAIRSUM_VARIANT(PairSumAvx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
 JAXCNN_PAIRSUM_VARIANT(PairSumAvx2, __attribute__((target("avx2,fma"))))
-JAXCNN_PAIRSUM_VARIANT(PairSumBase, )
+#endif
 
 template <bool kAdd>
 PairSumFn SelectPairSum() {
+#if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return PairSumAvx512<kAdd>;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return PairSumAvx2<kAdd>;
+#endif
   return PairSumBase<kAdd>;
 }
 

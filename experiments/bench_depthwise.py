@@ -15,8 +15,6 @@ import os
 import statistics
 import time
 
-import jaxcnn  # noqa: F401  (sets jaxcnn's XLA defaults before JAX starts, as the engine does)
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +61,8 @@ def _time(fn, args, n):
 
 def bench(size: int, rounds: int) -> None:
     batch, shapes = SHAPES[size]
-    print(f"\n## {size}x{size}, batch {batch}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, native={native.available()}")
+    flags = os.environ.get("XLA_FLAGS", "")
+    print(f"\n## {size}x{size}, batch {batch}, XLA_FLAGS={flags!r}, native={native.available()}")
     print("| H=W | C | stride | kernel | native ms | shift ms | xla ms | shift/native | xla/native |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     totals = {i: {k: 0.0 for k in ("fwd", "dx", "dw")} for i in IMPLS}

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcnn import models
+from jaxcnn.conv_impl import lowerings_used
 from jaxcnn.core import Layer
 from jaxcnn.summary import summary
 from jaxcnn.transforms import mixed_precision, with_conv_impl
@@ -163,17 +164,19 @@ def bench_model(
     y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
     tx, train_step, infer_step = _steps(model)
     reps, secs = (2, 0.1) if quick else (5, 1.0)
-    if mode == "train":
-        t = time_calls(train_step, ((params, state, tx.init(params)), x, y), reps=reps, min_seconds=secs, carry=True)
-        flops = 3 * 2 * macs * batch
-    elif mode == "infer":
-        t = time_calls(infer_step, (params, state, x), reps=reps, min_seconds=secs)
-        flops = 2 * macs * batch
-    else:
-        raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+    with lowerings_used() as ran:  # which lowerings 'auto' (or a fallback) resolved to, for the table
+        if mode == "train":
+            carry = (params, state, tx.init(params))
+            t = time_calls(train_step, (carry, x, y), reps=reps, min_seconds=secs, carry=True)
+            flops = 3 * 2 * macs * batch
+        elif mode == "infer":
+            t = time_calls(infer_step, (params, state, x), reps=reps, min_seconds=secs)
+            flops = 2 * macs * batch
+        else:
+            raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
     return {
         "model": name, "input": f"{input_size}x{input_size}x{c}", "batch": batch, "dtype": dtype, "mode": mode,
-        "conv_impl": conv_impl, "macs_per_image": macs, "compile_s": t.compile_seconds,
+        "conv_impl": conv_impl, "lowerings": sorted(ran), "macs_per_image": macs, "compile_s": t.compile_seconds,
         "step_ms_median": 1e3 * t.median, "step_ms_low": 1e3 * t.low, "step_ms_high": 1e3 * t.high,
         "reps": t.reps, "calls_per_rep": t.calls_per_rep, "images_per_s": batch / t.median,
         "achieved_flops": flops / t.median, "device_memory_peak_bytes": memory_in_use(),
@@ -211,7 +214,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['model']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['conv_impl']} "
+            f"| {r['model']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['mode']} | {_conv_column(r)} "
             f"| {r['macs_per_image'] / 1e6:.2f} | {r['compile_s']:.1f} "
             f"| {r['step_ms_median']:.1f} ({r['step_ms_low']:.1f}-{r['step_ms_high']:.1f}) "
             f"| {r['images_per_s']:,.0f} | {r['achieved_flops'] / 1e9:.1f} | {r['percent_of_peak']:.0f} |"
@@ -225,6 +228,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f"\ndevice: {d['backend']} {d['device_kind']} x{d['device_count']} ({d.get('cpu', '')}), "
                  f"jax {d['jax']}")
     return "\n".join(lines)
+
+
+def _conv_column(r: dict[str, Any]) -> str:
+    """The requested lowering and, when it differs, the ones that ran (e.g. ``auto: native+phase+xla``)."""
+    ran = r.get("lowerings") or []
+    return r["conv_impl"] if ran == [r["conv_impl"]] or not ran else f"{r['conv_impl']}: {'+'.join(ran)}"
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -30,7 +30,9 @@ All compute the same function; which is fastest depends on the backend:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -42,6 +44,20 @@ from jaxcnn import native
 
 IMPLS = ("auto", "xla", "shift", "im2col", "phase", "native")
 _DN = ("NHWC", "HWIO", "NHWC")
+
+
+_RECORDERS: list[set[str]] = []
+
+
+@contextlib.contextmanager
+def lowerings_used() -> Iterator[set[str]]:
+    """Collect the lowerings convolutions resolve to while tracing inside this block (e.g. for a benchmark)."""
+    ran: set[str] = set()
+    _RECORDERS.append(ran)
+    try:
+        yield ran
+    finally:
+        _RECORDERS.remove(ran)
 
 
 def check_impl(layer: Any, impl: str) -> None:
@@ -77,7 +93,10 @@ def choose(
             return "native"
         if native_ok and jax.default_backend() == "cpu":
             native.warn_unavailable()
-        return choose("auto", groups, in_hw, kernel, stride, dilation)  # native has no kernel for this conv
+        elif groups > 1 and jax.default_backend() == "cpu":
+            native.warn_inapplicable()
+        # dense convs have no native kernel: 'native' means native where there is one, auto elsewhere
+        return choose("auto", groups, in_hw, kernel, stride, dilation)
     if impl != "auto":
         return impl
     if jax.default_backend() != "cpu":
@@ -105,6 +124,8 @@ def conv2d(
     """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering."""
     native_ok = native.depthwise_applicable(x.dtype, w.shape, x.shape[3], groups, dilation, pads)
     impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation, native_ok=native_ok)
+    for ran in _RECORDERS:
+        ran.add(impl)
     if impl == "native":
         return native.depthwise(x, w.astype(x.dtype), stride, pads)
     if impl == "xla":

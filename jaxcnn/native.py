@@ -40,7 +40,7 @@ _TARGETS = {
 }
 _SYMBOLS = {"fwd": "JaxcnnDepthwiseForward", "dx": "JaxcnnDepthwiseInputGrad", "dw": "JaxcnnDepthwiseWeightGrad"}
 
-_state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "enabled": None}
+_state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "warned_inapplicable": False, "enabled": None}
 
 
 def _env_enabled() -> bool:
@@ -102,6 +102,19 @@ def warn_unavailable() -> None:
     )
 
 
+def warn_inapplicable() -> None:
+    """Warn, once per process, that ``impl="native"`` met a grouped conv the native kernel does not cover."""
+    if _state["warned_inapplicable"]:
+        return
+    _state["warned_inapplicable"] = True
+    warnings.warn(
+        "jaxcnn: impl='native' covers depthwise convolutions with channel multiplier 1, dilation 1, float32 and "
+        "non-negative padding only; other grouped convolutions use the 'auto' lowering (shift on CPU)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def depthwise_applicable(
     x_dtype: Any, w_shape: tuple[int, ...], channels: int, groups: int, dilation: tuple[int, int],
     pads: tuple[tuple[int, int], tuple[int, int]],
@@ -155,6 +168,8 @@ def _abstract(key):
 
 def _ffi(key):
     def call(a, b, *, stride, pads, in_hw, kernel):
+        if not _load():
+            raise RuntimeError(f"jaxcnn: the native depthwise kernels are not available: {load_error()}")
         out = _abstract(key)(a, b, stride=stride, pads=pads, in_hw=in_hw, kernel=kernel)
         return jax.ffi.ffi_call(_TARGETS[key], jax.ShapeDtypeStruct(out.shape, out.dtype))(
             a, b, sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0])
@@ -163,7 +178,7 @@ def _ffi(key):
     return call
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eager(prim, **params):
     return jax.jit(lambda a, b: prim.bind(a, b, **params))
 
