@@ -22,10 +22,24 @@ All compute the same function; which is fastest depends on the backend:
   with dilation 1 only; anything else falls back to ``xla``. Forward- and reverse-mode
   differentiation both work (a ``custom_jvp`` whose tangent map is written so that
   JAX's transpose of it is the phase form).
-* ``auto``, chosen per backend and layer by measurement: on CPU, ``shift`` for
-  grouped/depthwise kernels and for dense kernels larger than their (unpadded) input
-  (XLA:CPU takes 5-10x longer there, e.g. a 3x3 kernel on a 2x2 map), ``phase`` for
-  strided dense kernels, ``xla`` otherwise; ``xla`` everywhere on GPU and TPU.
+* ``native``: the C++ depthwise kernels of :mod:`jaxcnn.native` (XLA FFI custom calls, CPU
+  only) for depthwise convolutions with channel multiplier 1, dilation 1 and float32;
+  any other conv falls back to what ``auto`` picks for it (a one-time warning for
+  grouped convs it cannot take, and if the library is missing). XLA:CPU has no fast
+  depthwise weight gradient: per layer of MobileNet v1 (``python
+  experiments/bench_depthwise.py``, 2-core CPU, candidates interleaved, medians) the native
+  weight gradient ran 4-80x faster than ``shift``'s and 3-500x faster than ``xla``'s, the
+  native forward mostly 1.3-6x faster than ``shift``'s. ``shift``'s stride-1 input
+  gradient (an XLA fused loop) measured faster than the native one in isolation, but the
+  whole MobileNet v1 train step ran faster with every direction native (224x224, batch 8:
+  2.8 img/s with ``shift``, 3.9 with only the stride-1 input gradient left to XLA, 5.9 all
+  native; 32x32, batch 128: 112, 151, 159), so all three directions run natively.
+* ``auto``, chosen per backend and layer by measurement: on CPU, ``native`` for depthwise
+  kernels it covers (``shift`` when the library is unavailable or disabled with
+  ``JAXCNN_NATIVE=0``), ``shift`` for other grouped/depthwise kernels and for dense
+  kernels larger than their (unpadded) input (XLA:CPU takes 5-10x longer there, e.g. a
+  3x3 kernel on a 2x2 map), ``phase`` for strided dense kernels, ``xla`` otherwise;
+  ``xla`` everywhere on GPU and TPU.
 """
 
 from __future__ import annotations
