@@ -32,8 +32,8 @@ namespace {
 typedef float Vec __attribute__((vector_size(64), aligned(4), may_alias));
 constexpr int64_t kVec = 16;
 
-inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
-inline void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+inline __attribute__((always_inline)) Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+inline __attribute__((always_inline)) void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
 
 // out[c] (+)= sum_p a[p][c] * b[p][c] for c in [0, C): the one hot loop of all three kernels.
 // `a` and `b` list the pairs of C-long channel vectors to multiply (taps x input pixels for
@@ -174,7 +174,7 @@ void Forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, co
       const int64_t n = r / g.oh, oh = r % g.oh;
       const float* xn = x + n * g.h * g.w * C;
       float* yr = y + r * g.ow * C;
-      for (int64_t ow = 0; ow < g.ow; ++ow) {
+      auto border = [&](int64_t ow) {
         int64_t np = 0;
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t ih = oh * g.sh + i - g.pt;
@@ -188,7 +188,31 @@ void Forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, co
           }
         }
         kPairSet(a.data(), b.data(), np, yr + ow * C, C);
+      };
+      // Interior columns [olo, ohi), whose taps all lie inside the row: the same pairs shifted by
+      // sw pixels per column, so the pointers are stepped instead of rebuilt and re-checked.
+      const int64_t olo = std::min(g.ow, (g.pl + g.sw - 1) / g.sw);
+      const int64_t last = g.w - g.kw + g.pl;  // interior needs ow * sw <= last
+      const int64_t ohi = std::max(olo, std::min(g.ow, last < 0 ? int64_t{0} : last / g.sw + 1));
+      for (int64_t ow = 0; ow < olo; ++ow) border(ow);
+      if (ohi > olo) {
+        int64_t np = 0;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh + i - g.pt;
+          if (ih < 0 || ih >= g.h) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            a[np] = xn + (ih * g.w + olo * g.sw + j - g.pl) * C;
+            b[np] = w + (i * g.kw + j) * C;
+            ++np;
+          }
+        }
+        const int64_t step = g.sw * C;
+        for (int64_t ow = olo; ow < ohi; ++ow) {
+          kPairSet(a.data(), b.data(), np, yr + ow * C, C);
+          for (int64_t q = 0; q < np; ++q) a[q] += step;
+        }
       }
+      for (int64_t ow = ohi; ow < g.ow; ++ow) border(ow);
     }
   });
 }
@@ -223,7 +247,7 @@ void InputGrad(ffi::ThreadPool& pool, const float* dy, const float* w, float* dx
       }
       const float* dyn = dy + n * g.oh * g.ow * C;
       float* dxr = dx + r * g.w * C;
-      for (int64_t iw = 0; iw < g.w; ++iw) {
+      auto column = [&](int64_t iw) {
         int64_t np = 0;
         for (size_t q = 0; q < taps_i.size(); ++q) {
           const int64_t i = taps_i[q];
@@ -237,7 +261,31 @@ void InputGrad(ffi::ThreadPool& pool, const float* dy, const float* w, float* dx
           }
         }
         kPairSet(a.data(), b.data(), np, dxr + iw * C, C);
+      };
+      // Stride 1 in width: for input columns [ilo, ihi) every tap column j hits an output column
+      // (ow = iw + pl - j), so the pairs only shift by one pixel per column (as in Forward).
+      int64_t ilo = g.w, ihi = g.w;
+      if (g.sw == 1) {
+        ilo = std::min(g.w, std::max<int64_t>(0, g.kw - 1 - g.pl));
+        ihi = std::max(ilo, std::min(g.w, g.ow - g.pl));
       }
+      for (int64_t iw = 0; iw < ilo; ++iw) column(iw);
+      if (ihi > ilo) {
+        int64_t np = 0;
+        for (size_t q = 0; q < taps_i.size(); ++q) {
+          const float* dyr = dyn + taps_oh[q] * g.ow * C;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            a[np] = dyr + (ilo + g.pl - j) * C;
+            b[np] = w + (taps_i[q] * g.kw + j) * C;
+            ++np;
+          }
+        }
+        for (int64_t iw = ilo; iw < ihi; ++iw) {
+          kPairSet(a.data(), b.data(), np, dxr + iw * C, C);
+          for (int64_t q = 0; q < np; ++q) a[q] += C;
+        }
+      }
+      for (int64_t iw = ihi; iw < g.w; ++iw) column(iw);
     }
   });
 }
