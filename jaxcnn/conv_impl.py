@@ -28,12 +28,13 @@ All compute the same function; which is fastest depends on the backend:
   grouped convs it cannot take, and if the library is missing). XLA:CPU has no fast
   depthwise weight gradient: per layer of MobileNet v1 (``python
   experiments/bench_depthwise.py``, 2-core CPU, candidates interleaved, medians) the native
-  weight gradient ran 4-80x faster than ``shift``'s and 3-500x faster than ``xla``'s, the
-  native forward mostly 1.3-6x faster than ``shift``'s. ``shift``'s stride-1 input
-  gradient (an XLA fused loop) measured faster than the native one in isolation, but the
-  whole MobileNet v1 train step ran faster with every direction native (224x224, batch 8:
-  2.8 img/s with ``shift``, 3.9 with only the stride-1 input gradient left to XLA, 5.9 all
-  native; 32x32, batch 128: 112, 151, 159), so all three directions run natively.
+  weight gradient ran 2-23x faster than ``shift``'s and 12-290x faster than ``xla``'s, the
+  native forward 1.5-7x faster than ``shift``'s (one layer, 32x32x32 at batch 128, 0.6x).
+  ``shift``'s stride-1 input gradient (an XLA fused loop) measured faster than the native
+  one in isolation, but the whole MobileNet v1 train step ran faster with every direction
+  native (224x224, batch 8: 2.8 img/s with ``shift``, 3.9 with only the stride-1 input
+  gradient left to XLA, 5.9 all native; 32x32, batch 128: 112, 151, 159), so all three
+  directions run natively.
 * ``auto``, chosen per backend and layer by measurement: on CPU, ``native`` for depthwise
   kernels it covers (``shift`` when the library is unavailable or disabled with
   ``JAXCNN_NATIVE=0``), ``shift`` for other grouped/depthwise kernels and for dense
