@@ -26,6 +26,7 @@ import optax
 
 from jaxcnn import compile_options as xla_options
 from jaxcnn import models
+from jaxcnn.conv_impl import lowerings_used
 from jaxcnn.core import Layer
 from jaxcnn.summary import summary
 from jaxcnn.transforms import mixed_precision, with_conv_impl
@@ -177,13 +178,15 @@ def bench_model(
         fn, args, flops = infer_step, (params, state, x), 2 * macs * batch
     else:
         raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
-    t0 = time.perf_counter()
-    choice = xla_options.resolve(compile_options, fn, args, label=f"bench {name} {mode}")
-    tune_s = time.perf_counter() - t0
-    t = time_calls(fn, args, reps=reps, min_seconds=secs, carry=mode == "train", compiler_options=choice.options)
+    with lowerings_used() as ran:  # which lowerings 'auto' (or a fallback) resolved to, for the table
+        t0 = time.perf_counter()
+        choice = xla_options.resolve(compile_options, fn, args, label=f"bench {name} {mode}")
+        tune_s = time.perf_counter() - t0
+        t = time_calls(fn, args, reps=reps, min_seconds=secs, carry=mode == "train",
+                       compiler_options=choice.options)
     return {
         "model": name, "input": f"{input_size}x{input_size}x{c}", "batch": batch, "dtype": dtype, "mode": mode,
-        "conv_impl": conv_impl, "compile_options": choice.name, "tune_s": tune_s,
+        "conv_impl": conv_impl, "lowerings": sorted(ran), "compile_options": choice.name, "tune_s": tune_s,
         "tune": choice.record(), "macs_per_image": macs, "compile_s": t.compile_seconds,
         "step_ms_median": 1e3 * t.median, "step_ms_low": 1e3 * t.low, "step_ms_high": 1e3 * t.high,
         "reps": t.reps, "calls_per_rep": t.calls_per_rep, "images_per_s": batch / t.median,
@@ -222,7 +225,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['model']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['conv_impl']} "
+            f"| {r['model']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['mode']} | {_conv_column(r)} "
             f"| {r.get('compile_options', 'xla')} "
             f"| {r['macs_per_image'] / 1e6:.2f} | {r['compile_s']:.1f} "
             f"| {r['step_ms_median']:.1f} ({r['step_ms_low']:.1f}-{r['step_ms_high']:.1f}) "
@@ -237,6 +240,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f"\ndevice: {d['backend']} {d['device_kind']} x{d['device_count']} ({d.get('cpu', '')}), "
                  f"jax {d['jax']}")
     return "\n".join(lines)
+
+
+def _conv_column(r: dict[str, Any]) -> str:
+    """The requested lowering and, when it differs, the ones that ran (e.g. ``auto: native+phase+xla``)."""
+    ran = r.get("lowerings") or []
+    return r["conv_impl"] if ran == [r["conv_impl"]] or not ran else f"{r['conv_impl']}: {'+'.join(ran)}"
 
 
 def to_json(report: dict[str, Any]) -> str:

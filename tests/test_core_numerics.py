@@ -38,6 +38,7 @@ from jaxcnn import (
     Softmax,
     Tanh,
     mixed_precision,
+    native,
 )
 from jaxcnn.conv_impl import IMPLS, choose, conv2d
 
@@ -112,7 +113,8 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
     dx, dw, db = np_conv_vjp(x, w, cot, stride, pads, dilation, groups)
 
     ref = None
-    impls = ["xla", "shift", "im2col", "phase"] if all_impls else ["xla"]  # XLA first: the others are compared to it
+    # XLA first: the others are compared to it
+    impls = ["xla", "shift", "im2col", "phase", "native"] if all_impls else ["xla"]
     for impl in impls:
         layer = dataclasses.replace(base, impl=impl)
         y, gp, gx = _forward_and_grads(layer, params, x, jnp.asarray(cot, jnp.float32))
@@ -130,10 +132,13 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
         # 'auto' traces to exactly the program of the lowering it picks (checked above), so it computes
         # the same values; comparing the jaxprs saves compiling a fourth copy
         assert set(IMPLS) == {"auto", *impls}
-        picked = choose("auto", groups, in_shape[:2], kernel, stride, dilation)
+        native_ok = native.depthwise_applicable(jnp.float32, w.shape, in_shape[2], groups, dilation, pads)
+        picked = choose("auto", groups, in_shape[:2], kernel, stride, dilation, native_ok=native_ok)
         too_small = any(n < d * (k - 1) + 1 for n, k, d in zip(in_shape[:2], kernel, dilation, strict=True))
         if jax.default_backend() != "cpu":
             assert picked == "xla"
+        elif native_ok and native.available():
+            assert picked == "native"
         elif groups > 1 or too_small:
             assert picked == "shift"
         else:
