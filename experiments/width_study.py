@@ -32,11 +32,17 @@ improving over its last fifth of epochs (jaxcnn.study_stats.convergence). compar
 for each comparison README's findings make, the difference of the means with a 95 % Welch
 interval over seeds and whether it exceeds the seed noise (jaxcnn.study_stats.compare).
 
-Budget: the default is sized for the 15-minute limit on the 2-core CPU machine (README gives
-the measured figure). ``--epochs-allconv``, ``--epochs-mobilenet``, ``--seeds`` and ``--alphas``
-change the recipe; ``--full`` is 30 epochs for both families, all four alphas and 5 seeds (an
-exact permutation test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below
-0.10), without a time limit (several hours on that machine).
+Budget: the default aims at the 15-minute limit on the 2-core CPU machine (README gives the
+measured figure of the reference run). What it costs: the nine allconv6 members together took
+about 28 s per epoch (3 seeds; 170 s of training in the earlier 6-epoch reference run), plus
+5-15 s to compile each member, MobileNet about 30 s; MobileNet v1 in its 32x32, stem-stride-1 form has 4.2x the
+multiply-adds of the 28x28 stride-2 form and measured 4.6-6x allconv6_bn's time per epoch
+(alpha 0.25, 3 seeds, interleaved on a shared machine), and alpha 0.5 costs about twice alpha
+0.25, so MobileNet dominates; a faster depthwise convolution shortens it directly.
+``--epochs-allconv``, ``--epochs-mobilenet``, ``--seeds`` and ``--alphas`` change the recipe;
+``--full`` is 30 epochs for both families, all four alphas and 5 seeds (an exact permutation
+test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below 0.10), without a
+time limit (hours on that machine).
 
 Interrupted? Rerun the same command: finished models are skipped and the unfinished one
 resumes from its last epoch checkpoint. ``--quick`` (1 epoch, 1 seed, 600 images, its own
