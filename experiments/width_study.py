@@ -11,7 +11,7 @@ table; BatchNorm before each ReLU, ``--no-bn`` for the plain book version) and M
 at alpha 0.25, whose 215,498 parameters all but equal allconv6_8's 215,722: the cleanest
 per-parameter comparison, and (by the costs below) the only MobileNet the 15-minute budget
 holds at a fair recipe. ``--alphas 0.5,0.25`` adds alpha 0.5 (823k parameters, 1.5x the
-baseline's; about 2.2x alpha 0.25's time), ``--alphas 1.0,0.75,0.5,0.25`` (or ``--full``) the
+baseline's; about 2x alpha 0.25's time), ``--alphas 1.0,0.75,0.5,0.25`` (or ``--full``) the
 paper's whole series (all four: about 10x alpha 0.25's time). Data: bundled real MNIST 5,000,
 stratified 4,000 train / 1,000 test (``--data`` takes cifar10:PATH, folder:PATH, ... too).
 
@@ -40,7 +40,7 @@ about 28 s per epoch (3 seeds; 170 s of training in the earlier 6-epoch referenc
 5-15 s to compile each member, MobileNet about 30 s; MobileNet v1 in its 32x32, stem-stride-1 form has 4.2x the
 multiply-adds of the 28x28 stride-2 form and measured 4.6-6x allconv6_bn's time per epoch
 (alpha 0.25, 3 seeds, interleaved on a shared machine), and alpha 0.5 costs about twice alpha
-0.25, so MobileNet dominates; a faster depthwise convolution shortens it directly.
+0.25 (10.8-11.6x allconv6_bn), so MobileNet dominates; a faster depthwise convolution shortens it directly.
 ``--epochs-allconv``, ``--epochs-mobilenet``, ``--seeds`` and ``--alphas`` change the recipe;
 ``--full`` is 30 epochs for both families, all four alphas and 5 seeds (an exact permutation
 test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below 0.10), without a
