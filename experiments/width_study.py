@@ -37,10 +37,11 @@ interval over seeds and whether it exceeds the seed noise (jaxcnn.study_stats.co
 Budget: the default aims at the 15-minute limit on the 2-core CPU machine (README gives the
 measured figure of the reference run). What it costs: the nine allconv6 members together took
 about 28 s per epoch (3 seeds; 170 s of training in the earlier 6-epoch reference run), plus
-5-15 s to compile each member, MobileNet about 30 s; MobileNet v1 in its 32x32, stem-stride-1 form has 4.2x the
-multiply-adds of the 28x28 stride-2 form and measured 4.6-6x allconv6_bn's time per epoch
-(alpha 0.25, 3 seeds, interleaved on a shared machine), and alpha 0.5 costs about twice alpha
-0.25 (10.8-11.6x allconv6_bn), so MobileNet dominates; a faster depthwise convolution shortens it directly.
+5-15 s to compile each member (MobileNet about 30 s). MobileNet v1 in its 32x32,
+stem-stride-1 form has 4.2x the multiply-adds of the 28x28 stride-2 form and measured
+4.6-6x allconv6_bn's time per epoch (alpha 0.25, 3 seeds, interleaved on a shared machine);
+alpha 0.5 10.8-11.6x, about twice alpha 0.25. So MobileNet dominates the time, and a faster
+depthwise convolution shortens it directly.
 ``--epochs-allconv``, ``--epochs-mobilenet``, ``--seeds`` and ``--alphas`` change the recipe;
 ``--full`` is 30 epochs for both families, all four alphas and 5 seeds (an exact permutation
 test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below 0.10), without a
