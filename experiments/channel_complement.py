@@ -1,9 +1,10 @@
 """Channel complement (seeds/004 section 4.1): half the first-layer filters + CReLU vs allconv6.
 
-Command: python experiments/channel_complement.py
+Command: python experiments/channel_complement.py               # -> runs/channel_complement/ (git-ignored)
+         python experiments/channel_complement.py --reference   # -> results/channel_complement/ (committed)
 Runtime: about 4 minutes on the 2-core CPU machine.
-Output: results/channel_complement/{results.jsonl, results.csv, table.md, accuracy_vs_*.*, curves.*,
-        filters.*, redundancy.*}
+Output: {results.jsonl, results.csv, table.md, comparisons.md, accuracy_vs_*.*, curves.*, filters.*,
+        redundancy.*}
 
 allconv6 (BatchNorm) against allconv6_crelu: conv1 and conv2 have 32 filters each followed
 by CReLU (concatenate x and -x, then ReLU), so the next layer still sees 64 channels. The
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import Any
 
 from study_common import add_common_args, finish, load_task, out_dir, parse_only
 
@@ -33,16 +35,22 @@ def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
     ]
 
 
+def pairs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Does halving conv1-2 and adding CReLU cost accuracy?"""
+    return [("half first-layer filters + CReLU vs allconv6", "allconv6_bn", "allconv6_crelu_bn")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, default_out="results/channel_complement")
+    add_common_args(parser, study="channel_complement")
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs = 1
+    out = out_dir(args)
     task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
-    return finish(args, parse_only(args, members(args, base)), task, out_dir(args),
-                  figures_extra=("filters", "redundancy"))
+    return finish(args, parse_only(args, members(args, base)), task, out,
+                  figures_extra=("filters", "redundancy"), pairs=pairs)
 
 
 if __name__ == "__main__":

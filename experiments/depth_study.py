@@ -1,9 +1,11 @@
 """Depth study (book chapter 4): allconv5 ... allconv8_3, plus SPEC A's "fewer layers, more parameters" pair.
 
-Command: python experiments/depth_study.py
+Command: python experiments/depth_study.py               # -> runs/depth_study/ (git-ignored), resumable
+         python experiments/depth_study.py --reference   # -> results/depth_study/ (committed reference)
 Runtime: about 25 minutes on the 2-core CPU machine (allconv8_1 keeps 28x28 maps for two
          layers and costs ~15x allconv6 per image); add --seeds 1 to cut it to a third.
-Output: results/depth_study/{results.jsonl, results.csv, accuracy_vs_params.*, accuracy_vs_macs.*, curves.*, table.md}
+Output: {results.jsonl, results.csv, accuracy_vs_params.*, accuracy_vs_macs.*, curves.*, table.md}
+        (table.md's "converged?" column: was each member still improving over its last fifth of epochs?)
 
 Members: the allconv depth family exactly as the book's prototxts define it (kernel/stride/
 channels per layer in jaxcnn/models/allconv.py), each with BatchNorm before the ReLU, and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import Any
 
 from study_common import add_common_args, finish, load_task, out_dir, parse_only
 
@@ -40,15 +43,21 @@ def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
     return out
 
 
+def pairs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """SPEC A's pair: does the 3-conv network with more parameters beat the 4-conv one?"""
+    return [("fewer layers, more parameters (SPEC A)", "spec_a_4conv", "spec_a_3conv")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, default_out="results/depth_study")
+    add_common_args(parser, study="depth_study")
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs = 1
+    out = out_dir(args)
     task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
-    return finish(args, parse_only(args, members(args, base)), task, out_dir(args))
+    return finish(args, parse_only(args, members(args, base)), task, out, pairs=pairs)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Command: python experiments/readme_tables.py --write README.md    (about 2 s)
          python experiments/readme_tables.py --check README.md    (exit 1 if a section is stale)
 Sections sit between <!-- NAME:begin --> and <!-- NAME:end --> markers:
   model-table    every registered model, counts from jaxcnn.summary (no arrays allocated)
-  width-study    results/width_study/table.md   (python experiments/width_study.py)
+  width-study    results/width_study/table.md   (python experiments/width_study.py --reference)
+  width-comparisons results/width_study/comparisons.md (the same run: differences with 95 % intervals)
   mnist-training results/mnist5k_*/result.json  (jaxcnn train ..., commands in README)
   train-speed    results/train_speed.json       (python experiments/train_speed.py --json ...)
   benchmark      results/benchmark/report.md    (python experiments/benchmark.py)
@@ -95,6 +96,7 @@ def text_file(rel: str) -> str | None:
 SECTIONS = {
     "model-table": model_table,
     "width-study": width_study,
+    "width-comparisons": lambda: text_file("width_study/comparisons.md"),
     "mnist-training": mnist_training,
     "train-speed": train_speed,
     "benchmark": lambda: text_file("benchmark/report.md"),

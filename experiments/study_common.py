@@ -1,6 +1,12 @@
 """Shared command-line plumbing of the study scripts (width, depth, channel complement).
 
 Not a study itself: each ``*_study.py`` script defines its members and calls these.
+
+Where results go: by default a run folder under the current directory, ``runs/<study>/``
+(git ignores ``runs/``), so the main command trains on a fresh clone and never touches the
+committed reference results. ``--reference`` writes ``results/<study>/`` of this repository
+instead: the folder README's tables and figures are generated from, rewritten only on purpose.
+``--out DIR`` picks any other folder. Every folder is resumable.
 """
 
 from __future__ import annotations
@@ -8,7 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,10 @@ from jaxcnn import plot
 from jaxcnn.checkpoint import CheckpointError, atomic_write_text
 from jaxcnn.core import LayerError
 from jaxcnn.study import Member, StudyError, Task, load_first_layers, read_results, run_study
+from jaxcnn.study_stats import comparisons_markdown, convergence
 from jaxcnn.train import TrainConfig, TrainData, TrainingError
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: results/<study> is the committed reference
 
 
 def _positive(kind):
@@ -33,20 +42,27 @@ def _positive(kind):
     return parse
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+def add_common_args(parser: argparse.ArgumentParser, *, study: str, seeds: int | None = 3) -> None:
+    """The options every study takes; ``seeds=None`` leaves --seeds unset for the script to default."""
     parser.add_argument("--data", default="mnist5k",
                         help="mnist5k (bundled), digits (bundled), cifar10:PATH, mnist:PATH, folder:PATH, list:FILE, "
                              "npz:FILE, synthetic:N")
     parser.add_argument("--input-size", type=_positive(int), default=None,
                         help="resize images to N x N (default: as stored)")
-    parser.add_argument("--seeds", type=_positive(int), default=3,
-                        help="seeds per model, trained together in one compiled program")
+    parser.add_argument("--seeds", type=_positive(int), default=seeds,
+                        help="seeds per model, trained together in one compiled program"
+                             + (f" (default {seeds})" if seeds else ""))
     parser.add_argument("--batch", type=_positive(int), default=125,
                         help="batch size (125: MNIST 5k's 4,000 training images make 32 full batches)")
     parser.add_argument("--lr", type=_positive(float), default=0.05)
-    parser.add_argument("--out", default=None, help=f"results folder, resumable (default {default_out}; "
-                        f"{default_out}_quick with --quick, so a smoke test never mixes into real results)")
-    parser.set_defaults(default_out=default_out)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help=f"results folder, resumable (default runs/{study} under the current "
+                       f"directory, git-ignored; runs/{study}_quick with --quick, so a smoke test never mixes into "
+                       "real results)")
+    where.add_argument("--reference", action="store_true",
+                       help=f"write the committed reference results, {ROOT / 'results' / study} (README's tables "
+                            "and figures come from there); not with --quick")
+    parser.set_defaults(study=study)
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figures from the results file")
     parser.add_argument("--quick", action="store_true", help="smoke test: 600 images, 1 epoch, 1 seed")
@@ -54,8 +70,15 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
 
 
 def out_dir(args: argparse.Namespace) -> Path:
-    """--out, or the study's default folder (a separate one for --quick runs)."""
-    return Path(args.out or (args.default_out + ("_quick" if args.quick else "")))
+    """--out; the reference folder with --reference; else runs/<study> (runs/<study>_quick for --quick)."""
+    if args.reference:
+        if args.quick:
+            fail("--reference writes the committed results README quotes; a --quick smoke test cannot go there "
+                 "(drop --quick, or use --out DIR)")
+        return ROOT / "results" / args.study
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / (args.study + ("_quick" if args.quick else ""))
 
 
 def fail(message: str) -> None:
@@ -105,15 +128,29 @@ def parse_only(args: argparse.Namespace, members: list[Member]) -> list[Member]:
     return [m for m in members if m.variant in wanted]
 
 
+def converged_cell(r: dict[str, Any]) -> str:
+    """'yes', 'still improving' or '-' (one epoch), with the last-fifth accuracy gain and loss fall."""
+    c = convergence(r)
+    if c["converged"] is None:
+        return "- (1 epoch)"
+    loss = f", loss -{100 * c['loss_fall']:.0f} %" if c["loss_fall"] is not None else ""
+    trend = f"{100 * c['acc_gain']:+.2f} pt{loss} in last {c['window']} ep"
+    return f"yes ({trend})" if c["converged"] else f"**still improving** ({trend})"
+
+
 def table(records: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of a study's records."""
-    lines = ["| family | variant | channels / alpha | learnable params | MACs | test accuracy % (mean +- std) "
-             "| per seed | train s |", "|---|---|---|---:|---:|---:|---|---:|"]
+    """Markdown table of a study's records, with each member's input, epochs and convergence."""
+    lines = ["| family | variant | channels / alpha | input | epochs | learnable params | MACs "
+             "| test accuracy % (mean +- std) | per seed | converged? | train s |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---|---:|"]
     for r in records:
         seeds = " ".join(f"{100 * a:.1f}" for a in r["accuracies"])
-        lines.append(f"| {r['family']} | {r['variant']} | {r['label']} | {r['learnable_params']:,} | {r['macs']:,} "
+        shape = "x".join(map(str, r["input_shape"][:2]))
+        opts = "".join(f", {k}={v}" for k, v in (r.get("options") or {}).items())
+        lines.append(f"| {r['family']} | {r['variant']} | {r['label']}{opts} | {shape} "
+                     f"| {len(r['test_accuracy_per_epoch'])} | {r['learnable_params']:,} | {r['macs']:,} "
                      f"| {100 * r['mean_accuracy']:.2f} +- {100 * r['std_accuracy']:.2f} | {seeds} "
-                     f"| {r['train_seconds']:.0f} |")
+                     f"| {converged_cell(r)} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -142,9 +179,16 @@ def figures(out: Path, records: list[dict[str, Any]], extra: Sequence[str] = ())
     return paths
 
 
+Pairs = Callable[[list[dict[str, Any]]], list[tuple[str, str, str]]]
+
+
 def finish(args: argparse.Namespace, members: list[Member], task: Task | None, out: Path,
-           figures_extra: Sequence[str] = ()) -> int:
-    """Run (unless --plot-only), then write table.md and the figures; errors are one line, exit 2."""
+           figures_extra: Sequence[str] = (), pairs: Pairs | None = None) -> int:
+    """Run (unless --plot-only), then write table.md, comparisons.md and the figures; errors: one line, exit 2.
+
+    ``pairs(records)`` names the comparisons (question, variant a, variant b) the study's findings
+    rest on; each gets b - a with a 95 % Welch interval over seeds (jaxcnn.study_stats).
+    """
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:
         if args.plot_only:
@@ -152,10 +196,16 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
         else:
             records = run_study(members, task, out, quiet=args.quiet, command=command)
         atomic_write_text(out / "table.md", table(records) + "\n")
+        compared = comparisons_markdown(records, pairs(records)) if pairs and records else None
+        if compared is not None:
+            atomic_write_text(out / "comparisons.md", compared + "\n")
         paths = figures(out, records, figures_extra)
     except (StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ValueError) as e:
         fail(str(e))
     print(table(records))
+    if compared is not None:
+        print("\n" + compared)
+        paths.append(out / "comparisons.md")
     print("\nwrote " + ", ".join(str(p) for p in paths) + f", {out / 'results.jsonl'}, {out / 'results.csv'}")
     return 0
 

@@ -15,6 +15,12 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.checkpoint import atomic_write_text
+from jaxcnn.study_stats import convergence
+
+
+def still_improving(r: dict[str, Any]) -> bool:
+    """True when the record's run was still improving at its end (``jaxcnn.study_stats.convergence``)."""
+    return convergence(r)["converged"] is False
 
 
 def _plt():
@@ -61,7 +67,11 @@ def short_label(r: dict[str, Any]) -> str:
 
 def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str = "learnable_params",
                      title: str = "") -> list[Path]:
-    """Test accuracy (mean +- std over seeds) against ``cost`` (log x), one series per family."""
+    """Test accuracy (mean +- std over seeds) against ``cost`` (log x), one series per family.
+
+    Members still improving at the end of their run are drawn hollow and labelled with a ``*``:
+    their accuracy is a lower bound on what more epochs would give.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     families = sorted({r["family"] for r in results})
@@ -71,11 +81,16 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
         xs = [r[cost] for r in rows]
         ys = [100 * r["mean_accuracy"] for r in rows]
         es = [100 * r["std_accuracy"] for r in rows]
-        ax.errorbar(xs, ys, yerr=es, fmt=markers[k % len(markers)], capsize=3, label=fam, linestyle="none")
+        bars = ax.errorbar(xs, ys, yerr=es, fmt=markers[k % len(markers)], capsize=3, label=fam, linestyle="none")
+        colour = bars[0].get_color()
         for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
+            if still_improving(r):
+                ax.plot([x], [y], markers[k % len(markers)], ms=9, mfc="white", mec=colour, mew=1.5)
             # alternate above/below so neighbouring labels of a dense family do not overprint
-            ax.annotate(short_label(r), (x, y), textcoords="offset points", xytext=(4, 6 if i % 2 == 0 else -11),
-                        fontsize=7)
+            ax.annotate(short_label(r) + ("*" if still_improving(r) else ""), (x, y), textcoords="offset points",
+                        xytext=(4, 6 if i % 2 == 0 else -11), fontsize=7)
+    if any(still_improving(r) for r in results):
+        ax.plot([], [], "o", mfc="white", mec="k", label="* still improving at the end (lower bound)")
     pts = [(r[cost], r["mean_accuracy"]) for r in results]
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "k--", lw=1, alpha=0.6,
@@ -93,7 +108,8 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
     plt.close(fig)
     # what was drawn, for readers and tests that cannot count markers in a PNG
     drawn = [{"variant": r["variant"], "family": r["family"], "x": r[cost], "y": r["mean_accuracy"],
-              "err": r["std_accuracy"], "seeds": len(r["accuracies"])} for r in results]
+              "err": r["std_accuracy"], "seeds": len(r["accuracies"]), "still_improving": still_improving(r)}
+             for r in results]
     side = Path(stem).with_suffix(".points.json")
     atomic_write_text(side, json.dumps({"cost": cost, "points": drawn,
                                         "pareto": [results[i]["variant"] for i in front]}, indent=1))
@@ -101,14 +117,18 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
 
 
 def training_curves(results: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
-    """Mean test accuracy per epoch for every entry."""
+    """Mean test accuracy per epoch for every entry; dashed (and ``*`` in the legend) if still improving."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for r in results:
         curve = [100 * float(np.mean(h)) for h in r["test_accuracy_per_epoch"]]
-        ax.plot(range(1, len(curve) + 1), curve, label=r["variant"], lw=1)
+        improving = still_improving(r)
+        ax.plot(range(1, len(curve) + 1), curve, label=r["variant"] + (" *" if improving else ""), lw=1,
+                linestyle="--" if improving else "-")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%), mean over seeds")
+    if any(still_improving(r) for r in results):
+        ax.set_title("dashed, *: still improving over the last fifth of its epochs")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     paths = _save(fig, stem)

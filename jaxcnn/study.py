@@ -15,7 +15,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 from jaxcnn import checkpoint, models
 from jaxcnn.core import walk
 from jaxcnn.layers import Conv
+from jaxcnn.study_stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import TrainConfig, TrainData, fit
 
@@ -42,6 +43,7 @@ class Member:
     label: str  # e.g. "16,16,32,32,64" or "alpha=0.5"
     options: dict[str, Any] = field(default_factory=dict)
     recipe: TrainConfig = field(default_factory=TrainConfig)
+    pad_to: int | None = None  # zero-pad smaller images to pad_to x pad_to (MobileNet's 28 -> 32 for MNIST)
 
 
 @dataclass
@@ -55,6 +57,22 @@ class Task:
     def in_shape(self) -> tuple[int, ...]:
         """Per-example input shape."""
         return tuple(self.data.x_train.shape[1:])
+
+    def padded(self, size: int | None) -> Task:
+        """This task with images smaller than size x size zero-padded to it, centred (as LeNet-5 fed MNIST).
+
+        The normalisation statistics stay those of the unpadded images, so every original pixel
+        is fed exactly as before and the border gets the value of a zero (background) pixel.
+        """
+        if size is None:
+            return self
+        h, w = self.in_shape[:2]
+        if h >= size and w >= size:
+            return self
+        ph, pw = max(0, size - h), max(0, size - w)
+        widths = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+        d = self.data
+        return Task(self.name, replace(d, x_train=np.pad(d.x_train, widths), x_test=np.pad(d.x_test, widths)))
 
 
 def _slug(variant: str) -> str:
@@ -163,9 +181,12 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         "std_accuracy": res.std_accuracy,
         "test_accuracy_per_epoch": [h["test_accuracy"] for h in res.history],
         "train_loss_per_epoch": [h["train_loss"] for h in res.history],
+        "convergence": convergence({"test_accuracy_per_epoch": [h["test_accuracy"] for h in res.history],
+                                    "train_loss_per_epoch": [h["train_loss"] for h in res.history]}),
         "train_seconds": round(res.train_seconds, 2),
         "compile_seconds": round(res.compile_seconds, 2),
         "epochs": m.recipe.epochs,
+        "pad_to": m.pad_to,
         "recipe": asdict(m.recipe),
         "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{jax.device_count()}",
         "jax": jax.__version__,
@@ -182,14 +203,17 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
     out.mkdir(parents=True, exist_ok=True)
     records = read_results(out / "results.jsonl")
     done = {r["variant"]: r for r in records}
+    tasks: dict[int | None, Task] = {}
     for m in members:
+        if m.pad_to not in tasks:
+            tasks[m.pad_to] = task.padded(m.pad_to)
         if m.variant in done:
-            _check_same_run(done[m.variant], m, task, out)
+            _check_same_run(done[m.variant], m, tasks[m.pad_to], out)
             if not quiet:
                 print(f"== {m.variant}: already in {out / 'results.jsonl'}, skipped", file=sys.stderr)
             continue
         t0 = time.perf_counter()
-        rec = run_member(m, task, out, quiet=quiet, command=command)
+        rec = run_member(m, tasks[m.pad_to], out, quiet=quiet, command=command)
         rec["wall_seconds"] = round(time.perf_counter() - t0, 2)
         records.append(rec)
         write_results(out, records)

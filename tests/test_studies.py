@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,11 @@ def test_width_study_quick_writes_parsable_results_and_plots(tmp_path):
     assert [r["variant"] for r in records] == SMALL.split(",")
     for r in records:
         assert len(r["accuracies"]) == 1 and 0.0 <= r["mean_accuracy"] <= 1.0
-        assert r["learnable_params"] > 0 and r["macs"] > 0 and r["input_shape"] == [28, 28, 1]
+        assert r["learnable_params"] > 0 and r["macs"] > 0
+        assert r["convergence"]["converged"] is None  # one epoch: no trend to read
+    # allconv6 sees the digits as stored; MobileNet its small-input form: padded to 32x32, stem stride 1
+    assert [r["input_shape"] for r in records] == [[28, 28, 1], [28, 28, 1], [32, 32, 1]]
+    assert records[2]["options"] == {"stem_stride": 1} and records[2]["pad_to"] == 32
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(records) and csv_lines[0].startswith("family,variant")
     for stem in ("accuracy_vs_params", "accuracy_vs_macs", "curves", "filters", "redundancy"):
@@ -54,6 +59,51 @@ def test_width_study_quick_writes_parsable_results_and_plots(tmp_path):
     assert len(drawn["points"]) == 3
     assert {p["x"] for p in drawn["points"]} == {r["learnable_params"] for r in records}  # actual counts
     assert "| allconv6_1_bn |" in (out / "table.md").read_text()
+    assert not (out / "comparisons.md").exists()  # one seed: no interval to give
+
+
+def _tree_digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_main_command_trains_on_a_clone_with_committed_results(tmp_path):
+    """README's main command, run in a clone whose results/width_study holds the reference, trains into runs/."""
+    readme = (ROOT / "README.md").read_text()
+    main = next(line for line in readme.splitlines() if "pip install -e" in line and "width_study.py" in line)
+    assert main.rstrip().endswith("experiments/width_study.py")  # the default output, no --out
+    clone = tmp_path / "clone"
+    shutil.copytree(EXP, clone / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    reference = clone / "results" / "width_study"
+    variant = "allconv6_1_bn"
+    # committed reference results: a finished record of the same variant from another recipe, as in the repo
+    old = {k: 1 for k in REQUIRED} | {"family": "allconv6", "variant": variant, "accuracies": [0.9],
+                                      "recipe": {"epochs": 6}, "dataset": "mnist5k", "input_shape": [28, 28, 1]}
+    reference.mkdir(parents=True)
+    (reference / "results.jsonl").write_text(json.dumps(old) + "\n")
+    (reference / "table.md").write_text("| reference |\n")
+    before = _tree_digest(clone / "results")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the main command with a tiny recipe (1 epoch, 1 seed, one model): same code path, same default folder
+    args = [sys.executable, "experiments/width_study.py", "--only", variant, "--epochs-allconv", "1", "--seeds", "1",
+            "--quiet"]
+    proc = subprocess.run(args, cwd=clone, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped" not in proc.stderr  # it trained
+    records = [json.loads(line) for line in (clone / "runs" / "width_study" / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in records] == [variant] and len(records[0]["test_accuracy_per_epoch"]) == 1
+    assert (clone / "runs" / "width_study" / "table.md").exists()
+    assert _tree_digest(clone / "results") == before  # the reference folder is untouched
+    # rerun: resumes from the run folder (finished model skipped), reference still untouched
+    again = subprocess.run(args[:-1], cwd=clone, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and f"{variant}: already in runs/width_study/results.jsonl" in again.stderr
+    assert _tree_digest(clone / "results") == before
+    # --reference is the only way in: it refuses to mix this recipe into the reference records
+    ref = subprocess.run(args + ["--reference"], cwd=clone, env=env, capture_output=True, text=True)
+    assert ref.returncode == 2 and "already holds allconv6_1_bn from a run with another" in ref.stderr
+    assert str(reference / "results.jsonl") in ref.stderr and _tree_digest(clone / "results") == before
+    quick_ref = subprocess.run(args + ["--reference", "--quick"], cwd=clone, env=env, capture_output=True, text=True)
+    assert quick_ref.returncode == 2 and "--reference" in quick_ref.stderr
 
 
 @pytest.mark.slow
