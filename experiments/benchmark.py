@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxcnn import bench
+from jaxcnn import bench, plot
 from jaxcnn.checkpoint import atomic_write_text
 
 SUITES = {
@@ -41,27 +41,6 @@ SUITES["full"] = SUITES["default"] + [
 ]
 
 
-def plot(report: dict, stem: Path) -> list[Path]:
-    from jaxcnn.plot import _plt, _save
-
-    plt = _plt()
-    rows = report["rows"]
-    labels = [f"{r['model']} {r['input'].split('x')[0]}px b{r['batch']} {r['dtype'][:4]} {r['mode']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5))
-    ax.barh(range(len(rows)), [r["images_per_s"] for r in rows])
-    ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("images/s (log)")
-    for i, r in enumerate(rows):
-        ax.annotate(f"{r['percent_of_peak']:.0f}% of peak", (r["images_per_s"], i), xytext=(3, -3),
-                    textcoords="offset points", fontsize=6)
-    ax.invert_yaxis()
-    ax.set_title(f"{report['device']['backend']} {report['device'].get('cpu', report['device']['device_kind'])}")
-    paths = _save(fig, stem)
-    plt.close(fig)
-    return paths
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="default")
@@ -78,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     text = bench.markdown(report)
     atomic_write_text(out / "report.json", bench.to_json(report))
     atomic_write_text(out / "report.md", text + "\n")
-    paths = plot(report, out / "images_per_s")
+    paths = plot.benchmark_speeds(report, out / "images_per_s")
     print(text)
     print("\nwrote", out / "report.json", out / "report.md", *paths)
     return 0

@@ -12,7 +12,7 @@ channels per layer in jaxcnn/models/allconv.py), each with BatchNorm before the 
 SPEC A's pair spec_a_4conv / spec_a_3conv with biases and a 512-unit hidden layer: at 28x28
 input that width makes the 3-conv network the one with MORE parameters (its first FC layer
 sees a 3x3x128 map instead of 1x1x256), the seeds/000 paradox at a size that fits MNIST.
-Recipe: as in width_study.py (SGD momentum 0.9, lr 0.05 cosine, wd 5e-4, batch 128, crop 2),
+Recipe: as in width_study.py (SGD momentum 0.9, lr 0.05 cosine, wd 5e-4, batch 125, crop 2),
 10 epochs, 3 seeds trained together. Resumable; --quick is the CI smoke test.
 """
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxcnn import data as jdata
-from jaxcnn import plot
+from jaxcnn import plot, study_stats
 from jaxcnn.checkpoint import CheckpointError, atomic_write_text
+from jaxcnn.cli import positive
 from jaxcnn.core import LayerError
 from jaxcnn.study import Member, StudyError, Task, load_first_layers, read_results, run_study
 from jaxcnn.study_stats import comparisons_markdown, convergence
@@ -29,32 +30,19 @@ from jaxcnn.train import TrainConfig, TrainData, TrainingError
 ROOT = Path(__file__).resolve().parent.parent  # the repository: results/<study> is the committed reference
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return parse
-
-
 def add_common_args(parser: argparse.ArgumentParser, *, study: str, seeds: int | None = 3) -> None:
     """The options every study takes; ``seeds=None`` leaves --seeds unset for the script to default."""
     parser.add_argument("--data", default="mnist5k",
                         help="mnist5k (bundled), digits (bundled), cifar10:PATH, mnist:PATH, folder:PATH, list:FILE, "
                              "npz:FILE, synthetic:N")
-    parser.add_argument("--input-size", type=_positive(int), default=None,
+    parser.add_argument("--input-size", type=positive(int), default=None,
                         help="resize images to N x N (default: as stored)")
-    parser.add_argument("--seeds", type=_positive(int), default=seeds,
+    parser.add_argument("--seeds", type=positive(int), default=seeds,
                         help="seeds per model, trained together in one compiled program"
                              + (f" (default {seeds})" if seeds else ""))
-    parser.add_argument("--batch", type=_positive(int), default=125,
+    parser.add_argument("--batch", type=positive(int), default=125,
                         help="batch size (125: MNIST 5k's 4,000 training images make 32 full batches)")
-    parser.add_argument("--lr", type=_positive(float), default=0.05)
+    parser.add_argument("--lr", type=positive(float), default=0.05)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out", default=None, help=f"results folder, resumable (default runs/{study} under the current "
                        f"directory, git-ignored; runs/{study}_quick with --quick, so a smoke test never mixes into "
@@ -167,7 +155,7 @@ def figures(out: Path, records: list[dict[str, Any]], extra: Sequence[str] = ())
     if "redundancy" in extra and layers:
         rows = []
         for v, k in layers.items():
-            trained, init = plot.redundancy(k["trained"]), plot.redundancy(k["init"])
+            trained, init = study_stats.redundancy(k["trained"]), study_stats.redundancy(k["init"])
             rows.append({"variant": v, **trained,
                          "duplicate_init": init["duplicate"], "negated_init": init["negated"]})
         paths += plot.redundancy_plot(rows, out / "redundancy")

@@ -22,24 +22,24 @@ class UsageError(Exception):
     """A user-input problem: printed as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def positive(kind: type = int, what: str = "number"):
+    """An argparse ``type`` accepting only finite values > 0 of ``kind`` (int or float); the study scripts share it."""
+    noun = "a positive integer" if kind is int else f"a positive {what}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _width(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"width must be > 0, got {text!r}")
-    return value
+_positive_int = positive(int)
+_width = positive(float, "width")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,13 +1,13 @@
 """Plots of study results (matplotlib, PNG and SVG): accuracy vs cost, curves, filters.
 
 matplotlib is an optional dependency (``pip install 'jaxcnn[experiments]'``); it is
-imported inside each function so the library itself never needs it.
+imported inside each function so the library itself never needs it, and each figure is a
+Figure of its own (no pyplot), so plotting never switches the backend of the user's session.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.checkpoint import atomic_write_text
-from jaxcnn.study_stats import convergence
+from jaxcnn.study_stats import convergence, pareto_front
 
 
 def still_improving(r: dict[str, Any]) -> bool:
@@ -23,15 +23,13 @@ def still_improving(r: dict[str, Any]) -> bool:
     return convergence(r)["converged"] is False
 
 
-def _plt():
+def _figure(**kw: Any):
+    """A matplotlib Figure of its own (no pyplot): plotting never switches the user's backend or leaks figures."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise RuntimeError("plotting needs matplotlib: pip install 'jaxcnn[experiments]'") from e
-    return plt
+    return Figure(**kw)
 
 
 def _save(fig, stem: Path) -> list[Path]:
@@ -45,17 +43,6 @@ def _save(fig, stem: Path) -> list[Path]:
         tmp.replace(final)  # atomic: a reader never sees half a picture
         paths.append(final)
     return paths
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats (lower or equal cost and higher accuracy), by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def short_label(r: dict[str, Any]) -> str:
@@ -72,8 +59,8 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
     Members still improving at the end of their run are drawn hollow and labelled with a ``*``:
     their accuracy is a lower bound on what more epochs would give.
     """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = _figure(figsize=(8, 5.5))
+    ax = fig.subplots()
     families = sorted({r["family"] for r in results})
     markers = "osD^v<>"
     for k, fam in enumerate(families):
@@ -105,7 +92,6 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     paths = _save(fig, stem)
-    plt.close(fig)
     # what was drawn, for readers and tests that cannot count markers in a PNG
     drawn = [{"variant": r["variant"], "family": r["family"], "x": r[cost], "y": r["mean_accuracy"],
               "err": r["std_accuracy"], "seeds": len(r["accuracies"]), "still_improving": still_improving(r)}
@@ -118,8 +104,8 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
 
 def training_curves(results: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Mean test accuracy per epoch for every entry; dashed (and ``*`` in the legend) if still improving."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = _figure(figsize=(8, 5.5))
+    ax = fig.subplots()
     for r in results:
         curve = [100 * float(np.mean(h)) for h in r["test_accuracy_per_epoch"]]
         improving = still_improving(r)
@@ -132,16 +118,15 @@ def training_curves(results: Sequence[dict[str, Any]], stem: Path) -> list[Path]
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     paths = _save(fig, stem)
-    plt.close(fig)
     return paths
 
 
 def filter_grid(kernels: dict[str, np.ndarray], stem: Path, *, max_filters: int = 64) -> list[Path]:
     """First-layer filters of each model, one row per model (each filter scaled to its own range)."""
-    plt = _plt()
     names = list(kernels)
     cols = min(max_filters, max(k.shape[-1] for k in kernels.values()))
-    fig, axes = plt.subplots(len(names), cols, figsize=(cols * 0.35, len(names) * 0.45 + 0.3), squeeze=False)
+    fig = _figure(figsize=(cols * 0.35, len(names) * 0.45 + 0.3))
+    axes = fig.subplots(len(names), cols, squeeze=False)
     for r, name in enumerate(names):
         w = np.asarray(kernels[name])  # (kh, kw, cin, cout)
         for c in range(cols):
@@ -155,27 +140,13 @@ def filter_grid(kernels: dict[str, np.ndarray], stem: Path, *, max_filters: int 
             ax.imshow(f, cmap="gray" if f.ndim == 2 else None, interpolation="nearest")
         axes[r][0].set_title(name, fontsize=6, loc="left")
     paths = _save(fig, stem)
-    plt.close(fig)
     return paths
-
-
-def redundancy(kernel: np.ndarray, threshold: float = 0.9) -> dict[str, float]:
-    """Fraction of filters with a near-duplicate (cos > t) or near-negated (cos < -t) partner."""
-    w = np.asarray(kernel, np.float64)
-    f = w.reshape(-1, w.shape[-1]).T  # one row per filter
-    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
-    cos = f @ f.T
-    np.fill_diagonal(cos, 0.0)
-    return {
-        "duplicate": float(np.mean(cos.max(axis=1) > threshold)),
-        "negated": float(np.mean(cos.min(axis=1) < -threshold)),
-    }
 
 
 def redundancy_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Bars per model: near-negated and near-duplicate first-layer filter fractions, trained vs at init."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = _figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     x = np.arange(len(rows))
     wdt = 0.2
     for k, (key, label) in enumerate([("negated", "near-negated (trained)"), ("negated_init", "near-negated (init)"),
@@ -187,5 +158,22 @@ def redundancy_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     ax.set_title("first-layer filters with a partner of |cosine| > 0.9")
     ax.legend(fontsize=7)
     paths = _save(fig, stem)
-    plt.close(fig)
     return paths
+
+
+def benchmark_speeds(report: dict[str, Any], stem: Path) -> list[Path]:
+    """Bars of images/s per benchmark row (log scale), each labelled with its percent of the measured peak."""
+    rows = report["rows"]
+    labels = [f"{r['model']} {r['input'].split('x')[0]}px b{r['batch']} {r['dtype'][:4]} {r['mode']}" for r in rows]
+    fig = _figure(figsize=(9, 0.3 * len(rows) + 1.5))
+    ax = fig.subplots()
+    ax.barh(range(len(rows)), [r["images_per_s"] for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("images/s (log)")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['percent_of_peak']:.0f}% of peak", (r["images_per_s"], i), xytext=(3, -3),
+                    textcoords="offset points", fontsize=6)
+    ax.invert_yaxis()
+    ax.set_title(f"{report['device']['backend']} {report['device'].get('cpu', report['device']['device_kind'])}")
+    return _save(fig, stem)

@@ -206,3 +206,27 @@ def comparisons_markdown(records: Sequence[dict[str, Any]], pairs: Sequence[tupl
               + (" (so never below 0.05: with this few seeds read it as a sanity check only)" if floor > 0.05 else "")
               + "."]
     return "\n".join(lines)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats (lower or equal cost and higher accuracy), by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def redundancy(kernel: np.ndarray, threshold: float = 0.9) -> dict[str, float]:
+    """Fraction of filters with a near-duplicate (cos > t) or near-negated (cos < -t) partner."""
+    w = np.asarray(kernel, np.float64)
+    f = w.reshape(-1, w.shape[-1]).T  # one row per filter
+    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+    cos = f @ f.T
+    np.fill_diagonal(cos, 0.0)
+    return {
+        "duplicate": float(np.mean(cos.max(axis=1) > threshold)),
+        "negated": float(np.mean(cos.min(axis=1) < -threshold)),
+    }

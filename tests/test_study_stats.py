@@ -16,6 +16,7 @@ from jaxcnn.study_stats import (
     comparisons_markdown,
     convergence,
     min_permutation_p,
+    pareto_front,
     permutation_p,
     t_cdf,
     t_quantile,
@@ -182,3 +183,45 @@ def test_table_and_figures_mark_members_still_improving(tmp_path):
     assert [p["still_improving"] for p in drawn] == [False, True]
     assert (tmp_path / "acc.png").stat().st_size > 0
     assert plot.training_curves(recs, tmp_path / "curves")[0].exists()
+
+
+def test_pareto_front_by_brute_force():
+    # (cost, accuracy): a point is on the front when no other point is at most as costly and strictly better
+    rng = np.random.default_rng(0)
+    pts = sorted({(float(c), float(a)) for c, a in zip(rng.integers(1, 20, 40), rng.integers(0, 10, 40), strict=True)})
+    rng.shuffle(pts)
+    expected = sorted(i for i, (c, a) in enumerate(pts)
+                      if not any(c2 <= c and a2 > a or (c2 < c and a2 >= a) for c2, a2 in pts))
+    assert sorted(pareto_front(pts)) == expected
+
+
+def test_redundancy_counts_partners_by_loops():
+    from jaxcnn.study_stats import redundancy
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 3, 2, 6))
+    w[..., 1] = -w[..., 0] * 2.0            # a near-negated pair (0, 1)
+    w[..., 3] = w[..., 2] + 1e-3            # a near-duplicate pair (2, 3)
+    filters = [w[..., j].ravel() for j in range(6)]
+    cos = [[float(f @ g / np.linalg.norm(f) / np.linalg.norm(g)) for g in filters] for f in filters]
+    dup = [any(cos[i][j] > 0.9 for j in range(6) if j != i) for i in range(6)]
+    neg = [any(cos[i][j] < -0.9 for j in range(6) if j != i) for i in range(6)]
+    got = redundancy(w)
+    assert got == {"duplicate": sum(dup) / 6, "negated": sum(neg) / 6}
+    assert got["negated"] >= 2 / 6 and got["duplicate"] >= 2 / 6
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
+    # plotting builds Figures of its own: no pyplot import, no backend switch in the user's session
+    import subprocess
+    # the raw rcParams entry: matplotlib.get_backend() would itself import pyplot to resolve "auto"
+    code = ("import sys, matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend')\n"
+            "before = raw()\n"
+            "from jaxcnn import plot\n"
+            "r = {'variant': 'a', 'family': 'f', 'label': 'a', 'learnable_params': 10, 'macs': 5,"
+            " 'mean_accuracy': 0.9, 'std_accuracy': 0.01, 'accuracies': [0.9],"
+            " 'test_accuracy_per_epoch': [[0.5], [0.9]], 'train_loss_per_epoch': [[1.0], [0.5]]}\n"
+            f"plot.accuracy_vs_cost([r], __import__('pathlib').Path({str(tmp_path)!r}) / 'acc')\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+            "assert raw() == before, (raw(), before)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+    assert (tmp_path / "acc.png").stat().st_size > 1000 and (tmp_path / "acc.svg").exists()

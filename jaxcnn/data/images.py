@@ -1,0 +1,170 @@
+"""Image files: folders of class sub-folders, "path label" lists, and the resize/colour transforms."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxcnn.data.dataset import (
+    IMAGE_EXTENSIONS,
+    MAX_CLASSES,
+    DataError,
+    Dataset,
+    read_file,
+    require_memory,
+    require_path,
+)
+from jaxcnn.files import FileProblem, check_memory, open_regular
+
+
+def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[str]) -> np.ndarray:
+    """Decode, orient, convert (RGB or L) and bilinearly resize each image; ``where[i]`` names it in errors."""
+    from PIL import Image, ImageOps  # deferred: only image sources need Pillow
+
+    channels = 1 if grey else 3
+    check_memory(len(paths) * size * size * channels, f"{len(paths):,} images of {size}x{size}x{channels}",
+                 "pass a smaller --input-size")
+    x = np.empty((len(paths), size, size, channels), np.uint8)
+    for i, p in enumerate(paths):
+        try:
+            f = open_regular(p, "image")
+        except FileProblem as e:
+            raise DataError(f"{where[i]}: {e}") from None
+        try:
+            with f, Image.open(f) as im:
+                im = ImageOps.exif_transpose(im)  # cameras store rotation as a tag; apply it so pixels are upright
+                im = im.convert("L" if grey else "RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                x[i] = np.asarray(im).reshape(size, size, channels)
+        except Exception as e:  # Pillow raises many types for undecodable files
+            raise DataError(f"{where[i]}: cannot decode image {p} ({type(e).__name__}: {e}); "
+                            f"remove or replace it") from None
+    return x
+
+
+def check_size(size: int | None, default: int) -> int:
+    """A positive image size (``default`` when None)."""
+    size = default if size is None else size
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise DataError(f"image size (--input-size) must be a positive integer, got {size!r}")
+    return int(size)
+
+
+def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> Dataset:
+    """Images in ``path/<class>/*.png|jpg|jpeg|bmp``, classes sorted by folder name, resized to size x size."""
+    size = check_size(size, 32)
+    root = require_path(Path(path), "folder of class sub-folders", "folder:PATH")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; pass --data folder:PATH with a folder of class sub-folders")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders; expected {root}/<class>/<image>{IMAGE_EXTENSIONS[0]}")
+    paths: list[Path] = []
+    found: list[int] = []
+    for k, c in enumerate(classes):
+        files = sorted(f for f in (root / c).iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+        if not files:
+            raise DataError(f"class folder {root / c} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            f"add some or remove the folder")
+        paths += files
+        found += [k] * len(files)
+    x = _read_images(paths, size, grey, [str(root)] * len(paths))
+    return Dataset(x, np.asarray(found, np.int32), len(classes), f"folder:{root}", tuple(classes))
+
+
+def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, size: int = 32,
+              grey: bool = False) -> Dataset:
+    """Images named in a ``path label`` list file (relative to ``root`` or the list's folder); '#' comments ok."""
+    size = check_size(size, 32)
+    file = require_path(Path(file), "image list file (one 'path label' per line)", "list:FILE[:ROOT]")
+    if not file.is_file():
+        raise DataError(f"{file} is not a file; pass --data list:FILE[:ROOT] with a 'path label' list file")
+    base = require_path(Path(root), "root folder the listed paths are relative to", "list:FILE:ROOT") if root \
+        else file.parent
+    paths: list[Path] = []
+    found: list[int] = []
+    where: list[str] = []
+    text = read_file(file, "image list file").decode("utf-8", "replace")
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)  # the label is the last field; the path may contain spaces
+        try:
+            label = int(parts[1]) if len(parts) == 2 else None
+        except ValueError:
+            label = None
+        if label is None:
+            raise DataError(f"{file}:{n}: cannot parse {line!r}; expected 'path label' with an integer label")
+        if label < 0:
+            raise DataError(f"{file}:{n}: label {str(label)[:40]} is negative; labels must be 0, 1, 2, ...")
+        if label >= MAX_CLASSES:
+            raise DataError(f"{file}:{n}: label {str(label)[:40]} is out of range; labels must be below "
+                            f"{MAX_CLASSES:,} (the most classes jaxcnn takes)")
+        p = Path(parts[0])
+        paths.append(p if p.is_absolute() else base / p)
+        found.append(label)
+        where.append(f"{file}:{n}")
+    if not paths:
+        raise DataError(f"{file} lists no images; expected lines of 'path label'")
+    x = _read_images(paths, size, grey, where)
+    y = np.asarray(found, np.int32)  # each checked in [0, MAX_CLASSES) above
+    return Dataset(x, y, int(y.max()) + 1, f"list:{file}")
+
+
+# Image transforms
+
+
+def to_grey(x: np.ndarray) -> np.ndarray:
+    """NHWC RGB -> one channel with ITU-R 601 luma (Pillow's 'L' weights); one channel is returned as is."""
+    if x.shape[-1] == 1:
+        return x
+    if x.shape[-1] != 3:
+        raise DataError(f"cannot convert {x.shape[-1]}-channel images to grey; expected 1 or 3 channels")
+    if x.dtype == np.uint8:
+        # Pillow's integer formula, so grey=True gives the same pixels for arrays as for decoded image files.
+        r, g, b = (x[..., i].astype(np.uint32) for i in range(3))
+        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+    return (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.float32)
+
+
+def to_rgb(x: np.ndarray) -> np.ndarray:
+    """NHWC grey -> three identical channels; three channels are returned as is."""
+    if x.shape[-1] == 3:
+        return x
+    if x.shape[-1] != 1:
+        raise DataError(f"cannot convert {x.shape[-1]}-channel images to RGB; expected 1 or 3 channels")
+    return np.repeat(x, 3, axis=-1)
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+    """NHWC images resized to size x size with Pillow's bilinear filter (same as the image-file loaders)."""
+    from PIL import Image
+
+    size = check_size(size, size)
+    n, h, w, c = x.shape
+    if (h, w) == (size, size):
+        return x
+    require_memory(n * size * size * c * x.dtype.itemsize, f"resizing {n:,} images to {size}x{size}x{c}",
+            "pass a smaller --input-size")
+    out = np.empty((n, size, size, c), x.dtype)
+    bilinear = Image.Resampling.BILINEAR
+    for i in range(n):
+        if x.dtype == np.uint8 and c in (1, 3):
+            img = Image.fromarray(x[i, :, :, 0] if c == 1 else x[i])
+            out[i] = np.asarray(img.resize((size, size), bilinear)).reshape(size, size, c)
+        else:
+            # Pillow resizes multi-channel data only as 8-bit L/RGB; other data goes one float channel at a time.
+            for j in range(c):
+                img = Image.fromarray(x[i, :, :, j].astype(np.float32), mode="F")
+                v = np.asarray(img.resize((size, size), bilinear))
+                out[i, :, :, j] = np.clip(np.round(v), 0, 255) if x.dtype == np.uint8 else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
