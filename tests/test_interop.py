@@ -1,0 +1,210 @@
+"""Issue 15: PyTorch weights in and out (jaxcnn.interop) and the pure-NumPy safetensors reader/writer.
+
+The reference is PyTorch itself: torchvision's own VGG-16 (BN), ResNet-50, ResNeXt-50 32x4d and
+DenseNet-121 with random weights (no download), and hand-written ``nn.Sequential`` models. Install with
+``pip install -e '.[torch]'`` (torch==2.13.0 CPU, torchvision==0.28.0).
+"""
+
+import json
+import pickle
+import struct
+
+import jax
+import numpy as np
+import pytest
+
+import jaxcnn as jc
+from jaxcnn import interop, safetensors
+
+torch = pytest.importorskip("torch", reason="PyTorch is the reference here; pip install -e '.[torch]'")
+nn = torch.nn
+
+
+def _randomise_bn(module) -> None:
+    """Non-trivial BatchNorm scale, offset and running statistics, so every array takes part."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+
+
+def _scale_tol(got, want):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def _small_pair():
+    torch.manual_seed(0)
+    ref = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU()), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
+    ).eval()
+    _randomise_bn(ref)
+    model = jc.Sequential([
+        jc.Conv(8, 3, 1, 1), jc.BatchNorm(), jc.ReLU(),
+        jc.Conv(16, 3, 2, 1, groups=4, use_bias=False), jc.BatchNorm(), jc.ReLU(),
+        jc.Sequential([jc.DepthwiseConv(3, 1, 1, use_bias=True), jc.ReLU()]), jc.MaxPool(2), jc.Flatten(),
+        jc.Dense(10),
+    ])
+    return ref, model
+
+
+def test_sequential_state_dict_gives_torch_logits_and_round_trips(tmp_path):
+    ref, model = _small_pair()
+    sd = ref.state_dict()
+    params, state = interop.from_torch(model, sd, (16, 16, 3))
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    got = model.apply(params, state, x.transpose(0, 2, 3, 1))[0]  # the Dense after Flatten had its rows reordered
+    _scale_tol(np.asarray(got), want)
+    back = interop.to_torch(model, params, state, (16, 16, 3))
+    assert list(back) == list(sd)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()})  # strict: every name and shape fits
+    for suffix in (".safetensors", ".pth"):
+        path = interop.save_state_dict(tmp_path / f"w{suffix}", back)
+        p2, s2 = interop.from_torch(model, interop.read_state_dict(path), (16, 16, 3))
+        assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, (p2, s2), (params, state)))
+
+
+def test_mismatches_name_the_first_torch_key():
+    ref, model = _small_pair()
+    sd = ref.state_dict()
+    wrong = dict(sd)
+    wrong["3.weight"] = torch.zeros(16, 8, 3, 3)  # ungrouped where jaxcnn has groups=4
+    with pytest.raises(interop.InteropError, match=r"torch key '3\.weight' has shape \(16, 8, 3, 3\).*\(16, 2, 3, 3\)"):
+        interop.from_torch(model, wrong, (16, 16, 3))
+    extra = {**sd, "10.weight": torch.zeros(10, 10), "10.bias": torch.zeros(10)}
+    with pytest.raises(interop.InteropError, match="unexpected torch key '10.weight'"):
+        interop.from_torch(model, extra, (16, 16, 3))
+    short = {k: v for k, v in sd.items() if not k.startswith("9.")}
+    with pytest.raises(interop.InteropError, match="no module for jaxcnn layer 09_dense"):
+        interop.from_torch(model, short, (16, 16, 3))
+    swapped = {k: v for k, v in sd.items() if not k.startswith("0.")}  # the first module is now the BatchNorm
+    with pytest.raises(interop.InteropError, match="torch module '1' has .*running_mean.*00_conv"):
+        interop.from_torch(model, swapped, (16, 16, 3))
+    with pytest.raises(interop.InteropError, match="arch must be"):
+        interop.to_torch(model, {}, {}, arch="alexnet")
+
+
+class _Payload:
+    """Pickles as a call to open(marker, "w"): creating the marker file would prove the code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pth_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    zipped = tmp_path / "evil.pth"
+    torch.save({"0.weight": torch.zeros(2), "evil": _Payload(marker)}, zipped)  # torch's zip format
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps({"0.weight": _Payload(marker)}, protocol=2))  # a bare pickle (legacy format)
+    for path in (zipped, raw):
+        with pytest.raises(interop.InteropError, match=str(path.name)):
+            interop.read_state_dict(path)
+        assert not marker.exists(), f"{path.name}: the payload ran"
+    with pytest.raises(interop.InteropError, match="refused .*evil.pth"):
+        interop.read_state_dict(zipped)
+    with pytest.raises(interop.InteropError, match="does not exist"):
+        interop.read_state_dict(tmp_path / "missing.pth")
+
+
+def _file(header, data=b""):
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+HOSTILE = {
+    "empty": b"",
+    "header length past the end": struct.pack("<Q", 2**63) + b"{}",
+    "header not JSON": _file(b"{not json"),
+    "header a list": _file([1, 2]),
+    "unknown dtype": _file({"a": {**F32, "dtype": "F99"}}, bytes(8)),
+    "negative size": _file({"a": {**F32, "shape": [-1]}}, bytes(8)),
+    "huge shape, few bytes": _file({"a": {**F32, "shape": [2**40, 2**40]}}, bytes(8)),
+    "offsets past the end": _file({"a": {**F32, "data_offsets": [0, 8]}}, bytes(4)),
+    "overlap": _file({"a": F32, "b": {**F32, "data_offsets": [4, 12]}}, bytes(12)),
+    "hole": _file({"a": F32}, bytes(12)),
+    "duplicate name": _file(b'{"a": %s, "a": %s}' % (json.dumps(F32).encode(), json.dumps(F32).encode()), bytes(8)),
+    "metadata not strings": _file({"__metadata__": {"k": 1}}),
+    "bool offsets": _file({"a": {**F32, "data_offsets": [False, 8]}}, bytes(8)),
+    "extra field": _file({"a": {**F32, "code": "x"}}, bytes(8)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_safetensors_reader_refuses_hostile_files(case, tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(HOSTILE[case])
+    with pytest.raises(safetensors.SafetensorsError, match="x.safetensors"):
+        safetensors.load(path)
+    with pytest.raises(interop.InteropError, match="x.safetensors"):
+        interop.read_state_dict(path)
+
+
+def test_safetensors_writer_layout_and_dtypes(tmp_path):
+    import ml_dtypes
+
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "h": np.array([1.5, -2], ml_dtypes.bfloat16),
+               "n": np.array(7, np.int64), "e": np.zeros((0, 3), np.float16), "m": np.array([True, False]),
+               "big": np.arange(3, dtype=">f8")}  # big-endian in, little-endian on disk
+    path = safetensors.save(tmp_path / "t.safetensors", tensors, {"who": "test"})
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    assert (8 + n) % 8 == 0 and header["__metadata__"] == {"who": "test"}
+    assert header["w"] == {"dtype": "F32", "shape": [2, 3], "data_offsets": header["w"]["data_offsets"]}
+    b0, b1 = header["big"]["data_offsets"]
+    assert raw[8 + n + b0:8 + n + b1] == np.arange(3, dtype="<f8").tobytes()
+    loaded, meta = safetensors.load(path)
+    assert meta == {"who": "test"} and set(loaded) == set(tensors)
+    for k, v in tensors.items():
+        assert loaded[k].dtype.name == v.dtype.name and np.array_equal(loaded[k], v), k
+    with pytest.raises(safetensors.SafetensorsError, match="complex64"):
+        safetensors.dumps({"c": np.zeros(2, np.complex64)})
+
+
+@pytest.fixture(scope="module")
+def torchvision():
+    from torchvision_compat import import_torchvision
+
+    try:
+        return import_torchvision()
+    except ImportError as e:
+        pytest.skip(f"torchvision is the reference here; pip install -e '.[torch]' ({e})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", interop.ARCHS)
+def test_torchvision_models_give_the_same_logits_and_round_trip(arch, torchvision, tmp_path):
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, arch)(weights=None).eval()
+    _randomise_bn(ref)
+    sd = ref.state_dict()
+    path = interop.save_state_dict(tmp_path / f"{arch}.safetensors", sd)
+    model, params, state = interop.load_torchvision(arch, path)  # through the file, read without torch
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    got = jax.jit(lambda p, s, x: model.apply(p, s, x)[0])(params, state, x.transpose(0, 2, 3, 1))
+    _scale_tol(np.asarray(got), want)
+    back = interop.to_torch(model, params, state, arch=arch)
+    assert list(back) == list(sd)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()})  # strict
+    p2, s2 = interop.from_torch(model, back)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, (p2, s2), (params, state)))
