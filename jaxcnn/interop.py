@@ -93,7 +93,10 @@ def _owners(model: Layer, in_shape: Shape) -> list[tuple[Node, Shape | None]]:
     for node in walk(model, in_shape, leaves_only=True):
         if node.layer.has_arrays():
             out.append((node, flat if isinstance(node.layer, Dense) else None))
-        flat = node.in_shape if isinstance(node.layer, Flatten) and len(node.in_shape) == 3 else None
+        if isinstance(node.layer, Flatten) and len(node.in_shape) == 3:
+            flat = node.in_shape
+        elif node.layer.has_arrays() or node.spec.out_shape != node.in_shape:
+            flat = None  # a Dropout or activation between Flatten and Dense keeps the flattening order
     return out
 
 
@@ -208,7 +211,8 @@ def from_torch(model: Layer, state_dict: Mapping[str, Any], in_shape: Shape = (2
                 raise InteropError(f"torch key {keys[tname]!r} has shape {tuple(a.shape)}, but {where} needs "
                                    f"{tuple(need)} in torch layout (jaxcnn {jname} {tuple(shapes[jname])})")
             a = _to_jax(node.layer, tname, a, flat)
-            a = np.ascontiguousarray(a, np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
+            # a copy: the source may be a read-only view of a whole file's bytes (safetensors)
+            a = np.array(a, np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype, order="C", copy=True)
             (layer_params if tree == "params" else layer_state)[jname] = a
         if node.key_path:  # containers keep exactly their array-owning children, so these trees are init's
             _put(params, node.key_path, layer_params)

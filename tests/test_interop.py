@@ -43,14 +43,14 @@ def _small_pair():
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU()), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 10),
+        nn.Dropout(0.5), nn.Linear(16 * 4 * 4, 10),
     ).eval()
     _randomise_bn(ref)
     model = jc.Sequential([
         jc.Conv(8, 3, 1, 1), jc.BatchNorm(), jc.ReLU(),
         jc.Conv(16, 3, 2, 1, groups=4, use_bias=False), jc.BatchNorm(), jc.ReLU(),
         jc.Sequential([jc.DepthwiseConv(3, 1, 1, use_bias=True), jc.ReLU()]), jc.MaxPool(2), jc.Flatten(),
-        jc.Dense(10),
+        jc.Dropout(0.5), jc.Dense(10),
     ])
     return ref, model
 
@@ -62,7 +62,7 @@ def test_sequential_state_dict_gives_torch_logits_and_round_trips(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).numpy()
-    got = model.apply(params, state, x.transpose(0, 2, 3, 1))[0]  # the Dense after Flatten had its rows reordered
+    got = model.apply(params, state, x.transpose(0, 2, 3, 1))[0]  # the Dense after Flatten has its rows reordered
     _scale_tol(np.asarray(got), want)
     back = interop.to_torch(model, params, state, (16, 16, 3))
     assert list(back) == list(sd)
@@ -82,11 +82,11 @@ def test_mismatches_name_the_first_torch_key():
     wrong["3.weight"] = torch.zeros(16, 8, 3, 3)  # ungrouped where jaxcnn has groups=4
     with pytest.raises(interop.InteropError, match=r"torch key '3\.weight' has shape \(16, 8, 3, 3\).*\(16, 2, 3, 3\)"):
         interop.from_torch(model, wrong, (16, 16, 3))
-    extra = {**sd, "10.weight": torch.zeros(10, 10), "10.bias": torch.zeros(10)}
-    with pytest.raises(interop.InteropError, match="unexpected torch key '10.weight'"):
+    extra = {**sd, "11.weight": torch.zeros(10, 10), "11.bias": torch.zeros(10)}
+    with pytest.raises(interop.InteropError, match="unexpected torch key '11.weight'"):
         interop.from_torch(model, extra, (16, 16, 3))
-    short = {k: v for k, v in sd.items() if not k.startswith("9.")}
-    with pytest.raises(interop.InteropError, match="no module for jaxcnn layer 09_dense"):
+    short = {k: v for k, v in sd.items() if not k.startswith("10.")}
+    with pytest.raises(interop.InteropError, match="no module for jaxcnn layer 10_dense"):
         interop.from_torch(model, short, (16, 16, 3))
     swapped = {k: v for k, v in sd.items() if not k.startswith("0.")}  # the first module is now the BatchNorm
     with pytest.raises(interop.InteropError, match="torch module '1' has .*running_mean.*00_conv"):
