@@ -81,11 +81,14 @@ def resolve_optimizer(optimizer: OptimizerLike, steps_per_epoch: int) -> optax.G
     return tx
 
 
-def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
-    """Mean softmax cross-entropy against integer labels, with optional label smoothing (fit's default loss)."""
+def cross_entropy(label_smoothing: float = 0.0, num_classes: int | None = None) -> LossFn:
+    """Mean softmax cross-entropy against integer labels, with optional label smoothing (fit's default loss).
+
+    With ``num_classes`` the logits must have exactly that many entries (fit passes the data's).
+    """
 
     def loss(logits: jax.Array, labels: jax.Array, batch: dict[str, Any]) -> jax.Array:
-        target = jax.nn.one_hot(labels, logits.shape[-1])
+        target = jax.nn.one_hot(labels, num_classes or logits.shape[-1])
         if label_smoothing:
             target = optax.smooth_labels(target, label_smoothing)
         return optax.softmax_cross_entropy(logits, target).mean()

@@ -249,7 +249,7 @@ class Trainer:
         # the named optimizers are factories of the steps per epoch too: one path for both
         self.tx = step.resolve_optimizer(
             optimizer if optimizer is not None else partial(make_optimizer, cfg, model=model), self.steps)
-        self.loss = loss if loss is not None else step.cross_entropy(cfg.label_smoothing)
+        self.loss = loss if loss is not None else step.cross_entropy(cfg.label_smoothing, data.num_classes)
         self.metrics = dict(metrics or {})
         bad = [k for k in self.metrics if not isinstance(k, str) or k in ("loss", "correct") or not callable(
             self.metrics[k])]
