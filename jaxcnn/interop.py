@@ -112,15 +112,17 @@ def _torch_params(layer: Layer) -> dict[str, tuple[str, str]]:
                        "DepthwiseConv, Dense and BatchNorm are converted")
 
 
-def _to_jax(layer: Layer, name: str, a: np.ndarray, flat: Shape | None) -> np.ndarray:
+def _to_jax(layer: Layer, name: str, a: np.ndarray, flat: Shape | None) -> tuple[np.ndarray, Shape]:
+    """A (strided) view of ``a`` in jaxcnn's axis order and the shape it takes once copied."""
     if name == "weight" and isinstance(layer, (Conv, DepthwiseConv)):
-        return a.transpose(2, 3, 1, 0)  # (O, I/groups, kh, kw) -> (kh, kw, I/groups, O)
+        view = a.transpose(2, 3, 1, 0)  # (O, I/groups, kh, kw) -> (kh, kw, I/groups, O)
+        return view, view.shape
     if name == "weight" and isinstance(layer, Dense):
-        if flat is not None and a.ndim == 2 and a.shape[1] == np.prod(flat):
+        if flat is not None:
             h, w, c = flat  # torch flattened C, H, W; jaxcnn flattens H, W, C
-            return a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, a.shape[0])
-        return a.T
-    return a
+            return a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0), (h * w * c, a.shape[0])
+        return a.T, a.T.shape
+    return a, a.shape
 
 
 def _to_torch(layer: Layer, name: str, a: np.ndarray, flat: Shape | None) -> np.ndarray:
@@ -210,9 +212,11 @@ def from_torch(model: Layer, state_dict: Mapping[str, Any], in_shape: Shape = (2
             if tuple(a.shape) != tuple(need):
                 raise InteropError(f"torch key {keys[tname]!r} has shape {tuple(a.shape)}, but {where} needs "
                                    f"{tuple(need)} in torch layout (jaxcnn {jname} {tuple(shapes[jname])})")
-            a = _to_jax(node.layer, tname, a, flat)
-            # a copy: the source may be a read-only view of a whole file's bytes (safetensors)
-            a = np.array(a, np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype, order="C", copy=True)
+            view, shape = _to_jax(node.layer, tname, a, flat)
+            # one copy (a strided one): the source may be a read-only view of a whole file's bytes (safetensors)
+            a = np.empty(view.shape, np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
+            a[...] = view
+            a = a.reshape(shape)
             (layer_params if tree == "params" else layer_state)[jname] = a
         if node.key_path:  # containers keep exactly their array-owning children, so these trees are init's
             _put(params, node.key_path, layer_params)

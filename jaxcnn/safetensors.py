@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,27 +49,35 @@ def _code(name: str, a: np.ndarray) -> str:
     return _CODES[dt]
 
 
-def dumps(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
-    """The safetensors bytes of ``tensors`` (name -> array) with optional string ``metadata``."""
+def _layout(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> tuple[bytes, list[np.ndarray]]:
+    """The file's first part (length + header) and its tensors as contiguous little-endian arrays."""
     header: dict[str, Any] = {}
     if metadata:
         bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
         if bad:
             raise SafetensorsError(f"metadata must map strings to strings; {bad[0]!r} does not")
         header["__metadata__"] = dict(metadata)
-    blobs, offset = [], 0
+    arrays, offset = [], 0
     for name, value in tensors.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise SafetensorsError(f"tensor names must be non-empty strings other than __metadata__, got {name!r}")
         a = np.asarray(value)
         code = _code(name, a)
-        raw = np.ascontiguousarray(a, DTYPES[code]).tobytes()  # DTYPES are explicitly little-endian
-        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
+        a = np.asarray(a, DTYPES[code])  # DTYPES are explicitly little-endian
+        if not a.flags.c_contiguous:  # (not ascontiguousarray: it turns a 0-d array into shape (1,))
+            a = a.copy(order="C")
+        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        arrays.append(a)
+        offset += a.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned (as the reference writer does)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+    return struct.pack("<Q", len(text)) + text, arrays
+
+
+def dumps(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors bytes of ``tensors`` (name -> array) with optional string ``metadata``."""
+    head, arrays = _layout(tensors, metadata)
+    return head + b"".join(a.tobytes() for a in arrays)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -156,8 +166,24 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def save(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``tensors`` to ``path`` atomically (temporary file + rename); returns the path."""
-    from jaxcnn.checkpoint import atomic_write_bytes  # checkpoint imports this module
+    """Write ``tensors`` to ``path`` atomically (temporary file + rename); returns the path.
 
-    atomic_write_bytes(Path(path), dumps(tensors, metadata))
-    return Path(path)
+    The tensors are streamed to the temporary file, never joined in memory (a VGG-16 is 0.5 GB).
+    """
+    path = Path(path)
+    head, arrays = _layout(tensors, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            for a in arrays:
+                f.write(memoryview(a.reshape(-1).view(np.uint8)))  # zero-copy: contiguous bytes
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # as checkpoint.atomic_write_bytes: results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -194,8 +194,9 @@ def test_torchvision_models_give_the_same_logits_and_round_trip(arch, torchvisio
     ref = getattr(torchvision.models, arch)(weights=None).eval()
     _randomise_bn(ref)
     sd = ref.state_dict()
-    path = interop.save_state_dict(tmp_path / f"{arch}.safetensors", sd)
-    model, params, state = interop.load_torchvision(arch, path)  # through the file, read without torch
+    if not arch.startswith("vgg"):  # through a file, read without torch (VGG's 0.5 GB would add 5 s for nothing new)
+        sd = interop.read_state_dict(interop.save_state_dict(tmp_path / f"{arch}.safetensors", sd))
+    model, params, state = interop.load_torchvision(arch, sd)
     x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).numpy()
@@ -203,8 +204,7 @@ def test_torchvision_models_give_the_same_logits_and_round_trip(arch, torchvisio
     _scale_tol(np.asarray(got), want)
     back = interop.to_torch(model, params, state, arch=arch)
     assert list(back) == list(sd)
-    for k, v in sd.items():
-        np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
+    assert [k for k, v in sd.items() if not np.array_equal(back[k], np.asarray(v))] == []
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()})  # strict
     p2, s2 = interop.from_torch(model, back)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, (p2, s2), (params, state)))
