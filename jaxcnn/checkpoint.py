@@ -1,10 +1,12 @@
-"""Safe checkpoints: ``.npz`` arrays keyed by tree path + JSON metadata, written atomically.
+"""Safe checkpoints: arrays keyed by tree path (``.npz`` or ``.safetensors``) + JSON metadata, written atomically.
 
-A checkpoint ``NAME`` is two files, ``NAME.npz`` and ``NAME.json``; the JSON holds the
-sha256 of the array file, so a half-written pair is detected rather than loaded.
+A checkpoint ``NAME`` is two files, ``NAME.npz`` (or ``NAME.safetensors``) and ``NAME.json``; the JSON
+holds the sha256 of the array file, so a half-written pair is detected rather than loaded.
 Both are written to a temporary file and renamed into place (atomic on POSIX), and
 the JSON last, so a reader never sees a new JSON pointing at an old array file.
-No pickle anywhere: arrays load with ``allow_pickle=False``.
+No pickle anywhere: arrays load with ``allow_pickle=False`` or through the validating
+safetensors reader (:mod:`jaxcnn.safetensors`). In a safetensors file the tensor names are the
+tree paths joined by "/" (``params/stage1/block1/residual/body/conv1/w``), so other tools can read it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcnn import safetensors
 from jaxcnn.files import FileProblem, read_regular
+
+FORMATS = ("npz", "safetensors")
 
 
 class CheckpointError(ValueError):
@@ -43,11 +48,27 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _flatten(tree: Any) -> dict[str, np.ndarray]:
+def path_name(path: tuple[Any, ...]) -> str:
+    """A tree path as "/"-joined keys (``params/stem/conv/w``): the tensor names of safetensors checkpoints."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _flatten(tree: Any, names: str = "npz") -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     out = {}
     for path, leaf in leaves:
-        key = jax.tree_util.keystr(path)
+        key = jax.tree_util.keystr(path) if names == "npz" else path_name(path)
+        if key in out:  # only "/"-names can collide: a dict key containing "/"
+            raise CheckpointError(f"two leaves of the tree are both named {key!r}; dict keys must not contain '/' "
+                                  "in a safetensors checkpoint (use format='npz')")
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)  # store raw key bits; typed keys have no numpy dtype
         out[key] = np.asarray(leaf)
@@ -76,16 +97,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save(directory: str | Path, name: str, tree: Any, meta: dict[str, Any]) -> Path:
-    """Save ``tree`` as ``directory/name.npz`` with ``meta`` (+ sha256) in ``name.json``."""
+def save(directory: str | Path, name: str, tree: Any, meta: dict[str, Any], *, format: str = "npz") -> Path:
+    """Save ``tree`` as ``directory/name.npz`` (or ``.safetensors``) with ``meta`` (+ sha256) in ``name.json``."""
+    if format not in FORMATS:
+        raise CheckpointError(f"checkpoint format must be one of {', '.join(FORMATS)}, got {format!r}")
     directory = Path(directory)
-    arrays = _flatten(tree)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    data = buf.getvalue()
-    atomic_write_bytes(directory / f"{name}.npz", data)
+    arrays = _flatten(tree, format)
+    if format == "safetensors":
+        data = safetensors.dumps(arrays, {"format": "jaxcnn checkpoint", "metadata": f"{name}.json"})
+    else:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+    atomic_write_bytes(directory / f"{name}.{format}", data)
     record = dict(meta)
-    record["array_file"] = f"{name}.npz"
+    record["array_file"] = f"{name}.{format}"
     record["sha256"] = hashlib.sha256(data).hexdigest()
     record["arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
     record.setdefault("versions", versions())  # the caller's record wins; never a narrower one
@@ -153,13 +179,18 @@ def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
     data = _read(npz, "checkpoint arrays")
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise CheckpointError(f"checkpoint arrays {npz} do not match the sha256 in {json_path}: the file is corrupt")
+    as_safetensors = npz.suffix == ".safetensors"
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        if as_safetensors:
+            arrays = safetensors.loads(data, f"checkpoint arrays {npz}")[0]
+        else:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"checkpoint arrays {npz} cannot be read safely ({e})") from None
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    expected = {jax.tree_util.keystr(p): leaf for p, leaf in leaves}
+    name = path_name if as_safetensors else jax.tree_util.keystr
+    expected = {name(p): leaf for p, leaf in leaves}
     if set(arrays) != set(expected):
         missing = sorted(set(expected) - set(arrays))[:5]
         extra = sorted(set(arrays) - set(expected))[:5]
@@ -219,7 +250,8 @@ def prune(directory: str | Path, keep: int = 2) -> None:
     kept = 0
     for path in _numbered(Path(directory)):
         if kept >= keep:
-            path.with_suffix(".npz").unlink(missing_ok=True)
+            for fmt in FORMATS:
+                path.with_suffix(f".{fmt}").unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             continue
         try:

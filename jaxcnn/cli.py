@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "accuracy, measured once per model and machine (cached); or a candidate name")
     t.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, metrics.jsonl, result.json)")
     t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    t.add_argument("--checkpoint-format", choices=["npz", "safetensors"], default="npz",
+                   help="array file of each checkpoint (safetensors: readable by other tools; resume reads either)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
 
     b = sub.add_parser("bench", help="time train steps and inference against the device's measured peak")
@@ -216,7 +218,8 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)
     meta = {"model": args.model, "options": options, "data": args.data, "input_size": args.input_size,
             "test_fraction": args.test_fraction if "test" not in splits else None}
-    result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta)
+    result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta,
+                 checkpoint_format=args.checkpoint_format)
     accs = ", ".join(f"{100 * a:.2f}%" for a in result.test_accuracy)
     print(f"{args.model} on {args.data}: test accuracy {100 * result.mean_accuracy:.2f} +- "
           f"{100 * result.std_accuracy:.2f}% over {len(result.seeds)} seed(s) [{accs}]; "

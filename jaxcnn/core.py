@@ -142,6 +142,9 @@ class Layer:
     # True when children run one after another (each sees the previous output);
     # False when they all see the container's input (branches). Used for receptive fields.
     chained: ClassVar[bool] = False
+    # Names of the params weight decay applies to (kernels). Declared by the layer rather than guessed
+    # from a leaf name, so custom layers and optimizers get the same mask (jaxcnn.step.decay_mask).
+    decayed: ClassVar[tuple[str, ...]] = ()
 
     # -- analytic side -------------------------------------------------------------
     def spec(self, in_shape: Shape) -> Spec:

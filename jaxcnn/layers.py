@@ -174,6 +174,7 @@ class Conv(Layer):
     impl: str = "auto"
 
     kind: ClassVar[str] = "conv"
+    decayed: ClassVar[tuple[str, ...]] = ("w",)
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, int) or self.features < 1:
@@ -255,6 +256,7 @@ class DepthwiseConv(Layer):
     impl: str = "auto"
 
     kind: ClassVar[str] = "dwconv"
+    decayed: ClassVar[tuple[str, ...]] = ("w",)
 
     def __post_init__(self) -> None:
         if not isinstance(self.multiplier, int) or self.multiplier < 1:
@@ -312,6 +314,7 @@ class Dense(Layer):
     compute_dtype: str | None = None
 
     kind: ClassVar[str] = "dense"
+    decayed: ClassVar[tuple[str, ...]] = ("w",)
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, int) or self.features < 1:

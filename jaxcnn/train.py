@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn import checkpoint, compile_options, outdir
+from jaxcnn import checkpoint, compile_options, outdir, step
 from jaxcnn.core import Layer
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -166,13 +167,18 @@ class FitResult:
 # -- pieces ----------------------------------------------------------------------------
 
 
-def _decay_mask(params: Any) -> Any:
-    # decay kernels ("w") only: BatchNorm scale/offset and biases are left alone
+def _decay_by_name(params: Any) -> Any:
+    # without the model its layers' traits are unknown: the built-in layers' kernels are all named "w"
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "w", params)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up)."""
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer | None = None) -> optax.GradientTransformation:
+    """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up).
+
+    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.step.decay_mask`);
+    without ``model``, to leaves named ``w``.
+    """
+    _decay_mask = step.decay_mask(model) if model is not None else _decay_by_name
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
@@ -227,15 +233,31 @@ def _stack_seeds(per_seed: list[Any]) -> Any:
 
 
 class Trainer:
-    """Compiled train/eval functions for one model, config and data shape (K seeds)."""
+    """Compiled train/eval functions for one model, config and data shape (K seeds).
 
-    def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData):
+    ``optimizer``, ``loss`` and ``metrics`` are as in :func:`fit`; by default the config's named
+    optimizer (:func:`make_optimizer`) and cross-entropy with its label smoothing.
+    """
+
+    def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData, *, optimizer: step.OptimizerLike | None = None,
+                 loss: step.LossFn | None = None, metrics: dict[str, step.LossFn] | None = None):
         self.model, self.cfg, self.data = model, cfg.check(), data
         n = data.x_train.shape[0]
         if n < cfg.batch:
             raise ValueError(f"TrainConfig: batch={cfg.batch} is larger than the training set ({n} examples)")
         self.steps = n // cfg.batch
-        self.tx = make_optimizer(cfg, self.steps)
+        # the named optimizers are factories of the steps per epoch too: one path for both
+        self.tx = step.resolve_optimizer(
+            optimizer if optimizer is not None else partial(make_optimizer, cfg, model=model), self.steps)
+        self.loss = loss if loss is not None else step.cross_entropy(cfg.label_smoothing, data.num_classes)
+        self.metrics = dict(metrics or {})
+        bad = [k for k in self.metrics if not isinstance(k, str) or k in ("loss", "correct") or not callable(
+            self.metrics[k])]
+        if bad:
+            raise ValueError(f"metrics: {bad[0]!r} must be a name other than 'loss'/'correct' mapped to a function "
+                             "(logits, labels, batch) -> scalar")
+        self.epoch_metrics: dict[str, np.ndarray] = {}  # the last epoch's extra metrics, (K, steps) each
+        self.checkpoint_format = "npz"  # what fit writes: "npz" or "safetensors"
         self.devices = jax.devices()
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -284,7 +306,7 @@ class Trainer:
         key = jax.random.key(0)
 
         def probe(params, state, x, y):  # what the accuracy check compares: loss, gradients, BN statistics
-            (loss, (new_state, _)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, state, x, y, key)
+            (loss, (new_state, _, _)), grads = step.loss_and_grads(self.model, params, state, x, y, key, self.loss)
             return loss, grads, new_state
 
         self.choice = compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
@@ -318,8 +340,7 @@ class Trainer:
         """(params, state, opt_state) for every seed, stacked on a leading axis."""
 
         def one(key):
-            params, state = self.model.init(jax.random.fold_in(key, 0), self.in_shape)
-            return params, state, self.tx.init(params)
+            return step.init(self.model, jax.random.fold_in(key, 0), self.in_shape, self.tx)
 
         if self.seed_batching == "vmap":
             carry = jax.jit(jax.vmap(one))(self.keys)
@@ -328,17 +349,7 @@ class Trainer:
             carry = _stack_seeds([f(k) for k in self.keys])
         return jax.device_put(carry, self.replicated)
 
-    def _loss(self, params, state, x, y, key):
-        logits, new_state = self.model.apply(params, state, x, train=True, key=key)
-        logits = logits.astype(jnp.float32)
-        labels = jax.nn.one_hot(y, self.data.num_classes)
-        if self.cfg.label_smoothing:
-            labels = optax.smooth_labels(labels, self.cfg.label_smoothing)
-        loss = optax.softmax_cross_entropy(logits, labels).mean()
-        return loss, (new_state, logits)
-
     def _step(self, carry, xb, yb, key):
-        params, state, opt_state = carry
         if self.shard_batch:
             spec = NamedSharding(self.mesh, PartitionSpec("data"))
             xb = jax.lax.with_sharding_constraint(xb, spec)
@@ -346,11 +357,8 @@ class Trainer:
         k_aug, k_drop = jax.random.split(key)
         x = (xb.astype(jnp.float32) - self.mean) / self.std
         x = _augment(x, k_aug, self.cfg.crop_pad, self.cfg.flip)
-        (loss, (state, logits)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, state, x, yb, k_drop)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == yb)
-        return (params, state, opt_state), (loss, correct)
+        carry, out = step.train_step(self.model, self.tx, carry, x, yb, k_drop, loss=self.loss, metrics=self.metrics)
+        return carry, (out.pop("loss"), out.pop("correct"), out)
 
     def _permutation(self, epoch_key):
         perm = epoch_permutation(epoch_key, self.data.x_train.shape[0], self.cfg.batch)
@@ -362,8 +370,8 @@ class Trainer:
             return self._step(c, x_all[i], y_all[i], k)
 
         if idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop (jax issue #25330)
-            carry, (loss, correct) = body(carry, (idx[0], keys[0]))
-            return carry, (loss[None], correct[None])
+            carry, out = body(carry, (idx[0], keys[0]))
+            return carry, jax.tree_util.tree_map(lambda v: v[None], out)
         unroll = idx.shape[0] if self.devices[0].platform == "cpu" else 1
         return jax.lax.scan(body, carry, (idx, keys), unroll=unroll)
 
@@ -388,13 +396,8 @@ class Trainer:
     def _evaluate(self, params, state, x, y, mask):
         def body(acc, inp):
             xb, yb, mb = inp
-            logits, _ = self.model.apply(params, state, (xb.astype(jnp.float32) - self.mean) / self.std)
-            logits = logits.astype(jnp.float32)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            top1 = jnp.argmax(logits, -1) == yb
-            k = min(5, logits.shape[-1])
-            topk = jnp.any(jax.lax.top_k(logits, k)[1] == yb[:, None], axis=-1)
-            return (acc[0] + jnp.sum(loss * mb), acc[1] + jnp.sum(top1 * mb), acc[2] + jnp.sum(topk * mb)), None
+            sums = step.eval_sums(self.model, params, state, (xb.astype(jnp.float32) - self.mean) / self.std, yb, mb)
+            return tuple(a + s for a, s in zip(acc, sums, strict=True)), None
 
         zero = jnp.zeros((), jnp.float32)
         # unrolled on CPU for the same reason as the training chunks (convolutions in a loop are slow)
@@ -407,16 +410,19 @@ class Trainer:
         return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(self.keys)
 
     def run_epoch(self, carry, x_dev, y_dev, epoch: int):
-        """One epoch; returns (carry, losses (K, steps), correct (K, steps))."""
+        """One epoch; returns (carry, losses (K, steps), correct (K, steps)); extra metrics in ``epoch_metrics``."""
         keys = self.epoch_keys(epoch)
+        extras: list[dict[str, jax.Array]] = []
         if self.cfg.mode == "epoch":
             perm, step_keys = self._perm_fn(keys)
             losses, correct = [], []
             for i in range(0, self.steps, self.chunk):
                 j = min(i + self.chunk, self.steps)
-                carry, (loss, corr) = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
+                carry, (loss, corr, ext) = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
                 losses.append(loss)
                 correct.append(corr)
+                extras.append(ext)
+            self.epoch_metrics = {k: np.concatenate([np.asarray(e[k]) for e in extras], 1) for k in self.metrics}
             return carry, jnp.concatenate(losses, 1), jnp.concatenate(correct, 1)
         # streaming: the same permutation, batches gathered on the host, one step prefetched
         perms, step_keys = self._perm_fn(keys)
@@ -432,9 +438,11 @@ class Trainer:
             xb, yb = nxt
             if i + 1 < self.steps:
                 nxt = put(i + 1)  # async transfer overlaps with this step's compute
-            carry, (loss, corr) = self._step_fn(carry, xb, yb, step_keys[:, i])
+            carry, (loss, corr, ext) = self._step_fn(carry, xb, yb, step_keys[:, i])
             losses.append(loss)
             correct.append(corr)
+            extras.append(ext)
+        self.epoch_metrics = {k: np.stack([np.asarray(e[k]) for e in extras], 1) for k in self.metrics}
         return carry, jnp.stack(losses, 1), jnp.stack(correct, 1)
 
     def evaluate(self, carry, x_test=None, y_test=None) -> dict[str, np.ndarray]:
@@ -536,6 +544,13 @@ def _resume_point(ck: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[int
     return epoch + 1, history
 
 
+def _describe(fn: Any) -> str:
+    """A name for a custom optimizer or loss, recorded in the run identity (functions cannot be hashed)."""
+    if isinstance(fn, optax.GradientTransformation):
+        fn = fn.init  # optax builds transformations in functions whose name the init function carries
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
 def fit(
     model: Layer,
     data: TrainData,
@@ -547,8 +562,19 @@ def fit(
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     keep_initial: bool = False,
+    optimizer: step.OptimizerLike | None = None,
+    loss: step.LossFn | None = None,
+    metrics: dict[str, step.LossFn] | None = None,
+    checkpoint_format: str = "npz",
 ) -> FitResult:
     """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
+
+    ``optimizer`` is any ``optax.GradientTransformation`` or a function of the steps per epoch returning one
+    (then ``cfg``'s optimizer, lr, momentum, weight_decay, schedule and warm-up are unused; use
+    :func:`jaxcnn.step.decay_mask` for weight decay); ``loss`` is ``(logits, labels, batch) -> scalar`` in
+    place of cross-entropy with ``cfg.label_smoothing``; each of ``metrics`` (same signature) is averaged
+    per epoch into the history as ``train_<name>``. The test loss stays cross-entropy. See
+    :mod:`jaxcnn.step`. ``checkpoint_format`` is "npz" or "safetensors" (:func:`jaxcnn.checkpoint.save`).
 
     With ``resume=True`` the newest valid checkpoint in ``out_dir`` is loaded and the
     run continues exactly where it stopped (same keys, same data order); it must have been written by the
@@ -556,7 +582,14 @@ def fit(
     exclusively (:func:`jaxcnn.outdir.exclusive`) for the whole call. ``keep_initial``
     returns the parameters at initialisation too (``FitResult.initial_params``).
     """
-    trainer = Trainer(model, cfg, data)
+    if checkpoint_format not in checkpoint.FORMATS:
+        raise ValueError(f"checkpoint_format must be one of {', '.join(checkpoint.FORMATS)}, got {checkpoint_format!r}")
+    trainer = Trainer(model, cfg, data, optimizer=optimizer, loss=loss, metrics=metrics)
+    trainer.checkpoint_format = checkpoint_format
+    custom = {f"custom.{k}": _describe(v) for k, v in (("optimizer", optimizer), ("loss", loss)) if v is not None}
+    if metrics:
+        custom["custom.metrics"] = sorted(metrics)
+    meta = {**(meta or {}), **custom} if custom else meta  # a resumed run must bring the same custom parts
     if out_dir is None:
         return _fit(trainer, model, data, cfg, None, resume, quiet, meta, on_epoch, keep_initial)
     with outdir.exclusive(out_dir, files=("metrics.jsonl",)) as lock:
@@ -644,6 +677,7 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
             "test_loss": ev["loss"].tolist(),
             "test_accuracy": ev["accuracy"].tolist(),
             "test_top5": ev["top5"].tolist(),
+            **{f"train_{k}": v.mean(axis=1).tolist() for k, v in trainer.epoch_metrics.items()},
             "seconds": seconds,
             "images_per_second": cfg.seeds * trainer.steps * cfg.batch / seconds,
         }
@@ -651,7 +685,8 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
         if out is not None:
             tree = {"params": carry[0], "state": carry[1], "opt_state": carry[2]}
             checkpoint.save(out, f"ckpt-{epoch + 1:06d}", tree,
-                            {**base, "epoch": epoch, "step": rec["step"], "history": history})
+                            {**base, "epoch": epoch, "step": rec["step"], "history": history},
+                            format=trainer.checkpoint_format)
             checkpoint.prune(out, keep=2)
             lines = "".join(json.dumps(h) + "\n" for h in history)
             checkpoint.atomic_write_text(out / "metrics.jsonl", lines)

@@ -1,0 +1,193 @@
+"""The training step as public pure functions: bring your own optimizer, loss, metrics and loop.
+
+:func:`jaxcnn.train.fit` is built from these pieces, so a custom loop written with them does the
+same math as ``fit`` (its compiled epochs add only data handling: normalisation, augmentation,
+shuffling, seeds and checkpoints)::
+
+    carry = init(model, key, in_shape, optimizer)            # (params, state, opt_state)
+    carry, out = train_step(model, optimizer, carry, x, y, key, loss=..., metrics=...)
+    scores = evaluate(model, carry[0], carry[1], x_test, y_test)
+
+* ``optimizer`` is any ``optax.GradientTransformation``; :func:`resolve_optimizer` also takes a
+  factory called with the steps per epoch (for schedules). :func:`decay_mask` gives the weight
+  decay mask from the layers' declared ``decayed`` traits (kernels of Conv, DepthwiseConv and
+  Dense; never biases or BatchNorm), to use in ``optax.add_decayed_weights`` or ``optax.adamw``.
+* ``loss`` is ``(logits, labels, batch) -> scalar``; ``batch`` is a dict with the model input
+  ``x``, the integer labels ``y``, the ``params`` being differentiated (for regularisers), the
+  updated model ``state`` and a ``key`` for the loss's own randomness (label noise), independent
+  of the model's dropout keys. Extra ``metrics`` have the same signature and are reported, not
+  differentiated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn.core import Layer, Params, Shape, State
+
+__all__ = [
+    "Carry", "LossFn", "cross_entropy", "decay_mask", "evaluate", "eval_sums", "init", "loss_and_grads",
+    "resolve_optimizer", "train_step",
+]
+
+Carry = tuple[Params, State, Any]  # (params, state, opt_state)
+LossFn = Callable[[jax.Array, jax.Array, dict[str, Any]], jax.Array]
+OptimizerLike = optax.GradientTransformation | Callable[[int], optax.GradientTransformation]
+
+# The loss's key is fold_in(step key, LOSS_KEY): containers fold in child indices (small numbers) to
+# derive the layers' dropout keys from the same step key, so this one never equals any of them.
+LOSS_KEY = 0x6C6F7373  # "loss"
+
+
+def _mask(layer: Layer, tree: Any, where: str) -> Any:
+    """The decay mask of ``layer``'s params subtree ``tree`` (same structure, bool leaves)."""
+    kids = layer.children()
+    if not isinstance(tree, Mapping):  # a custom layer's non-dict params: decayed only if declared as a whole
+        return jax.tree_util.tree_map(lambda _: False, tree)
+    if not kids:
+        return {name: jax.tree_util.tree_map(lambda _, d=name in layer.decayed: d, value)
+                for name, value in tree.items()}
+    owned = {k: child for _, k, child in kids}
+    extra = sorted(set(tree) - set(owned))
+    if extra:
+        raise ValueError(f"decay_mask: params key {where + extra[0]!r} is not a child of {type(layer).__name__}; "
+                         "pass the params of the model the mask was made for")
+    return {k: _mask(owned[k], sub, f"{where}{k}/") for k, sub in tree.items()}
+
+
+def decay_mask(model: Layer) -> Callable[[Params], Any]:
+    """An optax mask function: True for the params the layers declare ``decayed`` (conv/dense kernels)."""
+    return lambda params: _mask(model, params, "")
+
+
+def resolve_optimizer(optimizer: OptimizerLike, steps_per_epoch: int) -> optax.GradientTransformation:
+    """``optimizer`` itself, or the transformation its factory builds for ``steps_per_epoch``."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation or a function of the steps per epoch "
+                        f"returning one, got {type(optimizer).__name__}")
+    tx = optimizer(steps_per_epoch)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(f"the optimizer factory {getattr(optimizer, '__name__', optimizer)!r} returned "
+                        f"{type(tx).__name__}, not an optax.GradientTransformation")
+    return tx
+
+
+def cross_entropy(label_smoothing: float = 0.0, num_classes: int | None = None) -> LossFn:
+    """Mean softmax cross-entropy against integer labels, with optional label smoothing (fit's default loss).
+
+    With ``num_classes`` the logits must have exactly that many entries (fit passes the data's).
+    """
+
+    def loss(logits: jax.Array, labels: jax.Array, batch: dict[str, Any]) -> jax.Array:
+        target = jax.nn.one_hot(labels, num_classes or logits.shape[-1])
+        if label_smoothing:
+            target = optax.smooth_labels(target, label_smoothing)
+        return optax.softmax_cross_entropy(logits, target).mean()
+
+    loss.__qualname__ = f"cross_entropy(label_smoothing={label_smoothing})"
+    return loss
+
+
+def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.GradientTransformation) -> Carry:
+    """``(params, state, opt_state)`` of ``model`` for per-example ``in_shape``."""
+    params, state = model.init(key, in_shape)
+    return params, state, optimizer.init(params)
+
+
+def _scalar(value: Any, what: str) -> jax.Array:
+    value = jnp.asarray(value)
+    if value.shape != ():
+        raise TypeError(f"{what} must return a scalar (a mean over the batch), got shape {value.shape}")
+    return value.astype(jnp.float32)
+
+
+def loss_and_grads(model: Layer, params: Params, state: State, x: jax.Array, y: jax.Array, key: jax.Array,
+                   loss: LossFn | None = None) -> tuple[tuple[jax.Array, tuple[State, jax.Array, dict]], Params]:
+    """``((loss, (new_state, logits, batch)), grads)`` of one train-mode forward and backward pass."""
+    loss_fn = loss or cross_entropy()
+    k_loss = jax.random.fold_in(key, LOSS_KEY)
+
+    def objective(p):
+        logits, new_state = model.apply(p, state, x, train=True, key=key)
+        logits = logits.astype(jnp.float32)
+        batch = {"x": x, "y": y, "params": p, "state": new_state, "key": k_loss}
+        return _scalar(loss_fn(logits, y, batch), "the loss function"), (new_state, logits, batch)
+
+    return jax.value_and_grad(objective, has_aux=True)(params)
+
+
+def train_step(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    carry: Carry,
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    *,
+    loss: LossFn | None = None,
+    metrics: Mapping[str, LossFn] | None = None,
+) -> tuple[Carry, dict[str, jax.Array]]:
+    """One optimizer step on batch ``(x, y)``; returns the new carry and {loss, correct, *metrics}.
+
+    Pure: wrap it in ``jax.jit`` (closing over ``model``, ``optimizer`` and ``loss``). ``key`` feeds the
+    model's dropout; ``correct`` counts top-1 hits.
+    """
+    params, state, opt_state = carry
+    (value, (new_state, logits, batch)), grads = loss_and_grads(model, params, state, x, y, key, loss)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    out = {"loss": value, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
+    for name, fn in (metrics or {}).items():
+        out[name] = _scalar(fn(logits, y, batch), f"metric {name!r}")
+    return (params, new_state, opt_state), out
+
+
+def eval_sums(model: Layer, params: Params, state: State, x: jax.Array, y: jax.Array,
+              mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sums over the examples where ``mask`` is 1 of cross-entropy, top-1 and top-5 hits (eval mode)."""
+    logits, _ = model.apply(params, state, x)
+    logits = logits.astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    top1 = jnp.argmax(logits, -1) == y
+    k = min(5, logits.shape[-1])
+    topk = jnp.any(jax.lax.top_k(logits, k)[1] == y[:, None], axis=-1)
+    return jnp.sum(ce * mask), jnp.sum(top1 * mask), jnp.sum(topk * mask)
+
+
+@partial(jax.jit, static_argnums=0)
+def _eval_sums_jit(model, params, state, x, y, mask):
+    return eval_sums(model, params, state, x, y, mask)
+
+
+def evaluate(model: Layer, params: Params, state: State, x: Any, y: Any, *, batch_size: int = 500
+             ) -> dict[str, float]:
+    """Mean cross-entropy ``loss``, top-1 ``accuracy`` and ``top5`` of ``model`` on ``(x, y)`` in eval mode.
+
+    ``x`` is the model's input as is (already normalised); the last batch is padded and masked, so
+    every batch has one shape and compiles once.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y) or not len(x):
+        raise ValueError(f"evaluate: x has {len(x)} examples and y {len(y)}; give the same positive number")
+    b = min(batch_size, len(x))
+    totals = np.zeros(3)
+    for i in range(0, len(x), b):
+        xb, yb = x[i:i + b], y[i:i + b]
+        n = len(xb)
+        mask = np.zeros(b, np.float32)
+        mask[:n] = 1
+        if n < b:
+            xb = np.concatenate([xb, np.zeros((b - n, *xb.shape[1:]), xb.dtype)])
+            yb = np.concatenate([yb, np.zeros(b - n, yb.dtype)])
+        totals += [float(v) for v in _eval_sums_jit(model, params, state, xb, yb, mask)]
+    loss, top1, top5 = totals / len(x)
+    return {"loss": float(loss), "accuracy": float(top1), "top5": float(top5)}
