@@ -31,8 +31,8 @@ from jaxcnn.data.spec import SPEC_HELP, load
 from jaxcnn.data.splits import normalization_stats, normalize, stratified_split, stratified_subset
 
 __all__ = [
-    "DataError", "Dataset", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC", "MAX_CLASSES", "SPEC_HELP", "Splits", "check_splits", "class_count", "labels",
-    "IMAGE_EXTENSIONS", "load", "load_cifar", "load_digits", "load_folder", "load_idx", "load_list", "load_mnist5k",
-    "load_npz", "normalization_stats", "normalize", "read_idx", "resize", "restricted_unpickle", "stratified_split",
-    "stratified_subset", "synthetic", "to_grey", "to_rgb",
+    "DataError", "Dataset", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC", "MAX_CLASSES", "SPEC_HELP", "Splits",
+    "check_splits", "class_count", "labels", "IMAGE_EXTENSIONS", "load", "load_cifar", "load_digits", "load_folder",
+    "load_idx", "load_list", "load_mnist5k", "load_npz", "normalization_stats", "normalize", "read_idx", "resize",
+    "restricted_unpickle", "stratified_split", "stratified_subset", "synthetic", "to_grey", "to_rgb",
 ]
