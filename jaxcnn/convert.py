@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from jaxcnn.combinators import Sequential
 from jaxcnn.core import Layer, Params, Shape, ShapeError, check_shape
-from jaxcnn.layers import BatchNorm, Conv, Dense, Dropout, Flatten, Identity, _Elementwise
+from jaxcnn.layers import Conv, Dense, Flatten, Identity
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _convert(layer: Layer, params: Params, shape: Shape, ctx: _Ctx, path: str) -
             new["b"] = params["b"]
         ctx.converted.append(path)
         return conv, new
-    if not isinstance(layer, (_Elementwise, Dropout, BatchNorm, Identity)):
+    if not layer.pointwise:
         raise ShapeError(
             layer, shape, "fc_to_conv can only convert Dense, activation, Dropout and BatchNorm layers after Flatten",
             "Remove or rewrite this layer in the head",

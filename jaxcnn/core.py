@@ -145,6 +145,12 @@ class Layer:
     # Names of the params weight decay applies to (kernels). Declared by the layer rather than guessed
     # from a leaf name, so custom layers and optimizers get the same mask (jaxcnn.step.decay_mask).
     decayed: ClassVar[tuple[str, ...]] = ()
+    # True when the output needs no buffer of its own (a view or an in-place op: activations, Flatten),
+    # which the activation-memory accounting (jaxcnn.summary) reads.
+    in_place: ClassVar[bool] = False
+    # True when each position's features are transformed on their own, so the layer commutes with turning
+    # a Flatten -> Dense head into convolutions (jaxcnn.convert.fc_to_conv keeps it as it is).
+    pointwise: ClassVar[bool] = False
 
     # -- analytic side -------------------------------------------------------------
     def spec(self, in_shape: Shape) -> Spec:

@@ -375,6 +375,7 @@ class Flatten(Layer):
     """Flatten each example to ``(H*W*C,)`` (row-major over H, W, C)."""
 
     kind: ClassVar[str] = "flatten"
+    in_place: ClassVar[bool] = True  # a reshape: a view of its input
 
     def spec(self, in_shape: Shape) -> Spec:
         """Every output sees the whole input: the receptive window is the input size."""
@@ -529,6 +530,7 @@ class BatchNorm(Layer):
     compute_dtype: str | None = None
 
     kind: ClassVar[str] = "bn"
+    pointwise: ClassVar[bool] = True  # per-channel affine map of each position
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
@@ -603,6 +605,8 @@ class Dropout(Layer):
     rate: float = 0.5
 
     kind: ClassVar[str] = "dropout"
+    in_place: ClassVar[bool] = True
+    pointwise: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate < 1.0:
@@ -633,6 +637,9 @@ class Dropout(Layer):
 
 @dataclass(frozen=True)
 class _Elementwise(Layer):
+    in_place: ClassVar[bool] = True
+    pointwise: ClassVar[bool] = True
+
     def spec(self, in_shape: Shape) -> Spec:
         """Same shape; one op per element."""
         return Spec(in_shape, other_ops=math.prod(in_shape))
@@ -759,6 +766,8 @@ class Identity(Layer):
     """Return the input unchanged."""
 
     kind: ClassVar[str] = "identity"
+    in_place: ClassVar[bool] = True
+    pointwise: ClassVar[bool] = True
 
     def spec(self, in_shape: Shape) -> Spec:
         """Same shape."""

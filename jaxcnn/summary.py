@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.core import Layer, Node, Shape, check_shape, layer_label, walk
-from jaxcnn.layers import Conv, DepthwiseConv, Dropout, Flatten, Identity, _Elementwise
+from jaxcnn.layers import Conv, DepthwiseConv
 from jaxcnn.transforms import with_conv_impl
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
-# Layers counted as in place (no new activation tensor), as cs231n's VGG memory table
-# counts them: reshapes, aliases, elementwise activations and dropout.
-_NO_BUFFER = (Flatten, Identity, _Elementwise, Dropout)
+# Layers declaring Layer.in_place (reshapes, aliases, elementwise activations, dropout) get no
+# activation tensor of their own, as cs231n's VGG memory table counts them.
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def _peak(layer: Layer, in_shape: Shape) -> int:
     n_in = math.prod(in_shape)
     out = math.prod(layer.spec(in_shape).out_shape)
     if not kids:
-        return n_in if isinstance(layer, _NO_BUFFER) else n_in + out
+        return n_in if layer.in_place else n_in + out
     shapes = layer.child_shapes(in_shape)
     if layer.chained:
         return max(_peak(c, s) for (_, _, c), s in zip(kids, shapes, strict=True))
@@ -159,7 +158,7 @@ def summary(
         leaf = node.is_leaf
         learn, state = _leaf_sizes(node) if leaf else (0, 0)
         n_out = math.prod(node.spec.out_shape)
-        kept = n_out if leaf and not isinstance(node.layer, _NO_BUFFER) else 0
+        kept = n_out if leaf and not node.layer.in_place else 0
         if leaf:
             learn_total += learn
             state_total += state

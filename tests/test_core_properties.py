@@ -171,3 +171,68 @@ def test_round_channels_grouped_is_nearest_multiple_of_groups(c, m, groups):
         assert out == groups * math.floor(v / groups + 0.5)  # halves up
     else:
         assert out == groups  # never fewer than one channel per group
+
+
+def test_a_custom_layer_is_accounted_converted_and_decayed_by_its_traits():
+    # A user's layers, defined here and nowhere in jaxcnn: their declared traits alone decide activation
+    # memory (in_place), FC-to-conv conversion (pointwise) and weight decay (decayed).
+    import math
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxcnn as jc
+    from jaxcnn.convert import fc_to_conv
+    from jaxcnn.core import Layer, Spec
+    from jaxcnn.step import decay_mask
+    from jaxcnn.summary import summary
+
+    @dataclass(frozen=True)
+    class Swish(Layer):
+        kind: ClassVar[str] = "swish"
+        in_place: ClassVar[bool] = True
+        pointwise: ClassVar[bool] = True
+
+        def spec(self, in_shape):
+            return Spec(in_shape, other_ops=math.prod(in_shape))
+
+        def forward(self, params, state, x, *, train, key):
+            return x * jax.nn.sigmoid(x), state
+
+    @dataclass(frozen=True)
+    class Gain(Layer):  # a per-channel learnable gain "g" (decayed) and offset "o" (not)
+        kind: ClassVar[str] = "gain"
+        decayed: ClassVar[tuple[str, ...]] = ("g",)
+
+        def spec(self, in_shape):
+            return Spec(in_shape, other_ops=math.prod(in_shape))
+
+        def param_shapes(self, in_shape):
+            return {"g": (in_shape[-1],), "o": (in_shape[-1],)}
+
+        def init_param(self, name, key, shape, in_shape):
+            return jnp.ones(shape) if name == "g" else jnp.zeros(shape)
+
+        def has_arrays(self):
+            return True
+
+        def forward(self, params, state, x, *, train, key):
+            return x * params["g"] + params["o"], state
+
+    model = jc.Sequential({"conv": jc.Conv(4, 3), "gain": Gain(), "act": Swish(), "flat": jc.Flatten(),
+                           "fc": jc.Dense(3), "act2": Swish(), "out": jc.Dense(2)})
+    rows = {r.path: r for r in summary(model, (6, 6, 2)).rows}
+    by_kind = {r.kind: r for r in rows.values()}
+    assert by_kind["swish"].activations == 0            # in place: no tensor of its own
+    assert by_kind["gain"].activations == 6 * 6 * 4     # not declared in place: its output is kept (SAME conv)
+    params, state = model.init(jax.random.key(0), (6, 6, 2))
+    mask = decay_mask(model)(params)
+    assert mask["gain"] == {"g": True, "o": False} and mask["conv"]["w"] is True and mask["conv"]["b"] is False
+    conv_model, conv_params = fc_to_conv(model, params, (6, 6, 2))   # Swish after Flatten passes as pointwise
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
+    y, _ = model.apply(params, state, x)
+    yc, _ = conv_model.apply(conv_params, state, x)
+    np.testing.assert_allclose(np.asarray(yc).reshape(2, 2), np.asarray(y), rtol=1e-5, atol=1e-6)
