@@ -207,10 +207,9 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
             yield lock
         return
     if not is_primary():
-        problem = _broadcast_text("")
+        problem = _broadcast_text("")  # returns once process 0 holds the folder (or failed to)
         if problem:
             raise outdir.OutputFolderError(problem)
-        barrier(f"jaxcnn-folder-ready:{Path(folder).name}")
         yield outdir.RunLock(Path(folder))
         return
     try:
@@ -220,8 +219,7 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
         _broadcast_text(str(e) or f"output folder {folder} unavailable ({type(e).__name__})")
         raise
     try:
-        _broadcast_text("")
-        barrier(f"jaxcnn-folder-ready:{Path(folder).name}")  # the others look into it only once it is ready
+        _broadcast_text("")  # the others look into the folder only once it is ready
         yield lock
     except BaseException as e:
         if not cm.__exit__(type(e), e, e.__traceback__):

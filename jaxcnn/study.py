@@ -259,26 +259,36 @@ def read_record(path: Path) -> dict[str, Any]:
     return rec
 
 
+def _merged(out: Path, members: Sequence[Member]) -> tuple[list[dict[str, Any]], bool]:
+    """(every finished record in merge order, whether results.jsonl/csv need rewriting to hold them)."""
+    old = read_results(out / "results.jsonl")
+    merged = {r["variant"]: r for r in old}
+    for path in sorted((out / "runs").glob(f"*/{RECORD_NAME}")):
+        rec = read_record(path)
+        merged[rec["variant"]] = rec
+    order = {m.variant: i for i, m in enumerate(members)}
+    before = {r["variant"]: i for i, r in enumerate(old)}
+    records = sorted(merged.values(), key=lambda r: (0, order[r["variant"]], "") if r["variant"] in order
+                     else (1, before.get(r["variant"], len(before)), r["variant"]))
+    return records, records != old or bool(records and not (out / "results.csv").exists())
+
+
 def merge_results(out: str | Path, members: Sequence[Member] = ()) -> list[dict[str, Any]]:
     """Every finished record in ``out`` (results.jsonl and runs/*/record.json), rewritten into results.jsonl/csv.
 
     A member's own ``record.json`` wins over its line in results.jsonl (folders written before
     record files existed keep their lines). Order: ``members``' order, then any other records in
-    their previous order. Runs under :func:`results_lock`; the files are rewritten only if they change.
+    their previous order. Every file involved is replaced atomically, so reading needs no lock; a
+    rewrite happens under :func:`results_lock`, re-reading first, and only if something changed (a
+    folder with nothing new is left exactly as it is).
     """
     out = Path(out)
-    with results_lock(out):
-        old = read_results(out / "results.jsonl")
-        merged = {r["variant"]: r for r in old}
-        for path in sorted((out / "runs").glob(f"*/{RECORD_NAME}")):
-            rec = read_record(path)
-            merged[rec["variant"]] = rec
-        order = {m.variant: i for i, m in enumerate(members)}
-        before = {r["variant"]: i for i, r in enumerate(old)}
-        records = sorted(merged.values(), key=lambda r: (0, order[r["variant"]], "") if r["variant"] in order
-                         else (1, before.get(r["variant"], len(before)), r["variant"]))
-        if records != old or (records and not (out / "results.csv").exists()):
-            write_results(out, records)
+    records, changed = _merged(out, members)
+    if changed:
+        with results_lock(out):
+            records, changed = _merged(out, members)  # another process may have merged in the meantime
+            if changed:
+                write_results(out, records)
     return records
 
 
