@@ -270,7 +270,7 @@ def _merged(out: Path, members: Sequence[Member]) -> tuple[list[dict[str, Any]],
     before = {r["variant"]: i for i, r in enumerate(old)}
     records = sorted(merged.values(), key=lambda r: (0, order[r["variant"]], "") if r["variant"] in order
                      else (1, before.get(r["variant"], len(before)), r["variant"]))
-    return records, records != old or bool(records and not (out / "results.csv").exists())
+    return records, records != old
 
 
 def merge_results(out: str | Path, members: Sequence[Member] = ()) -> list[dict[str, Any]]:
