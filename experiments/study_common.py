@@ -7,6 +7,13 @@ Where results go: by default a run folder under the current directory, ``runs/<s
 committed reference results. ``--reference`` writes ``results/<study>/`` of this repository
 instead: the folder README's tables and figures are generated from, rewritten only on purpose.
 ``--out DIR`` picks any other folder. Every folder is resumable.
+
+On a cluster: ``--shard I/N`` (or, inside a SLURM array job, the array variables) runs
+the I-th of N fixed subsets of the members (jaxcnn.shard); every shard writes into the same
+folder, each member its own record, and the table and figures are redrawn from whatever
+members have finished (``--plot-only`` after the last shard: the same table as one process
+running them all). ``--devices N`` trains N members at once, one per local device; without
+it each member's batch is sharded over all local devices.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from jaxcnn import plot, study_stats
 from jaxcnn.checkpoint import CheckpointError, atomic_write_text
 from jaxcnn.cli import positive
 from jaxcnn.core import LayerError
-from jaxcnn.study import Member, StudyError, Task, load_first_layers, read_results, run_study
+from jaxcnn.shard import ShardError, resolve
+from jaxcnn.study import Member, StudyError, Task, load_first_layers, merge_results, results_lock, run_study
 from jaxcnn.study_stats import comparisons_markdown, convergence
 from jaxcnn.train import TrainConfig, TrainData, TrainingError
 
@@ -55,6 +63,12 @@ def add_common_args(parser: argparse.ArgumentParser, *, study: str, seeds: int |
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figures from the results file")
     parser.add_argument("--quick", action="store_true", help="smoke test: 600 images, 1 epoch, 1 seed")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="run shard I of N (I from 1) of the members, round robin, into the same folder; inside a "
+                             "SLURM array job the shard comes from SLURM_ARRAY_TASK_ID/COUNT when this is not given")
+    parser.add_argument("--devices", type=positive(int), default=None, metavar="N",
+                        help="train N members at once, one per local device (default: one member at a time, its batch "
+                             "sharded over all local devices: results do not depend on the device count)")
 
 
 def out_dir(args: argparse.Namespace) -> Path:
@@ -180,15 +194,21 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:
         if args.plot_only:
-            records = read_results(out / "results.jsonl")
+            records = merge_results(out, members)  # also picks up members whose shard died before merging
         else:
-            records = run_study(members, task, out, quiet=args.quiet, command=command)
-        atomic_write_text(out / "table.md", table(records) + "\n")
-        compared = comparisons_markdown(records, pairs(records)) if pairs and records else None
-        if compared is not None:
-            atomic_write_text(out / "comparisons.md", compared + "\n")
-        paths = figures(out, records, figures_extra)
-    except (StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ValueError) as e:
+            shard = resolve(args.shard)
+            records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,
+                                devices=args.devices)
+            if not records and shard is not None:  # more shards than members: this one had nothing to do
+                print(f"shard {shard}: no member finished yet in {out}; nothing to draw", file=sys.stderr)
+                return 0
+        with results_lock(out):  # shards finishing together take turns drawing the same files
+            atomic_write_text(out / "table.md", table(records) + "\n")
+            compared = comparisons_markdown(records, pairs(records)) if pairs and records else None
+            if compared is not None:
+                atomic_write_text(out / "comparisons.md", compared + "\n")
+            paths = figures(out, records, figures_extra)
+    except (StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ShardError, ValueError) as e:
         fail(str(e))
     print(table(records))
     if compared is not None:

@@ -48,8 +48,10 @@ test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below 0.10),
 time limit (hours on that machine).
 
 Interrupted? Rerun the same command: finished models are skipped and the unfinished one
-resumes from its last epoch checkpoint. ``--quick`` (1 epoch, 1 seed, 600 images, its own
-folder) is the smoke test CI runs.
+resumes from its last epoch checkpoint. On a cluster: ``--shard I/N`` (or a SLURM job array, which
+picks the shard by itself) runs a fixed subset of the members into the same folder, ``--devices N``
+one member per local device; README, On a cluster, has the array script. ``--quick`` (1 epoch,
+1 seed, 600 images, its own folder) is the smoke test CI runs.
 """
 
 from __future__ import annotations

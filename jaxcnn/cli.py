@@ -15,6 +15,7 @@ from jaxcnn import models
 from jaxcnn.compile_options import CHOICES as COMPILE_CHOICES
 from jaxcnn.conv_impl import IMPLS
 from jaxcnn.core import LayerError
+from jaxcnn.distributed import add_arguments as add_distributed_arguments
 from jaxcnn.summary import OPTIMIZER_SLOTS, summary
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-format", choices=["npz", "safetensors"], default="npz",
                    help="array file of each checkpoint (safetensors: readable by other tools; resume reads either)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_distributed_arguments(t)
 
     b = sub.add_parser("bench", help="time train steps and inference against the device's measured peak")
     b.add_argument("models", nargs="*", default=["allconv6", "mobilenet_v1/0.25"],
@@ -165,15 +167,18 @@ def _options(model: str, pairs: list[str]) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, print per-seed and mean test accuracy, write result.json into --out."""
+    from jaxcnn import distributed
     from jaxcnn.checkpoint import CheckpointError
-    from jaxcnn.outdir import exclusive
     from jaxcnn.train import TrainingError
 
     try:
+        cluster = distributed.cluster_from_args(args)
+        if cluster is not None:  # before anything touches JAX: the runtime must start first
+            distributed.initialize(cluster)
         options = _options(args.model, args.option)
         models.get(args.model, **options)  # a bad name or option fails before the data is read
         # the folder is held (and checked writable) before any work, for the whole run, result.json included
-        with exclusive(args.out, files=("result.json", "metrics.jsonl")):
+        with distributed.exclusive(args.out, files=("result.json", "metrics.jsonl")):
             return _train(args, options)
     except (ValueError, OSError, CheckpointError, TrainingError) as err:  # DataError, LayerError, bad options
         raise UsageError(str(err)) from None
@@ -191,6 +196,7 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     import numpy as np
 
     from jaxcnn import data as jdata
+    from jaxcnn import distributed
     from jaxcnn.checkpoint import atomic_write_text
     from jaxcnn.train import TrainConfig, TrainData, fit
 
@@ -220,6 +226,8 @@ def _train(args: argparse.Namespace, options: dict) -> int:
             "test_fraction": args.test_fraction if "test" not in splits else None}
     result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta,
                  checkpoint_format=args.checkpoint_format)
+    if not distributed.is_primary():  # process 0 reports and writes result.json; the others are done
+        return 0
     accs = ", ".join(f"{100 * a:.2f}%" for a in result.test_accuracy)
     print(f"{args.model} on {args.data}: test accuracy {100 * result.mean_accuracy:.2f} +- "
           f"{100 * result.std_accuracy:.2f}% over {len(result.seeds)} seed(s) [{accs}]; "

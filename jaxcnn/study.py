@@ -1,20 +1,29 @@
 """Run a family study: train several models with one recipe, K seeds each, resumably.
 
-Results go to ``OUT/results.jsonl`` (one record per finished model, rewritten
-atomically) and ``OUT/results.csv``; each model trains in ``OUT/runs/<variant>/``
-with a checkpoint every epoch. Rerunning the same command skips finished models and
-resumes an unfinished one from its last checkpoint, so an interruption loses at most
-one epoch of one model.
+Each model trains in ``OUT/runs/<variant>/`` with a checkpoint every epoch and, once
+finished, writes its record there (``record.json``, atomically). ``OUT/results.jsonl`` (one
+record per finished model) and ``OUT/results.csv`` are derived from those records by
+:func:`merge_results`, under an ``flock`` on ``OUT/.results.lock``: so several processes
+(the shards of a cluster job array, :mod:`jaxcnn.shard`, or one thread per device) can run
+members of one study into one folder without clobbering each other, and the merged table is
+the same whichever process finished which member. Rerunning the same command skips finished
+models and resumes an unfinished one from its last checkpoint, so an interruption loses at
+most one epoch of one model.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
 import platform
 import sys
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,7 @@ import numpy as np
 from jaxcnn import checkpoint, models
 from jaxcnn.core import walk
 from jaxcnn.layers import Conv
+from jaxcnn.shard import Shard, select
 from jaxcnn.study_stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import TrainConfig, TrainData, fit
@@ -148,8 +158,9 @@ def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
     return None
 
 
-def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command: str = "") -> dict[str, Any]:
-    """Train one member (resuming if a checkpoint exists) and return its record."""
+def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command: str = "",
+               devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+    """Train one member (resuming if a checkpoint exists) on ``devices`` (default all) and return its record."""
     model = models.get(m.variant, num_classes=task.data.num_classes, **m.options)
     totals = summary(model, task.in_shape).totals
     run_dir = out / "runs" / _slug(m.variant)
@@ -157,7 +168,8 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         print(f"== {m.family} {m.variant} ({m.label}): {totals['learnable_params']:,} params, "
               f"{totals['macs']:,} MACs", file=sys.stderr)
     meta = {"model": m.variant, "options": m.options, "dataset": task.name}
-    res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta, keep_initial=True)
+    res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta, keep_initial=True,
+              devices=devices)
     # first-layer filters, trained and at initialisation (seed 0), for the filter figures
     k_trained = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.params), task.in_shape)
     k_init = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.initial_params), task.in_shape)
@@ -188,7 +200,7 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         "epochs": m.recipe.epochs,
         "pad_to": m.pad_to,
         "recipe": asdict(m.recipe),
-        "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{len(devices or jax.devices())}",
         "jax": jax.__version__,
         "python": platform.python_version(),
         "versions": checkpoint.versions(),
@@ -196,15 +208,146 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
     }
 
 
-def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
-              command: str = "") -> list[dict[str, Any]]:
-    """Train every member not already in ``out/results.jsonl``; return all records in member order."""
+RECORD_NAME = "record.json"  # OUT/runs/<variant>/record.json: one finished member
+LOCK_NAME = ".results.lock"
+_LOCKS: dict[Path, list[Any]] = {}  # folder -> [RLock, depth, fd]: re-entrant, and shared by this process's threads
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def results_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``OUT/.results.lock`` (blocking ``flock``): one writer of the merged results and figures at a time.
+
+    Across processes (shards of a job array, on one host or on a shared file system whose ``flock``
+    reaches every client, as NFSv4 and Lustre mounted with ``-o flock`` do) and across the threads of
+    one process; re-entrant within a thread. The kernel drops it when its holder dies.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = read_results(out / "results.jsonl")
+    key = out.resolve()
+    with _LOCKS_GUARD:
+        entry = _LOCKS.setdefault(key, [threading.RLock(), 0, None])
+    with entry[0]:
+        if entry[1] == 0:
+            fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            entry[2] = fd
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                os.close(entry[2])  # closing drops the flock
+                entry[2] = None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """One member's ``record.json``, or StudyError naming the file."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"{path}: not a readable study record ({type(e).__name__}: {str(e)[:80]}); "
+                         "delete it to retrain that member") from None
+    missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+    if missing:
+        raise StudyError(f"{path}: not a study record (missing {', '.join(missing)}); delete it to retrain that member")
+    return rec
+
+
+def _merged(out: Path, members: Sequence[Member]) -> tuple[list[dict[str, Any]], bool]:
+    """(every finished record in merge order, whether results.jsonl/csv need rewriting to hold them)."""
+    old = read_results(out / "results.jsonl")
+    merged = {r["variant"]: r for r in old}
+    for path in sorted((out / "runs").glob(f"*/{RECORD_NAME}")):
+        rec = read_record(path)
+        merged[rec["variant"]] = rec
+    order = {m.variant: i for i, m in enumerate(members)}
+    before = {r["variant"]: i for i, r in enumerate(old)}
+    records = sorted(merged.values(), key=lambda r: (0, order[r["variant"]], "") if r["variant"] in order
+                     else (1, before.get(r["variant"], len(before)), r["variant"]))
+    return records, records != old
+
+
+def merge_results(out: str | Path, members: Sequence[Member] = ()) -> list[dict[str, Any]]:
+    """Every finished record in ``out`` (results.jsonl and runs/*/record.json), rewritten into results.jsonl/csv.
+
+    A member's own ``record.json`` wins over its line in results.jsonl (folders written before
+    record files existed keep their lines). Order: ``members``' order, then any other records in
+    their previous order. Every file involved is replaced atomically, so reading needs no lock; a
+    rewrite happens under :func:`results_lock`, re-reading first, and only if something changed (a
+    folder with nothing new is left exactly as it is).
+    """
+    out = Path(out)
+    records, changed = _merged(out, members)
+    if changed:
+        with results_lock(out):
+            records, changed = _merged(out, members)  # another process may have merged in the meantime
+            if changed:
+                write_results(out, records)
+    return records
+
+
+def _train_and_record(m: Member, task: Task, out: Path, members: Sequence[Member], *, quiet: bool, command: str,
+                      device: jax.Device | None = None) -> None:
+    """Train one member, write its record.json, and merge it into the study's results at once."""
+    t0 = time.perf_counter()
+    rec = run_member(m, task, out, quiet=quiet, command=command, devices=[device] if device is not None else None)
+    rec["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    checkpoint.atomic_write_text(out / "runs" / _slug(m.variant) / RECORD_NAME, json.dumps(rec))
+    merge_results(out, members)
+
+
+def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Member], n: int, *, quiet: bool,
+                command: str) -> None:
+    """Train ``todo`` one member per local device at a time: device k takes members k, k+n, ... (fixed, in order)."""
+    local = jax.local_devices()
+    if n > len(local):
+        raise StudyError(f"--devices {n}: this process has only {len(local)} {local[0].platform} device(s); "
+                         f"use --devices {len(local)} or fewer")
+    errors: list[BaseException] = []
+
+    def work(device: jax.Device, group: list[tuple[Member, Task]]) -> None:
+        try:
+            with jax.default_device(device):  # thread-local: this thread's arrays and programs live on its device
+                for m, t in group:
+                    _train_and_record(m, t, out, members, quiet=quiet, command=command, device=device)
+        except BaseException as e:  # reported after the other devices finish their members
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(local[k], todo[k::n]), name=f"jaxcnn-device-{k}")
+               for k in range(n) if todo[k::n]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
+              command: str = "", shard: Shard | None = None, devices: int | None = None) -> list[dict[str, Any]]:
+    """Train every member (of ``shard``, if given) not finished in ``out``; return all finished records, member order.
+
+    ``shard`` (:mod:`jaxcnn.shard`) selects this process's members of the full list;
+    ``devices=n`` trains n members at once, one per local device, instead of sharding each
+    member's batch over all of them (the default).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = merge_results(out, members)
     done = {r["variant"]: r for r in records}
+    mine = select(members, shard)
+    if shard is not None and not quiet:
+        print(f"== shard {shard} ({shard.source}): {len(mine)} of {len(members)} members: "
+              + (", ".join(m.variant for m in mine) or "none"), file=sys.stderr)
     tasks: dict[int | None, Task] = {}
-    for m in members:
+    todo: list[tuple[Member, Task]] = []
+    for m in mine:
         if m.pad_to not in tasks:
             tasks[m.pad_to] = task.padded(m.pad_to)
         if m.variant in done:
@@ -212,13 +355,14 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
             if not quiet:
                 print(f"== {m.variant}: already in {out / 'results.jsonl'}, skipped", file=sys.stderr)
             continue
-        t0 = time.perf_counter()
-        rec = run_member(m, tasks[m.pad_to], out, quiet=quiet, command=command)
-        rec["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        records.append(rec)
-        write_results(out, records)
+        todo.append((m, tasks[m.pad_to]))
+    if devices:
+        _on_devices(todo, out, members, devices, quiet=quiet, command=command)
+    else:
+        for m, t in todo:
+            _train_and_record(m, t, out, members, quiet=quiet, command=command)
     order = {m.variant: i for i, m in enumerate(members)}
-    return sorted((r for r in records if r["variant"] in order), key=lambda r: order[r["variant"]])
+    return [r for r in merge_results(out, members) if r["variant"] in order]
 
 
 def load_first_layers(out: Path, records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:

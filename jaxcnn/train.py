@@ -15,7 +15,10 @@
   Seed ``s`` of a K-seed run equals a 1-seed run with ``seed=s``.
 * Data parallel over all local devices with ``jax.sharding``: batches are sharded on
   a 1-D mesh, parameters replicated; XLA inserts the gradient all-reduce. The same
-  code runs on one device.
+  code runs on one device, and over several processes (``fit(..., distributed=True)``,
+  :mod:`jaxcnn.distributed`): the mesh then spans every process's devices, each process
+  computes (and in ``mode="step"`` gathers on its host) only its devices' part of the global
+  batch, and only process 0 writes checkpoints and metrics.
 * Keys: seed s -> ``key(s)``; init uses ``fold_in(key, 0)``; epoch e uses
   ``fold_in(fold_in(key, 1), e)``; so a resumed run replays the same randomness.
 """
@@ -27,7 +30,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,7 +42,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn import checkpoint, compile_options, outdir, step
+from jaxcnn import checkpoint, compile_options, step
+from jaxcnn import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
 from jaxcnn.core import Layer
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -236,10 +240,12 @@ class Trainer:
     """Compiled train/eval functions for one model, config and data shape (K seeds).
 
     ``optimizer``, ``loss`` and ``metrics`` are as in :func:`fit`; by default the config's named
-    optimizer (:func:`make_optimizer`) and cross-entropy with its label smoothing.
+    optimizer (:func:`make_optimizer`) and cross-entropy with its label smoothing. ``devices`` (default:
+    every device of every process) are the mesh the batch is sharded over.
     """
 
-    def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData, *, optimizer: step.OptimizerLike | None = None,
+    def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData,
+                 devices: Sequence[jax.Device] | None = None, *, optimizer: step.OptimizerLike | None = None,
                  loss: step.LossFn | None = None, metrics: dict[str, step.LossFn] | None = None):
         self.model, self.cfg, self.data = model, cfg.check(), data
         n = data.x_train.shape[0]
@@ -258,13 +264,22 @@ class Trainer:
                              "(logits, labels, batch) -> scalar")
         self.epoch_metrics: dict[str, np.ndarray] = {}  # the last epoch's extra metrics, (K, steps) each
         self.checkpoint_format = "npz"  # what fit writes: "npz" or "safetensors"
-        self.devices = jax.devices()
+        self.devices = list(devices) if devices else jax.devices()
+        self.multiprocess = any(d.process_index != jax.process_index() for d in self.devices)
+        if self.multiprocess and cfg.batch % len(self.devices):
+            raise ValueError(f"TrainConfig: batch={cfg.batch} must be a multiple of the {len(self.devices)} devices "
+                             f"of the {jax.process_count()} processes, so that each gets an equal part of it; "
+                             f"use --batch {cfg.batch // len(self.devices) * len(self.devices) or len(self.devices)}")
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.shard_batch = len(self.devices) > 1 and cfg.batch % len(self.devices) == 0
+        # seed axis first, then the batch: what a host batch of mode="step" is split along
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(None, "data")) if self.shard_batch \
+            else self.replicated
         scale = 255.0 if data.x_train.dtype == np.uint8 else 1.0
-        self.mean = jnp.asarray(np.asarray(data.mean, np.float32) * scale)
-        self.std = jnp.asarray(np.asarray(data.std, np.float32) * scale)
+        # numpy, not device arrays: constants baked into every program, on whichever devices it runs
+        self.mean = np.asarray(data.mean, np.float32) * np.float32(scale)
+        self.std = np.asarray(data.std, np.float32) * np.float32(scale)
         self.in_shape = tuple(data.x_train.shape[1:])
         model.spec(self.in_shape)  # shape errors before anything is compiled
         if cfg.crop_pad and cfg.crop_pad >= min(self.in_shape[:2]):
@@ -273,6 +288,8 @@ class Trainer:
                              f"{min(self.in_shape[:2]) - 1}")
         self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
         self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
+        if self.multiprocess:  # every input of a multi-process program is a global array
+            self.keys = _distributed.put(self.keys, self.replicated)
         on_cpu = self.devices[0].platform == "cpu"
         self.seed_batching = cfg.seed_batching if cfg.seed_batching != "auto" else ("unroll" if on_cpu else "vmap")
         # K unrolled seeds already give each call K steps of work; longer chunks then only add compile
@@ -284,7 +301,7 @@ class Trainer:
         else:
             auto = _divisor_chunk(self.steps)
         self.chunk = min(cfg.chunk or auto, self.steps)
-        self._perm_fn = jax.jit(jax.vmap(self._permutation))
+        self._perm_fn = jax.jit(jax.vmap(self._permutation), out_shardings=self.replicated)
         self.choice: compile_options.Choice | None = None
         self._use_options({})
 
@@ -292,13 +309,22 @@ class Trainer:
         """(Re)build the jitted step, chunk and eval functions with these XLA compile options."""
         self.compiler_options = dict(options)
         self._chunk_fns: dict[int, Any] = {}
+        # several processes read the outputs back (losses, parameters to save): they must be replicated
+        self._out = {"out_shardings": self.replicated} if self.multiprocess else {}
         self._step_fn = jax.jit(
-            self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,), compiler_options=options
+            self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,), compiler_options=options, **self._out
         )
-        self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options)
+        self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options,
+                                **self._out)
 
     def choose_options(self, carry) -> compile_options.Choice:
         """Resolve ``cfg.compile_options`` (tuning on one seed's step when "auto") and rebuild the programs."""
+        if self.multiprocess and self.cfg.compile_options == "auto":
+            # each process would time the candidates on its own and could pick differently; every process
+            # must compile the same program, so "auto" means XLA's default here
+            self.choice = compile_options.Choice("xla", {})
+            self._use_options(self.choice.options)
+            return self.choice
         params, state, _ = jax.tree_util.tree_map(lambda v: v[0], carry)
         b = self.cfg.batch
         x = (jnp.asarray(self.data.x_train[:b]).astype(jnp.float32) - self.mean) / self.std
@@ -346,8 +372,12 @@ class Trainer:
             carry = jax.jit(jax.vmap(one))(self.keys)
         else:  # one compiled init called per seed: compiles faster (MobileNet: 5.8 s vs 8.9 s) and is exact
             f = jax.jit(one)
-            carry = _stack_seeds([f(k) for k in self.keys])
-        return jax.device_put(carry, self.replicated)
+            carry = _stack_seeds([f(self.keys[i]) for i in range(len(self.seeds))])
+        return self.put(carry)
+
+    def put(self, tree: Any) -> Any:
+        """``tree`` (host arrays or arrays equal on every process) replicated on every device of the mesh."""
+        return _distributed.put(tree, self.replicated) if self.multiprocess else jax.device_put(tree, self.replicated)
 
     def _step(self, carry, xb, yb, key):
         if self.shard_batch:
@@ -380,7 +410,7 @@ class Trainer:
         if length not in self._chunk_fns:
             self._chunk_fns[length] = jax.jit(
                 self._seedwise(self._chunk, (0, None, None, 0, 0)), donate_argnums=(0,),
-                compiler_options=self.compiler_options,
+                compiler_options=self.compiler_options, **self._out,
             )
         return self._chunk_fns[length]
 
@@ -431,6 +461,9 @@ class Trainer:
         losses, correct = [], []
 
         def put(i):
+            if self.multiprocess:  # each process gathers only the rows of its own devices
+                return (_distributed.put_rows(x_host, perms[:, i], self.batch_sharding),
+                        _distributed.put_rows(y_host, perms[:, i], self.batch_sharding))
             return jax.device_put(x_host[perms[:, i]]), jax.device_put(y_host[perms[:, i]])
 
         nxt = put(0)
@@ -456,6 +489,8 @@ class Trainer:
         yp = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, eb)
         mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)]).reshape(nb, eb)
         params, state, _ = carry
+        if self.multiprocess:
+            xp, yp, mask = self.put((xp, yp, mask))
         loss, top1, top5 = (np.asarray(v) for v in self._eval_fn(params, state, xp, yp, mask))
         return {"loss": loss / len(x), "accuracy": top1 / len(x), "top5": top5 / len(x)}
 
@@ -566,6 +601,8 @@ def fit(
     loss: step.LossFn | None = None,
     metrics: dict[str, step.LossFn] | None = None,
     checkpoint_format: str = "npz",
+    distributed: bool | _distributed.Cluster = False,
+    devices: Sequence[jax.Device] | None = None,
 ) -> FitResult:
     """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
 
@@ -581,10 +618,18 @@ def fit(
     same run (:func:`run_identity`), and checkpoints skipped as corrupt are reported. ``out_dir`` is held
     exclusively (:func:`jaxcnn.outdir.exclusive`) for the whole call. ``keep_initial``
     returns the parameters at initialisation too (``FitResult.initial_params``).
+
+    ``distributed=True`` (or a :class:`jaxcnn.distributed.Cluster`) first joins a multi-process run
+    (:func:`jaxcnn.distributed.initialize`; call it before any JAX computation): every process calls
+    ``fit`` with the same arguments and data, ``cfg.batch`` is the global batch, split over all
+    processes' devices, and only process 0 writes to ``out_dir`` (which every process must see).
+    ``devices`` restricts the run to these local devices (default: all of them, of every process).
     """
     if checkpoint_format not in checkpoint.FORMATS:
         raise ValueError(f"checkpoint_format must be one of {', '.join(checkpoint.FORMATS)}, got {checkpoint_format!r}")
-    trainer = Trainer(model, cfg, data, optimizer=optimizer, loss=loss, metrics=metrics)
+    if distributed:
+        _distributed.initialize(distributed if isinstance(distributed, _distributed.Cluster) else None)
+    trainer = Trainer(model, cfg, data, devices, optimizer=optimizer, loss=loss, metrics=metrics)
     trainer.checkpoint_format = checkpoint_format
     custom = {f"custom.{k}": _describe(v) for k, v in (("optimizer", optimizer), ("loss", loss)) if v is not None}
     if metrics:
@@ -592,7 +637,7 @@ def fit(
     meta = {**(meta or {}), **custom} if custom else meta  # a resumed run must bring the same custom parts
     if out_dir is None:
         return _fit(trainer, model, data, cfg, None, resume, quiet, meta, on_epoch, keep_initial)
-    with outdir.exclusive(out_dir, files=("metrics.jsonl",)) as lock:
+    with _distributed.exclusive(out_dir, files=("metrics.jsonl",)) as lock:
         if lock.previous and not quiet:
             print(f"note: the last run in {out_dir} ({lock.previous}) did not finish cleanly"
                   + (f"; removed its unfinished writes {', '.join(lock.cleaned)}" if lock.cleaned else ""),
@@ -605,6 +650,8 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
          keep_initial: bool) -> FitResult:
     """The body of :func:`fit`, with ``out`` (if any) already held."""
     identity = run_identity(model, data, cfg, meta)
+    primary = _distributed.is_primary()
+    quiet = quiet or not primary  # one progress report, not one per process
     if out is not None and not resume and any(out.glob("ckpt-*.json")):
         raise checkpoint.CheckpointError(
             f"{out} already holds checkpoints of another run; pass --resume (resume=True) to continue it "
@@ -620,17 +667,20 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
         raise checkpoint.CheckpointError(
             f"--resume: none of the {len(skipped)} checkpoint(s) in {out} is valid (newest: {skipped[0][1]}); "
             "restore a copy, or delete the ckpt-* files to start over")
+    # every process must restore the same checkpoint: process 0 wrote it, all read it from the shared folder
+    _distributed.agree(-1 if ck is None else int(ck.stem.split("-")[1]), f"the checkpoint to resume from in {out}")
     if ck is not None:
         ck_meta = checkpoint.read_meta(ck)
         legacy = ck_meta.get("config") if isinstance(ck_meta.get("config"), dict) else {}
         _check_same_run(ck, ck_meta.get("identity"), identity, legacy)
         start, history = _resume_point(ck, ck_meta, cfg)
         tree, _ = checkpoint.load(ck, {"params": carry[0], "state": carry[1], "opt_state": carry[2]})
-        carry = jax.device_put((tree["params"], tree["state"], tree["opt_state"]), trainer.replicated)
+        carry = trainer.put((tree["params"], tree["state"], tree["opt_state"]))
         if not quiet or skipped:
             print(f"resumed from {ck} after epoch {start} of {cfg.epochs}", file=sys.stderr)
-    x_dev = jax.device_put(data.x_train, trainer.replicated) if cfg.mode == "epoch" else None
-    y_dev = jax.device_put(data.y_train, trainer.replicated) if cfg.mode == "epoch" else None
+    # epoch mode keeps the whole training set on every device; each device computes only its part of a batch
+    x_dev = trainer.put(data.x_train) if cfg.mode == "epoch" else None
+    y_dev = trainer.put(data.y_train) if cfg.mode == "epoch" else None
     compile_s = 0.0
     if start < cfg.epochs:
         t0 = time.perf_counter()
@@ -682,7 +732,7 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
             "images_per_second": cfg.seeds * trainer.steps * cfg.batch / seconds,
         }
         history.append(rec)
-        if out is not None:
+        if out is not None and primary:
             tree = {"params": carry[0], "state": carry[1], "opt_state": carry[2]}
             checkpoint.save(out, f"ckpt-{epoch + 1:06d}", tree,
                             {**base, "epoch": epoch, "step": rec["step"], "history": history},
@@ -690,6 +740,8 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
             checkpoint.prune(out, keep=2)
             lines = "".join(json.dumps(h) + "\n" for h in history)
             checkpoint.atomic_write_text(out / "metrics.jsonl", lines)
+        if out is not None:  # no process runs ahead of a checkpoint that is not complete yet
+            _distributed.barrier(f"jaxcnn-checkpoint-{epoch + 1}")
         if on_epoch is not None:
             on_epoch(rec)
         if not quiet:
