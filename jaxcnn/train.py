@@ -171,18 +171,12 @@ class FitResult:
 # -- pieces ----------------------------------------------------------------------------
 
 
-def _decay_by_name(params: Any) -> Any:
-    # without the model its layers' traits are unknown: the built-in layers' kernels are all named "w"
-    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "w", params)
-
-
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer | None = None) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer) -> optax.GradientTransformation:
     """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up).
 
-    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.step.decay_mask`);
-    without ``model``, to leaves named ``w``.
+    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.step.decay_mask`).
     """
-    _decay_mask = step.decay_mask(model) if model is not None else _decay_by_name
+    _decay_mask = step.decay_mask(model)
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
