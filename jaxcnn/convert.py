@@ -73,7 +73,7 @@ def _convert(layer: Layer, params: Params, shape: Shape, ctx: _Ctx, path: str) -
         ctx.flat_from = (1, 1, layer.features)
         conv = Conv(
             layer.features, (h, w), 1, "VALID", use_bias=layer.use_bias, kernel_init=layer.kernel_init,
-            fixed=layer.fixed, compute_dtype=layer.compute_dtype,
+            keep_width=layer.keep_width, compute_dtype=layer.compute_dtype,
         )
         new = {"w": params["w"].reshape(h, w, c, layer.features)}
         if layer.use_bias:

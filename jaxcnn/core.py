@@ -152,6 +152,27 @@ class Layer:
     # a Flatten -> Dense head into convolutions (jaxcnn.convert.fc_to_conv keeps it as it is).
     pointwise: ClassVar[bool] = False
 
+    # -- traits that whole-model transforms read (so a new layer needs no edit elsewhere) ------
+    def width_fields(self) -> dict[str, int]:
+        """Hyperparameters holding free channel counts, each with the group count it must stay a multiple of.
+
+        ``jaxcnn.width.scale_width`` multiplies exactly these; layers whose channels follow their input
+        (depthwise, BatchNorm, pooling) declare none.
+        """
+        return {}
+
+    def channel_groups(self, in_shape: Shape) -> int | None:
+        """Channel groups of a convolution at input ``in_shape`` (1 = dense); None for other layers."""
+        return None
+
+    def conv_lowering(self) -> str | None:
+        """``"dense"`` or ``"grouped"`` when the layer's ``impl`` hyperparameter picks a convolution lowering.
+
+        ``jaxcnn.transforms.with_conv_impl`` sets ``impl`` on these (only the grouped ones with
+        ``depthwise_only``); None for layers without that choice.
+        """
+        return None
+
     # -- analytic side -------------------------------------------------------------
     def spec(self, in_shape: Shape) -> Spec:
         """Output shape, MACs and receptive field for one example of ``in_shape``."""

@@ -157,7 +157,7 @@ def _convolve(layer: Any, params: dict, x: jax.Array, pads: tuple[Pair, Pair], g
 class Conv(Layer):
     """2-D convolution, HWIO kernel ``(kh, kw, C/groups, features)``.
 
-    ``fixed=True`` marks a channel count the width transform must not scale
+    ``keep_width=True`` marks a channel count the width transform must not scale
     (a classifier head written as a convolution).
     """
 
@@ -169,7 +169,7 @@ class Conv(Layer):
     groups: int = 1
     use_bias: bool = True
     kernel_init: str = "he_normal"
-    fixed: bool = False
+    keep_width: bool = False
     compute_dtype: str | None = None
     impl: str = "auto"
 
@@ -229,6 +229,18 @@ class Conv(Layer):
     def has_arrays(self) -> bool:
         """Convolutions own a kernel."""
         return True
+
+    def width_fields(self) -> dict[str, int]:
+        """``features`` (a multiple of ``groups``) unless ``keep_width``."""
+        return {} if self.keep_width else {"features": self.groups}
+
+    def channel_groups(self, in_shape: Shape) -> int | None:
+        """``groups``."""
+        return self.groups
+
+    def conv_lowering(self) -> str | None:
+        """Grouped when ``groups > 1``."""
+        return "grouped" if self.groups > 1 else "dense"
 
     def forward(
         self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
@@ -294,6 +306,14 @@ class DepthwiseConv(Layer):
         """Depthwise convolutions own a kernel."""
         return True
 
+    def channel_groups(self, in_shape: Shape) -> int | None:
+        """One group per input channel."""
+        return in_shape[-1]
+
+    def conv_lowering(self) -> str | None:
+        """Always grouped."""
+        return "grouped"
+
     def forward(
         self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
     ) -> tuple[jax.Array, State]:
@@ -310,7 +330,7 @@ class Dense(Layer):
     features: int
     use_bias: bool = True
     kernel_init: str = "lecun_normal"
-    fixed: bool = False
+    keep_width: bool = False
     compute_dtype: str | None = None
 
     kind: ClassVar[str] = "dense"
@@ -351,6 +371,10 @@ class Dense(Layer):
     def has_arrays(self) -> bool:
         """Dense layers own a weight matrix."""
         return True
+
+    def width_fields(self) -> dict[str, int]:
+        """``features`` unless ``keep_width``."""
+        return {} if self.keep_width else {"features": 1}
 
     def forward(
         self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None

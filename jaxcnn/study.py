@@ -33,7 +33,6 @@ import numpy as np
 
 from jaxcnn import checkpoint, models
 from jaxcnn.core import walk
-from jaxcnn.layers import Conv
 from jaxcnn.shard import Shard, select
 from jaxcnn.study_stats import convergence
 from jaxcnn.summary import summary
@@ -150,11 +149,13 @@ REQUIRED = ("family", "variant", "label", "learnable_params", "macs", "input_sha
 def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
     """The first convolution's kernel (HWIO) in ``params``, or None if the model has none."""
     for node in walk(model, in_shape, leaves_only=True):
-        if isinstance(node.layer, Conv):
+        shapes = node.layer.param_shapes(node.in_shape)
+        kernels = [name for name in node.layer.decayed if len(shapes.get(name, ())) == 4]
+        if node.layer.channel_groups(node.in_shape) is not None and kernels:
             tree = params
             for k in node.key_path:
                 tree = tree[k]
-            return np.asarray(tree["w"])
+            return np.asarray(tree[kernels[0]])
     return None
 
 

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.core import Layer, Node, Shape, check_shape, layer_label, walk
-from jaxcnn.layers import Conv, DepthwiseConv
 from jaxcnn.transforms import with_conv_impl
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
@@ -108,14 +107,6 @@ def _leaf_sizes(node: Node) -> tuple[int, int]:
     return learn, state
 
 
-def _groups(node: Node) -> int | None:
-    if isinstance(node.layer, Conv):
-        return node.layer.groups
-    if isinstance(node.layer, DepthwiseConv):
-        return node.in_shape[-1]
-    return None
-
-
 def _peak(layer: Layer, in_shape: Shape) -> int:
     """Largest number of simultaneously live activation elements (one example)."""
     kids = layer.children()
@@ -177,7 +168,7 @@ def summary(
                 out_shape=node.spec.out_shape,
                 learnable_params=learn,
                 state_params=state,
-                groups=_groups(node),
+                groups=node.layer.channel_groups(node.in_shape),
                 macs=node.spec.macs,
                 other_ops=node.spec.other_ops,
                 activations=kept if leaf else n_out,

@@ -1,7 +1,7 @@
 """Width multiplier as a transformation of any model.
 
 Every *free* channel count (``Conv.features``, ``Dense.features``) is multiplied by
-``m``; layers marked ``fixed=True`` (classifier heads) keep theirs; depthwise
+``m``; layers marked ``keep_width=True`` (classifier heads) keep theirs; depthwise
 convolutions, BatchNorm, pooling and activations follow their input, so they need
 no rule of their own.
 
@@ -23,7 +23,6 @@ import dataclasses
 import math
 
 from jaxcnn.core import Layer, map_layers
-from jaxcnn.layers import Conv, Dense
 
 
 def round_channels(c: int, m: float, *, divisor: int | None = None, groups: int = 1) -> int:
@@ -65,15 +64,19 @@ def scale_width(model: Layer, m: float, *, divisor: int | None = None) -> Layer:
     if m == 1.0:
         return model
 
-    group_counts = {n.groups for n in _all_layers(model) if isinstance(n, Conv) and n.groups > 1}
+    group_counts = {g for layer in _all_layers(model) for g in layer.width_fields().values() if g > 1}
 
     def step(c: int) -> int:
         return max((g for g in group_counts if c % g == 0), default=1)
 
     def scale(layer: Layer) -> Layer:
-        if isinstance(layer, (Conv, Dense)) and not layer.fixed:
-            g = step(layer.features)
-            return dataclasses.replace(layer, features=round_channels(layer.features, m, divisor=divisor, groups=g))
-        return layer
+        fields = layer.width_fields()
+        if not fields:
+            return layer
+        new = {}
+        for name in fields:
+            c = getattr(layer, name)
+            new[name] = round_channels(c, m, divisor=divisor, groups=step(c))
+        return dataclasses.replace(layer, **new)
 
     return map_layers(scale, model)

@@ -419,7 +419,7 @@ def test_map_layers_is_bottom_up_and_identity_rebuilds_equal():
 def test_scale_width_scales_free_features_only():
     model = Sequential([
         Conv(16, 3), BatchNorm(), ReLU(), DepthwiseConv(3), BatchNorm(), Conv(32, 1),
-        GlobalAvgPool(), Dense(64), Dense(10, fixed=True),
+        GlobalAvgPool(), Dense(64), Dense(10, keep_width=True),
     ])
     scaled = scale_width(model, 0.5)
     assert [getattr(m, "features", None) for m in scaled.layers] == [8, None, None, None, None, 16, None, 32, 10]
@@ -432,13 +432,13 @@ def test_scale_width_scales_free_features_only():
     y = jax.eval_shape(lambda p, s, x: scaled.apply(p, s, x)[0], params, state, jnp.zeros((2, 8, 8, 3)))
     assert y.shape == (2, 10)
 
-    conv_head = Sequential([Conv(12, 3), Conv(10, 1, fixed=True), GlobalAvgPool()])
+    conv_head = Sequential([Conv(12, 3), Conv(10, 1, keep_width=True), GlobalAvgPool()])
     assert [m.features for m in scale_width(conv_head, 2.0).layers[:2]] == [24, 10]
     assert scale_width(model, 1.0) == model
 
 
 def test_scale_width_grouped_conv_keeps_cardinality():
-    model = Sequential([Conv(32, 3, groups=4), ReLU(), Conv(8, 1, fixed=True)])
+    model = Sequential([Conv(32, 3, groups=4), ReLU(), Conv(8, 1, keep_width=True)])
     for m in (0.3, 0.5, 0.7, 1.6):
         conv = scale_width(model, m).layers[0]
         assert conv.groups == 4 and conv.features % 4 == 0

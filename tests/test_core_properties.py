@@ -236,3 +236,84 @@ def test_a_custom_layer_is_accounted_converted_and_decayed_by_its_traits():
     y, _ = model.apply(params, state, x)
     yc, _ = conv_model.apply(conv_params, state, x)
     np.testing.assert_allclose(np.asarray(yc).reshape(2, 2), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_conv_like_layer_is_width_scaled_accounted_decayed_and_lowered_by_its_traits():
+    # A user's 'valid' convolution written from scratch (not a Conv subclass): declaring width_fields,
+    # channel_groups, conv_lowering, decayed and an impl/compute_dtype hyperparameter is all it takes.
+    from dataclasses import dataclass, replace
+    from typing import ClassVar
+
+    import numpy as np
+
+    import jaxcnn as jc
+    from jaxcnn.conv_impl import conv2d, lowerings_used
+    from jaxcnn.core import Layer, Spec
+    from jaxcnn.step import decay_mask
+    from jaxcnn.summary import summary
+
+    @dataclass(frozen=True)
+    class ValidConv(Layer):
+        features: int
+        k: int = 3
+        keep_width: bool = False
+        impl: str = "auto"
+        compute_dtype: str | None = None
+        kind: ClassVar[str] = "validconv"
+        decayed: ClassVar[tuple[str, ...]] = ("kernel",)
+
+        def spec(self, in_shape):
+            h, w, _ = in_shape
+            out = (h - self.k + 1, w - self.k + 1, self.features)
+            return Spec(out, macs=math.prod(out) * self.k * self.k * in_shape[2], window=(self.k, self.k))
+
+        def param_shapes(self, in_shape):
+            return {"kernel": (self.k, self.k, in_shape[2], self.features), "shift": (self.features,)}
+
+        def init_param(self, name, key, shape, in_shape):
+            return jax.random.normal(key, shape) if name == "kernel" else jnp.zeros(shape)
+
+        def has_arrays(self):
+            return True
+
+        def width_fields(self):
+            return {} if self.keep_width else {"features": 1}
+
+        def channel_groups(self, in_shape):
+            return 1
+
+        def conv_lowering(self):
+            return "dense"
+
+        def forward(self, params, state, x, *, train, key):
+            y = conv2d(x, params["kernel"].astype(self.compute_dtype or x.dtype), (1, 1), ((0, 0), (0, 0)),
+                       (1, 1), 1, self.impl)
+            return y + params["shift"].astype(y.dtype), state
+
+    model = jc.Sequential({"a": ValidConv(8), "relu": jc.ReLU(), "b": ValidConv(6, keep_width=True),
+                           "pool": jc.GlobalAvgPool(), "fc": jc.Dense(3, keep_width=True)})
+    in_shape = (9, 9, 2)
+
+    half = jc.scale_width(model, 0.5)                            # width: features 8 -> 4, the kept one stays 6
+    assert half.layers[0] == replace(model.layers[0], features=4) and half.layers[2] == model.layers[2]
+
+    rows = {r.path: r for r in summary(half, in_shape).rows}      # accounting, against the closed forms
+    assert rows["layers[0]"].learnable_params == 3 * 3 * 2 * 4 + 4 and rows["layers[0]"].macs == 7 * 7 * 4 * 9 * 2
+    assert rows["layers[2]"].learnable_params == 3 * 3 * 4 * 6 + 6 and rows["layers[2]"].groups == 1
+    assert rows["layers[2]"].out_shape == (5, 5, 6) and rows["layers[2]"].rf == (5, 5)
+
+    params, state = half.init(jax.random.key(0), in_shape)     # decay: the declared kernel only
+    mask = decay_mask(half)(params)
+    assert mask["a"] == {"kernel": True, "shift": False} and mask["fc"] == {"w": True, "b": False}
+
+    x = jax.random.normal(jax.random.key(1), (2, *in_shape))
+    ref, _ = jc.with_conv_impl(half, "xla").apply(params, state, x)
+    for impl in ("shift", "im2col"):                             # lowering: with_conv_impl reaches it
+        lowered = jc.with_conv_impl(half, impl)
+        assert lowered.layers[0].impl == impl and lowered.layers[2].impl == impl
+        with lowerings_used() as ran:
+            y, _ = lowered.apply(params, state, x)
+        assert ran == {impl}
+        np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-4, atol=1e-4)
+    assert jc.with_conv_impl(half, "shift", depthwise_only=True).layers[0].impl == "auto"  # dense: untouched
+    assert jc.mixed_precision(half).layers[0].compute_dtype == "bfloat16"

@@ -206,7 +206,7 @@ def _tiny_mobilenet(impl):
         jc.DepthwiseConv(3, 2, impl=impl), jc.BatchNorm(), jc.ReLU(),
         jc.Conv(12, 1, 1, "VALID", use_bias=False, impl=impl), jc.BatchNorm(), jc.ReLU(),
         jc.DepthwiseConv(3, 1, impl=impl), jc.ReLU(),
-        jc.GlobalAvgPool(), jc.Dense(4, fixed=True),
+        jc.GlobalAvgPool(), jc.Dense(4, keep_width=True),
     ])
 
 

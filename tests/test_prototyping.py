@@ -21,7 +21,7 @@ from jaxcnn.train import TrainConfig, Trainer, fit, make_optimizer
 def small_model() -> jc.Layer:
     # no conv bias: before BatchNorm its gradient is zero but for rounding, which LAMB would scale up
     return jc.Sequential([jc.Conv(8, 3, 2, 1, use_bias=False), jc.BatchNorm(), jc.ReLU(), jc.GlobalAvgPool(),
-                          jc.Dense(4, fixed=True)])
+                          jc.Dense(4, keep_width=True)])
 
 
 # the mask written out by hand: kernels decay, BatchNorm and biases do not

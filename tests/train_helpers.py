@@ -9,7 +9,7 @@ from jaxcnn.train import TrainData
 def tiny_model(classes: int = 4) -> jc.Layer:
     return jc.Sequential([
         jc.Conv(8, 3, 2, 1), jc.BatchNorm(), jc.ReLU(), jc.Dropout(0.1), jc.GlobalAvgPool(),
-        jc.Dense(classes, fixed=True),
+        jc.Dense(classes, keep_width=True),
     ])
 
 

@@ -72,7 +72,7 @@ def allconv(
     else:
         layers["pool"] = AvgPool(7, 1)
         layers["flatten"] = Flatten()
-    layers["fc"] = Dense(num_classes, fixed=True, kernel_init="glorot_uniform")
+    layers["fc"] = Dense(num_classes, keep_width=True, kernel_init="glorot_uniform")
     return scale_width(Sequential(layers), width)
 
 

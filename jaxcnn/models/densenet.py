@@ -51,7 +51,7 @@ def densenet(
     layers["bn"] = BatchNorm()
     layers["relu"] = ReLU()
     layers["pool"] = GlobalAvgPool()
-    layers["fc"] = Dense(num_classes, fixed=True)
+    layers["fc"] = Dense(num_classes, keep_width=True)
     return scale_width(Sequential(layers), width)
 
 

@@ -34,7 +34,7 @@ def spec_a(
     layers["flatten" if head == "flatten" else "gap"] = Flatten() if head == "flatten" else GlobalAvgPool()
     layers["fc1"] = Dense(hidden, use_bias=bias)
     layers["relu_fc1"] = ReLU()
-    layers["fc2"] = Dense(num_classes, use_bias=bias, fixed=True)
+    layers["fc2"] = Dense(num_classes, use_bias=bias, keep_width=True)
     return scale_width(Sequential(layers), width)
 
 
@@ -53,5 +53,5 @@ def mnist_net(*, num_classes: int = 10, width: float = 1.0) -> Layer:
     return scale_width(Sequential({
         "conv1": Conv(32, 5, 1, "VALID"), "relu1": ReLU(), "pool1": MaxPool(2),
         "conv2": Conv(32, 3, 1, "VALID"), "relu2": ReLU(), "pool2": MaxPool(2),
-        "flatten": Flatten(), "fc1": Dense(256), "relu3": ReLU(), "fc2": Dense(num_classes, fixed=True),
+        "flatten": Flatten(), "fc1": Dense(256), "relu3": ReLU(), "fc2": Dense(num_classes, keep_width=True),
     }), width)

@@ -57,7 +57,7 @@ def googlenet(*, num_classes: int = 1000, width: float = 1.0, dropout: float = 0
     layers["pool"] = GlobalAvgPool()
     if dropout:
         layers["dropout"] = Dropout(dropout)
-    layers["fc"] = Dense(num_classes, fixed=True)
+    layers["fc"] = Dense(num_classes, keep_width=True)
     return scale_width(Sequential(layers), width)
 
 
@@ -73,6 +73,6 @@ def inception_small(*, num_classes: int = 10, width: float = 1.0, bn: bool = Tru
         "pool2": MaxPool(3, 2, "SAME"),
         "inception3a": inception_module(112, 80, 160, 24, 48, 48, bn=bn),
         "pool": GlobalAvgPool(),
-        "fc": Dense(num_classes, fixed=True),
+        "fc": Dense(num_classes, keep_width=True),
     }
     return scale_width(Sequential(layers), width)

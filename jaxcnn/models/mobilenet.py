@@ -55,5 +55,5 @@ def mobilenet_v1(
     layers["pool"] = GlobalAvgPool()
     if dropout:
         layers["dropout"] = Dropout(dropout)
-    layers["fc"] = Dense(num_classes, fixed=True)
+    layers["fc"] = Dense(num_classes, keep_width=True)
     return scale_width(Sequential(layers), width, divisor=divisor)

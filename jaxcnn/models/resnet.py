@@ -60,7 +60,7 @@ def resnet(
             in_ch = out
         layers[f"stage{s + 1}"] = Sequential(blocks)
     layers["pool"] = GlobalAvgPool()
-    layers["fc"] = Dense(num_classes, fixed=True)
+    layers["fc"] = Dense(num_classes, keep_width=True)
     return scale_width(Sequential(layers), width)
 
 

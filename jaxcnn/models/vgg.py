@@ -37,5 +37,5 @@ def vgg16(
     layers["relu7"] = ReLU()
     if dropout:
         layers["drop7"] = Dropout(dropout)
-    layers["fc8"] = Dense(num_classes, fixed=True)
+    layers["fc8"] = Dense(num_classes, keep_width=True)
     return scale_width(Sequential(layers), width)
