@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from jaxcnn import bench, plot
-from jaxcnn.checkpoint import atomic_write_text
+from jaxcnn.files import atomic_write_text
 
 SUITES = {
     "quick": [dict(name="allconv6_1", input_size=16, batch=8)],

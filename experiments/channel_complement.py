@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from typing import Any
 
-from study_common import add_common_args, finish, load_task, out_dir, parse_only
+from study_common import epochs_study_main
 
 from jaxcnn.study import Member
+from jaxcnn.study_record import StudyRecord
 from jaxcnn.train import TrainConfig
 
 
@@ -35,22 +35,15 @@ def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
     ]
 
 
-def pairs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def pairs(records: list[StudyRecord]) -> list[tuple[str, str, str]]:
     """Does halving conv1-2 and adding CReLU cost accuracy?"""
     return [("half first-layer filters + CReLU vs allconv6", "allconv6_bn", "allconv6_crelu_bn")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, study="channel_complement")
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs = 1
-    out = out_dir(args)
-    task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
-    return finish(args, parse_only(args, members(args, base)), task, out,
-                  figures_extra=("filters", "redundancy"), pairs=pairs)
+    """Run the study (see the module docstring and ``--help``)."""
+    return epochs_study_main(argv, __doc__, "channel_complement", members, pairs,
+                             figures_extra=("filters", "redundancy"))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ import optax
 
 from jaxcnn import compile_options, models
 from jaxcnn.bench import device_info
-from jaxcnn.checkpoint import atomic_write_text
+from jaxcnn.files import atomic_write_text
 
 FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager")
 PEERS = ("torch-eager-cl", "torch-eager", "flax")  # ratio denominators: jaxcnn / peer

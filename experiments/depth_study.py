@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from typing import Any
 
-from study_common import add_common_args, finish, load_task, out_dir, parse_only
+from study_common import epochs_study_main
 
 from jaxcnn.models.allconv import DEPTH_FAMILY
 from jaxcnn.study import Member
+from jaxcnn.study_record import StudyRecord
 from jaxcnn.train import TrainConfig
 
 
@@ -43,21 +43,14 @@ def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
     return out
 
 
-def pairs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def pairs(records: list[StudyRecord]) -> list[tuple[str, str, str]]:
     """SPEC A's pair: does the 3-conv network with more parameters beat the 4-conv one?"""
     return [("fewer layers, more parameters (SPEC A)", "spec_a_4conv", "spec_a_3conv")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, study="depth_study")
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs = 1
-    out = out_dir(args)
-    task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
-    return finish(args, parse_only(args, members(args, base)), task, out, pairs=pairs)
+    """Run the study (see the module docstring and ``--help``)."""
+    return epochs_study_main(argv, __doc__, "depth_study", members, pairs)
 
 
 if __name__ == "__main__":

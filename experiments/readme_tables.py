@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from jaxcnn import models
-from jaxcnn.checkpoint import atomic_write_text
+from jaxcnn.files import atomic_write_text
+from jaxcnn.study_record import read_results
 from jaxcnn.summary import summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,10 +47,10 @@ def width_study() -> str | None:
     path = RESULTS / "width_study" / "table.md"
     if not path.exists():
         return None
-    records = [json.loads(line) for line in (RESULTS / "width_study" / "results.jsonl").read_text().splitlines()]
-    wall = sum(r["wall_seconds"] for r in records)
+    records = read_results(RESULTS / "width_study" / "results.jsonl")
+    wall = sum(r.wall_seconds or 0.0 for r in records)
     return (path.read_text().strip() + f"\n\nSum of per-model wall times: {wall / 60:.1f} min "
-            f"({records[0]['device']}, jax {records[0]['jax']}).")
+            f"({records[0].device}, jax {records[0].jax}).")
 
 
 def mnist_training() -> str | None:

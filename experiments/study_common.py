@@ -23,17 +23,18 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from jaxcnn import data as jdata
-from jaxcnn import plot, study_stats
-from jaxcnn.checkpoint import CheckpointError, atomic_write_text
-from jaxcnn.cli import positive
+from jaxcnn import plot, recipe, study_stats
+from jaxcnn.checkpoint import CheckpointError
+from jaxcnn.cli import as_flags, positive
 from jaxcnn.core import LayerError
+from jaxcnn.files import atomic_write_text
 from jaxcnn.shard import ShardError, resolve
-from jaxcnn.study import Member, StudyError, Task, load_first_layers, merge_results, results_lock, run_study
+from jaxcnn.study import Member, Task, load_first_layers, merge_results, results_lock, run_study
+from jaxcnn.study_record import StudyError, StudyRecord
 from jaxcnn.study_stats import comparisons_markdown, convergence
-from jaxcnn.train import TrainConfig, TrainData, TrainingError
+from jaxcnn.train import TrainConfig, TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: results/<study> is the committed reference
 
@@ -85,36 +86,24 @@ def out_dir(args: argparse.Namespace) -> Path:
 
 def fail(message: str) -> None:
     """Print one error line and exit with status 2 (nothing computed so far is lost)."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {as_flags(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
 def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
     """The training data and the base recipe from the common options."""
     try:
-        splits = jdata.load(args.data, size=args.input_size)
-        ds = splits["train"]
-        if "test" in splits and splits["test"] is not None:
-            train, test = ds, splits["test"]
-        else:
-            train, test = jdata.stratified_split(ds, test_fraction=0.2, seed=0)
+        prepared = recipe.prepare(args.data, size=args.input_size, subset=(500, 100) if args.quick else None)
     except (jdata.DataError, OSError) as e:
         fail(str(e))
     if args.quick:
-        train = jdata.stratified_subset(train, 500, seed=0)
-        test = jdata.stratified_subset(test, 100, seed=0)
         args.seeds = 1
-    mean, std = jdata.normalization_stats(train.x)
-    data = TrainData(train.x, train.y, test.x, test.y, ds.num_classes, mean, std)
-    size = train.x.shape[1]
-    digits = args.data.split(":", 1)[0] in ("mnist5k", "digits", "mnist", "fashion")
+    data = prepared.data
     base = TrainConfig(
-        batch=min(args.batch, len(train.y)), lr=args.lr, optimizer="momentum", momentum=0.9, weight_decay=5e-4,
-        schedule="cosine", crop_pad=4 if size >= 32 else 2 if size >= 16 else 1, flip=not digits,
-        seeds=args.seeds,
+        batch=min(args.batch, len(data.y_train)), lr=args.lr, optimizer="momentum", momentum=0.9, weight_decay=5e-4,
+        schedule="cosine", seeds=args.seeds, **recipe.augmentation(args.data, data.x_train.shape[1]),
     )
-    shape = "x".join(map(str, train.x.shape[1:]))
-    name = f"{args.data.split(':', 1)[0]} ({len(train.y)} train / {len(test.y)} test, {shape})"
+    name = prepared.name
     return Task(name, data), base
 
 
@@ -130,9 +119,9 @@ def parse_only(args: argparse.Namespace, members: list[Member]) -> list[Member]:
     return [m for m in members if m.variant in wanted]
 
 
-def converged_cell(r: dict[str, Any]) -> str:
+def converged_cell(r: StudyRecord) -> str:
     """'yes', 'still improving' or '-' (one epoch), with the last-fifth accuracy gain and loss fall."""
-    c = convergence(r)
+    c = convergence(r.test_accuracy_per_epoch, r.train_loss_per_epoch)
     if c["converged"] is None:
         return "- (1 epoch)"
     loss = f", loss -{100 * c['loss_fall']:.0f} %" if c["loss_fall"] is not None else ""
@@ -140,23 +129,23 @@ def converged_cell(r: dict[str, Any]) -> str:
     return f"yes ({trend})" if c["converged"] else f"**still improving** ({trend})"
 
 
-def table(records: Sequence[dict[str, Any]]) -> str:
+def table(records: Sequence[StudyRecord]) -> str:
     """Markdown table of a study's records, with each member's input, epochs and convergence."""
     lines = ["| family | variant | channels / alpha | input | epochs | learnable params | MACs "
              "| test accuracy % (mean +- std) | per seed | converged? | train s |",
              "|---|---|---|---|---:|---:|---:|---:|---|---|---:|"]
     for r in records:
-        seeds = " ".join(f"{100 * a:.1f}" for a in r["accuracies"])
-        shape = "x".join(map(str, r["input_shape"][:2]))
-        opts = "".join(f", {k}={v}" for k, v in (r.get("options") or {}).items())
-        lines.append(f"| {r['family']} | {r['variant']} | {r['label']}{opts} | {shape} "
-                     f"| {len(r['test_accuracy_per_epoch'])} | {r['learnable_params']:,} | {r['macs']:,} "
-                     f"| {100 * r['mean_accuracy']:.2f} +- {100 * r['std_accuracy']:.2f} | {seeds} "
-                     f"| {converged_cell(r)} | {r['train_seconds']:.0f} |")
+        seeds = " ".join(f"{100 * a:.1f}" for a in r.accuracies)
+        shape = "x".join(map(str, r.input_shape[:2]))
+        opts = "".join(f", {k}={v}" for k, v in r.options.items())
+        lines.append(f"| {r.family} | {r.variant} | {r.label}{opts} | {shape} "
+                     f"| {len(r.test_accuracy_per_epoch)} | {r.learnable_params:,} | {r.macs:,} "
+                     f"| {100 * r.mean_accuracy:.2f} +- {100 * r.std_accuracy:.2f} | {seeds} "
+                     f"| {converged_cell(r)} | {r.train_seconds:.0f} |")
     return "\n".join(lines)
 
 
-def figures(out: Path, records: list[dict[str, Any]], extra: Sequence[str] = ()) -> list[Path]:
+def figures(out: Path, records: list[StudyRecord], extra: Sequence[str] = ()) -> list[Path]:
     """Draw every figure of a study next to its results."""
     if not records:
         fail(f"{out / 'results.jsonl'} holds no results to plot; run the study first")
@@ -181,7 +170,7 @@ def figures(out: Path, records: list[dict[str, Any]], extra: Sequence[str] = ())
     return paths
 
 
-Pairs = Callable[[list[dict[str, Any]]], list[tuple[str, str, str]]]
+Pairs = Callable[[list[StudyRecord]], list[tuple[str, str, str]]]
 
 
 def finish(args: argparse.Namespace, members: list[Member], task: Task | None, out: Path,
@@ -217,3 +206,17 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
     print("\nwrote " + ", ".join(str(p) for p in paths) + f", {out / 'results.jsonl'}, {out / 'results.csv'}")
     return 0
 
+
+def epochs_study_main(argv: Sequence[str] | None, doc: str, study: str,
+                      members: Callable[[argparse.Namespace, TrainConfig], list[Member]], pairs: Pairs,
+                      figures_extra: Sequence[str] = ()) -> int:
+    """``main`` of a study whose only own option is ``--epochs`` (default 10; 1 with --quick)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_common_args(parser, study=study)
+    parser.add_argument("--epochs", type=positive(int), default=10)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+    out = out_dir(args)
+    task, base = (None, TrainConfig()) if args.plot_only else load_task(args)
+    return finish(args, parse_only(args, members(args, base)), task, out, figures_extra=figures_extra, pairs=pairs)

@@ -59,12 +59,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from typing import Any
 
 from study_common import add_common_args, fail, finish, load_task, out_dir, parse_only
 
 from jaxcnn.models.allconv import ALLCONV6_CHANNELS
 from jaxcnn.study import Member
+from jaxcnn.study_record import StudyRecord
 from jaxcnn.study_stats import best_other, closest
 from jaxcnn.train import TrainConfig
 
@@ -88,26 +88,26 @@ def members(args: argparse.Namespace, base: TrainConfig) -> list[Member]:
     return out
 
 
-def pairs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def pairs(records: list[StudyRecord]) -> list[tuple[str, str, str]]:
     """The comparisons README's findings rest on, as (question, a, b): b - a is reported."""
-    names = {r["variant"] for r in records}
+    names = {r.variant for r in records}
     suffix = "_bn" if "allconv6_bn" in names or "allconv6_1_bn" in names else ""
     base, one = f"allconv6{suffix}", f"allconv6_1{suffix}"
     out = []
     if (best := best_other(records, base)) is not None:
-        out.append(("is the baseline best? (best other allconv6 vs baseline)", base, best["variant"]))
+        out.append(("is the baseline best? (best other allconv6 vs baseline)", base, best.variant))
     for k, part in ((2, "conv1-2"), (3, "conv3-4"), (4, "conv5")):
         out.append((f"doubling {part} of _1", one, f"allconv6_{k}{suffix}"))
     out.append(("half width (_5) vs baseline", base, f"allconv6_5{suffix}"))
     out.append(("_7 (conv3-4 of _5 doubled) vs baseline", base, f"allconv6_7{suffix}"))
-    mobilenets = sorted((r for r in records if r["family"] == "mobilenet_v1"), key=lambda r: r["learnable_params"])
+    mobilenets = sorted((r for r in records if r.family == "mobilenet_v1"), key=lambda r: r.learnable_params)
     for small, big in zip(mobilenets, mobilenets[1:], strict=False):
-        out.append(("MobileNet: next larger alpha", small["variant"], big["variant"]))
+        out.append(("MobileNet: next larger alpha", small.variant, big.variant))
     for m in mobilenets:
         if (near := closest(records, m, "allconv6")) is not None:
-            ratio = m["learnable_params"] / near["learnable_params"]
-            out.append((f"MobileNet vs allconv6 of similar size ({ratio:.2g}x its params)", near["variant"],
-                        m["variant"]))
+            ratio = m.learnable_params / near.learnable_params
+            out.append((f"MobileNet vs allconv6 of similar size ({ratio:.2g}x its params)", near.variant,
+                        m.variant))
     return out
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,27 +23,13 @@ import jax
 import numpy as np
 
 from jaxcnn import safetensors
-from jaxcnn.files import FileProblem, read_regular
+from jaxcnn.files import FileProblem, atomic_write_bytes, atomic_write_text, read_regular, versions
 
 FORMATS = ("npz", "safetensors")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit the model."""
-
-
-def versions() -> dict[str, str]:
-    """Python and library versions, recorded with every checkpoint and result."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("jaxcnn", "jax", "jaxlib", "optax", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def path_name(path: tuple[Any, ...]) -> str:
@@ -73,28 +57,6 @@ def _flatten(tree: Any, names: str = "npz") -> dict[str, np.ndarray]:
             leaf = jax.random.key_data(leaf)  # store raw key bits; typed keys have no numpy dtype
         out[key] = np.asarray(leaf)
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save(directory: str | Path, name: str, tree: Any, meta: dict[str, Any], *, format: str = "npz") -> Path:

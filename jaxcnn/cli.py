@@ -7,6 +7,7 @@ network) print one line naming the option or layer and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,32 @@ from jaxcnn.compile_options import CHOICES as COMPILE_CHOICES
 from jaxcnn.conv_impl import IMPLS
 from jaxcnn.core import LayerError
 from jaxcnn.distributed import add_arguments as add_distributed_arguments
-from jaxcnn.summary import OPTIMIZER_SLOTS, summary
+from jaxcnn.summary import summary
+from jaxcnn.train.optimizers import OPTIMIZERS, SCHEDULES
 
 
 class UsageError(Exception):
     """A user-input problem: printed as one line, exit status 2."""
+
+
+# Library errors name the Python arguments to change, in backticks (`epochs=7`, `resume=True`); the
+# command-line tools print the flag that sets each one instead.
+FLAGS = {
+    "spec": "--data", "size": "--input-size", "test_fraction": "--test-fraction", "epochs": "--epochs",
+    "batch": "--batch", "resume": "--resume", "out_dir": "--out", "devices": "--devices", "shard": "--shard",
+}
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each backticked argument of :data:`FLAGS` (`name` or `name=value`) written as its flag."""
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in FLAGS:
+            return m.group(0)
+        return FLAGS[name] if value in (None, "True") else f"{FLAGS[name]} {value}"
+
+    return re.sub(r"`(\w+)(?:=([^`]*))?`", flag, message)
 
 
 def positive(kind: type = int, what: str = "number"):
@@ -65,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--in-channels", type=_positive_int, default=None, help="input channels")
     s.add_argument("--num-classes", type=_positive_int, default=None, help="classifier outputs")
     s.add_argument("--batch", type=_positive_int, default=1, help="batch size for the memory estimates")
-    s.add_argument("--optimizer", choices=sorted(OPTIMIZER_SLOTS), default="sgd",
+    s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd",
                    help="optimizer whose slots count in the training-memory estimate")
     s.add_argument("--leaves-only", action="store_true", help="one row per leaf layer, no containers")
     s.add_argument("--json", action="store_true", help="print JSON (rows and totals) instead of a table")
@@ -79,11 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=10)
     t.add_argument("--batch", type=_positive_int, default=128)
     t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam", "adamw"], default="momentum")
-    t.add_argument("--schedule", choices=["constant", "cosine", "step"], default="cosine")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="momentum")
+    t.add_argument("--schedule", choices=list(SCHEDULES), default="cosine")
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--crop-pad", type=int, default=None, help="random-crop padding (default 2 below 32 px, else 4)")
+    t.add_argument("--crop-pad", type=int, default=None,
+                   help="random-crop padding (default 4 at 32 px and above, 2 at 16-31, 1 below)")
     t.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on except for digits)")
     t.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together in one compiled program")
@@ -142,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     print(bench.markdown(report))
     if args.json is not None:
-        from jaxcnn.checkpoint import atomic_write_text
+        from jaxcnn.files import atomic_write_text
 
         atomic_write_text(args.json, bench.to_json(report))
     return 0
@@ -195,35 +218,29 @@ def _train(args: argparse.Namespace, options: dict) -> int:
 
     import numpy as np
 
-    from jaxcnn import data as jdata
-    from jaxcnn import distributed
-    from jaxcnn.checkpoint import atomic_write_text
-    from jaxcnn.train import TrainConfig, TrainData, fit
+    from jaxcnn import distributed, recipe
+    from jaxcnn.files import atomic_write_text
+    from jaxcnn.train import TrainConfig, fit
 
-    splits = jdata.load(args.data, size=args.input_size)
-    train, test = splits["train"], splits.get("test")
-    if test is None:
-        if not 0 < args.test_fraction < 1:
-            raise UsageError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
-        train, test = jdata.stratified_split(train, test_fraction=args.test_fraction, seed=0)
-    if len(np.unique(train.y)) < 2:
-        print(f"jaxcnn train: warning: the training data ({train.name}) holds only one class, so every "
+    try:
+        prepared = recipe.prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    data = prepared.data
+    if prepared.train_classes < 2:
+        print(f"jaxcnn train: warning: the training data ({args.data}) holds only one class, so every "
               "prediction is that class and accuracy is trivially 100%", file=sys.stderr)
-    k = train.num_classes
-    model = models.get(args.model, num_classes=k, **options)
-    size = train.x.shape[1]
-    digits = args.data.split(":", 1)[0] in ("mnist5k", "digits", "mnist", "fashion")
+    model = models.get(args.model, num_classes=data.num_classes, **options)
+    aug = recipe.augmentation(args.data, data.x_train.shape[1])
     cfg = TrainConfig(
         epochs=args.epochs, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
-        crop_pad=args.crop_pad if args.crop_pad is not None else (4 if size >= 32 else 2),
-        flip=args.flip if args.flip is not None else not digits, seed=args.seed, seeds=args.seeds,
+        crop_pad=args.crop_pad if args.crop_pad is not None else aug["crop_pad"],
+        flip=args.flip if args.flip is not None else aug["flip"], seed=args.seed, seeds=args.seeds,
         mode=args.mode, compile_options=args.compile_options,
     ).check()
-    mean, std = jdata.normalization_stats(train.x)
-    data = TrainData(train.x, train.y, test.x, test.y, k, mean, std)
     meta = {"model": args.model, "options": options, "data": args.data, "input_size": args.input_size,
-            "test_fraction": args.test_fraction if "test" not in splits else None}
+            "test_fraction": None if prepared.official_test else args.test_fraction}
     result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta,
                  checkpoint_format=args.checkpoint_format)
     if not distributed.is_primary():  # process 0 reports and writes result.json; the others are done
@@ -276,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except UsageError as err:
-        print(f"jaxcnn {args.command}: error: {err}", file=sys.stderr)
+        print(f"jaxcnn {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. piped into head
         return 0

@@ -160,7 +160,7 @@ class Sequential(_Container):
             s = _child_call(attr, layer.spec, shape, _key=k)
             macs += s.macs
             other += s.other_ops
-            rf = compose_rf(rf, (s.window, s.stride))
+            rf = compose_rf(rf, (s.rf, s.jump))
             shape = s.out_shape
         return Spec(shape, macs, other, rf[0], rf[1])
 
@@ -215,8 +215,8 @@ class Residual(_Container):
                 f"the body gives {body.out_shape} but the shortcut gives {short.out_shape}",
                 "Use a projection shortcut (e.g. a 1x1 Conv with the body's stride and features) so both match",
             )
-        window = tuple(max(a, b) for a, b in zip(body.window, short.window, strict=True))
-        stride = tuple(max(a, b) for a, b in zip(body.stride, short.stride, strict=True))
+        window = tuple(max(a, b) for a, b in zip(body.rf, short.rf, strict=True))
+        stride = tuple(max(a, b) for a, b in zip(body.jump, short.jump, strict=True))
         other = body.other_ops + short.other_ops + math.prod(body.out_shape)  # + the addition
         return Spec(body.out_shape, body.macs + short.macs, other, window, stride)
 
@@ -272,8 +272,8 @@ class Parallel(_Container):
                 "Give every branch the same stride and padding so their H and W agree",
             )
         channels = sum(s.out_shape[-1] for s in specs)
-        window = tuple(max(s.window[a] for s in specs) for a in range(2))
-        stride = tuple(max(s.stride[a] for s in specs) for a in range(2))
+        window = tuple(max(s.rf[a] for s in specs) for a in range(2))
+        stride = tuple(max(s.jump[a] for s in specs) for a in range(2))
         return Spec(
             (*specs[0].out_shape[:-1], channels),
             sum(s.macs for s in specs), sum(s.other_ops for s in specs), window, stride,

@@ -184,7 +184,7 @@ def _read_cache(key: str) -> Choice | None:
 
 
 def _write_cache(choice: Choice) -> None:
-    from jaxcnn.checkpoint import atomic_write_text  # local: checkpoint is heavier than this module
+    from jaxcnn.files import atomic_write_text
 
     try:
         d = _cache_dir()

@@ -111,8 +111,9 @@ def _compact(value: Any) -> Any:
 class Spec:
     """What a layer does to one example, computed without arrays.
 
-    ``window``/``stride`` are the receptive-field window (in input pixels) and the
-    jump (product of strides) of one output position, per spatial axis.
+    ``rf``/``jump`` are the receptive field (in input pixels) of one output position and the
+    distance in input pixels between adjacent outputs (the product of strides), per spatial axis:
+    what :class:`Node` calls ``rf``/``jump`` for the whole model up to a layer.
     ``macs`` are forward multiply-accumulates of convolutions and dense layers only;
     ``other_ops`` counts the rest (bias adds, normalisation, activations, pooling).
     """
@@ -120,8 +121,8 @@ class Spec:
     out_shape: Shape
     macs: int = 0
     other_ops: int = 0
-    window: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
+    rf: tuple[int, int] = (1, 1)
+    jump: tuple[int, int] = (1, 1)
 
 
 def compose_rf(
@@ -353,7 +354,7 @@ def _walk(
     rf_in: tuple[tuple[int, int], tuple[int, int]],
 ) -> Iterator[Node]:
     spec = layer.spec(in_shape)  # errors already carry the path: the root's spec checks all
-    rf_out = compose_rf(rf_in, (spec.window, spec.stride))
+    rf_out = compose_rf(rf_in, (spec.rf, spec.jump))
     kids = layer.children()
     if not kids or not leaves_only:
         yield Node(path, keys, layer, in_shape, spec, depth, rf_out[0], rf_out[1])
@@ -363,7 +364,7 @@ def _walk(
         yield from _walk(child, shape, child_path, keys + (key,), depth + 1, leaves_only, rf_child)
         if layer.chained:
             s = child.spec(shape)
-            rf_child = compose_rf(rf_child, (s.window, s.stride))
+            rf_child = compose_rf(rf_child, (s.rf, s.jump))
 
 
 def map_layers(fn: Callable[[Layer], Layer], model: Layer) -> Layer:

@@ -1,4 +1,10 @@
-"""Reading files a user points at: regular files only, and memory asked for only after it was estimated.
+"""File I/O of the whole package: reading what a user points at safely, writing results atomically.
+
+Writing: :func:`atomic_write_bytes` (temporary file in the same folder, fsync, rename) is how every result,
+checkpoint and figure side file reaches disk, so a crash leaves the old file or the new one, never half of
+one; :func:`versions` is the record of the software that wrote it.
+
+Reading: regular files only, and memory asked for only after it was estimated.
 
 Every reader of user data and checkpoints opens its files through :func:`open_regular`: a FIFO, a device or a
 socket named by a data spec or list file would block ``open``/``read`` forever, so files are opened
@@ -12,9 +18,13 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tempfile
 from pathlib import Path
 
-__all__ = ["FileProblem", "available_memory", "check_memory", "open_regular", "read_regular"]
+__all__ = [
+    "FileProblem", "atomic_write_bytes", "atomic_write_text", "available_memory", "check_memory", "open_regular",
+    "read_regular", "versions",
+]
 
 
 class FileProblem(ValueError):
@@ -83,3 +93,39 @@ def check_memory(nbytes: int, what: str, hint: str = "") -> None:
     if nbytes > avail:
         raise FileProblem(f"{what} needs {_human(nbytes)} of memory, but only {_human(avail)} is available"
                           + (f"; {hint}" if hint else ""))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def versions() -> dict[str, str]:
+    """Python and library versions, recorded with every checkpoint and result."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("jaxcnn", "jax", "jaxlib", "optax", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

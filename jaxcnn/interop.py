@@ -330,7 +330,7 @@ def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
         return safetensors.save(path, arrays, {"format": "pt"})
     import torch
 
-    from jaxcnn.checkpoint import atomic_write_bytes
+    from jaxcnn.files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in arrays.items()), buf)

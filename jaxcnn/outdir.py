@@ -90,9 +90,9 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputFolderError(f"cannot create output folder {folder} ({e.strerror or e}); "
-                                f"choose another --out") from None
+                                f"choose another `out_dir`") from None
     if not folder.is_dir():
-        raise OutputFolderError(f"output folder {folder} is not a folder; choose another --out")
+        raise OutputFolderError(f"output folder {folder} is not a folder; choose another `out_dir`")
     key = folder.resolve()
     if key in _HELD:  # this process already holds it (train around fit)
         _HELD[key][2][0] += 1
@@ -107,14 +107,14 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
                      0o644)
     except OSError as e:
         raise OutputFolderError(f"output folder {folder} is not writable (cannot create {lock_path.name}: "
-                                f"{e.strerror or e}); fix its permissions or choose another --out") from None
+                                f"{e.strerror or e}); fix its permissions or choose another `out_dir`") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
             raise OutputFolderError(f"output folder {folder} is in use by another run ({holder}); wait for it to "
-                                    f"finish or choose another --out") from None
+                                    f"finish or choose another `out_dir`") from None
         previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         me = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.ftruncate(fd, 0)
@@ -124,7 +124,7 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
             p = folder / name
             if p.is_symlink() or (p.exists() and not p.is_file()):
                 raise OutputFolderError(f"{p} exists and is not a regular file; the run writes its "
-                                        f"{name} there, so remove it or choose another --out")
+                                        f"{name} there, so remove it or choose another `out_dir`")
         lock = RunLock(folder, previous, _clean_tmp(folder))
     except BaseException:
         os.close(fd)  # closing drops the flock too

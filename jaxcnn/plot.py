@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.checkpoint import atomic_write_text
+from jaxcnn.files import atomic_write_text
+from jaxcnn.study_record import StudyRecord
 from jaxcnn.study_stats import convergence, pareto_front
 
 
-def still_improving(r: dict[str, Any]) -> bool:
+def still_improving(r: StudyRecord) -> bool:
     """True when the record's run was still improving at its end (``jaxcnn.study_stats.convergence``)."""
-    return convergence(r)["converged"] is False
+    return convergence(r.test_accuracy_per_epoch, r.train_loss_per_epoch)["converged"] is False
 
 
 def _figure(**kw: Any):
@@ -45,14 +46,14 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
-def short_label(r: dict[str, Any]) -> str:
+def short_label(r: StudyRecord) -> str:
     """``allconv6_3_bn`` -> ``_3``, ``mobilenet_v1/0.5`` -> ``0.5``, the family's own base -> ``base``."""
-    v = r["variant"].removesuffix("_bn")
-    rest = v[len(r["family"]):] if v.startswith(r["family"]) else v
+    v = r.variant.removesuffix("_bn")
+    rest = v[len(r.family):] if v.startswith(r.family) else v
     return rest.lstrip("/") or "base"
 
 
-def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str = "learnable_params",
+def accuracy_vs_cost(results: Sequence[StudyRecord], stem: Path, *, cost: str = "learnable_params",
                      title: str = "") -> list[Path]:
     """Test accuracy (mean +- std over seeds) against ``cost`` (log x), one series per family.
 
@@ -61,13 +62,13 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
     """
     fig = _figure(figsize=(8, 5.5))
     ax = fig.subplots()
-    families = sorted({r["family"] for r in results})
+    families = sorted({r.family for r in results})
     markers = "osD^v<>"
     for k, fam in enumerate(families):
-        rows = [r for r in results if r["family"] == fam]
-        xs = [r[cost] for r in rows]
-        ys = [100 * r["mean_accuracy"] for r in rows]
-        es = [100 * r["std_accuracy"] for r in rows]
+        rows = [r for r in results if r.family == fam]
+        xs = [getattr(r, cost) for r in rows]
+        ys = [100 * r.mean_accuracy for r in rows]
+        es = [100 * r.std_accuracy for r in rows]
         bars = ax.errorbar(xs, ys, yerr=es, fmt=markers[k % len(markers)], capsize=3, label=fam, linestyle="none")
         colour = bars[0].get_color()
         for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
@@ -78,7 +79,7 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
                         xytext=(4, 6 if i % 2 == 0 else -11), fontsize=7)
     if any(still_improving(r) for r in results):
         ax.plot([], [], "o", mfc="white", mec="k", label="* still improving at the end (lower bound)")
-    pts = [(r[cost], r["mean_accuracy"]) for r in results]
+    pts = [(getattr(r, cost), r.mean_accuracy) for r in results]
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "k--", lw=1, alpha=0.6,
             label="Pareto frontier")
@@ -86,30 +87,30 @@ def accuracy_vs_cost(results: Sequence[dict[str, Any]], stem: Path, *, cost: str
     xlabel = {"learnable_params": "learnable parameters", "macs": "multiply-adds per image"}.get(cost, cost)
     ax.set_xlabel(xlabel + " (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    n_seeds = min(len(r["accuracies"]) for r in results)
-    dataset = results[0].get("dataset", "")
+    n_seeds = min(len(r.accuracies) for r in results)
+    dataset = results[0].dataset
     ax.set_title(title or f"test accuracy vs {xlabel}, {dataset}\nmean and std over {n_seeds} seeds")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     paths = _save(fig, stem)
     # what was drawn, for readers and tests that cannot count markers in a PNG
-    drawn = [{"variant": r["variant"], "family": r["family"], "x": r[cost], "y": r["mean_accuracy"],
-              "err": r["std_accuracy"], "seeds": len(r["accuracies"]), "still_improving": still_improving(r)}
+    drawn = [{"variant": r.variant, "family": r.family, "x": getattr(r, cost), "y": r.mean_accuracy,
+              "err": r.std_accuracy, "seeds": len(r.accuracies), "still_improving": still_improving(r)}
              for r in results]
     side = Path(stem).with_suffix(".points.json")
     atomic_write_text(side, json.dumps({"cost": cost, "points": drawn,
-                                        "pareto": [results[i]["variant"] for i in front]}, indent=1))
+                                        "pareto": [results[i].variant for i in front]}, indent=1))
     return paths + [side]
 
 
-def training_curves(results: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
+def training_curves(results: Sequence[StudyRecord], stem: Path) -> list[Path]:
     """Mean test accuracy per epoch for every entry; dashed (and ``*`` in the legend) if still improving."""
     fig = _figure(figsize=(8, 5.5))
     ax = fig.subplots()
     for r in results:
-        curve = [100 * float(np.mean(h)) for h in r["test_accuracy_per_epoch"]]
+        curve = [100 * float(np.mean(h)) for h in r.test_accuracy_per_epoch]
         improving = still_improving(r)
-        ax.plot(range(1, len(curve) + 1), curve, label=r["variant"] + (" *" if improving else ""), lw=1,
+        ax.plot(range(1, len(curve) + 1), curve, label=r.variant + (" *" if improving else ""), lw=1,
                 linestyle="--" if improving else "-")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%), mean over seeds")

@@ -181,7 +181,7 @@ def save(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, st
                 f.write(memoryview(a.reshape(-1).view(np.uint8)))  # zero-copy: contiguous bytes
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # as checkpoint.atomic_write_bytes: results are meant to be shared
+        os.chmod(tmp, 0o644)  # as files.atomic_write_bytes: results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -48,10 +48,10 @@ def parse(text: str) -> Shard:
     except ValueError:
         index = count = 0
     if not sep or count < 1:
-        raise ShardError(f"--shard takes I/N (shard I of N, e.g. 1/4), got {text!r}")
+        raise ShardError(f"`shard` takes I/N (shard I of N, e.g. 1/4), got {text!r}")
     if not 1 <= index <= count:
         hint = f"; shards count from 1, so the first is 1/{count}" if index == 0 else ""
-        raise ShardError(f"--shard {text}: I must be between 1 and {count}{hint}")
+        raise ShardError(f"`shard={text}`: I must be between 1 and {count}{hint}")
     return Shard(index, count, "--shard")
 
 
@@ -62,7 +62,7 @@ def _int_var(env: Mapping[str, str], name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ShardError(f"{name}={value!r} is not an integer; pass --shard I/N to choose the shard") from None
+        raise ShardError(f"{name}={value!r} is not an integer; pass `shard=I/N` to choose the shard") from None
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Shard | None:
@@ -74,7 +74,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Shard | None:
     count = _int_var(env, "SLURM_ARRAY_TASK_COUNT")
     if count is None or count < 1:
         raise ShardError(f"SLURM_ARRAY_TASK_ID={task} is set but SLURM_ARRAY_TASK_COUNT is "
-                         f"{env.get('SLURM_ARRAY_TASK_COUNT')!r}; pass --shard I/N to choose the shard")
+                         f"{env.get('SLURM_ARRAY_TASK_COUNT')!r}; pass `shard=I/N` to choose the shard")
     low = _int_var(env, "SLURM_ARRAY_TASK_MIN")
     step = _int_var(env, "SLURM_ARRAY_TASK_STEP") or 1
     low = 0 if low is None else low  # without MIN, the IDs are taken to count from 0
@@ -82,7 +82,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Shard | None:
     if rest or not 0 <= offset < count:
         raise ShardError(f"SLURM array task {task} (MIN {low}, STEP {step}, COUNT {count}) is not one of "
                          f"{count} evenly spaced tasks, so its shard is ambiguous; submit a range such as "
-                         f"--array=1-{count}, or pass --shard I/{count}")
+                         f"--array=1-{count}, or pass `shard=I/{count}`")
     return Shard(offset + 1, count, f"SLURM array task {task}")
 
 

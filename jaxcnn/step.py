@@ -4,9 +4,9 @@
 same math as ``fit`` (its compiled epochs add only data handling: normalisation, augmentation,
 shuffling, seeds and checkpoints)::
 
-    carry = init(model, key, in_shape, optimizer)            # (params, state, opt_state)
-    carry, out = train_step(model, optimizer, carry, x, y, key, loss=..., metrics=...)
-    scores = evaluate(model, carry[0], carry[1], x_test, y_test)
+    ts = init(model, key, in_shape, optimizer)               # TrainState(params, state, opt_state, step)
+    ts, out = train_step(model, optimizer, ts, x, y, key, loss=..., metrics=...)
+    scores = evaluate(model, ts.params, ts.state, x_test, y_test)
 
 * ``optimizer`` is any ``optax.GradientTransformation``; :func:`resolve_optimizer` also takes a
   factory called with the steps per epoch (for schedules). :func:`decay_mask` gives the weight
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +33,22 @@ import optax
 from jaxcnn.core import Layer, Params, Shape, State
 
 __all__ = [
-    "Carry", "LossFn", "cross_entropy", "decay_mask", "evaluate", "eval_sums", "init", "loss_and_grads",
+    "Carry", "LossFn", "TrainState", "cross_entropy", "decay_mask", "evaluate", "eval_sums", "init", "loss_and_grads",
     "resolve_optimizer", "train_step",
 ]
 
-Carry = tuple[Params, State, Any]  # (params, state, opt_state)
+
+
+class TrainState(NamedTuple):
+    """What a training step reads and writes (a pytree): parameters, model state, optimizer state, step count."""
+
+    params: Params
+    state: State
+    opt_state: Any
+    step: jax.Array  # int32: optimizer steps taken
+
+
+Carry = TrainState  # the name this module used before TrainState had one
 LossFn = Callable[[jax.Array, jax.Array, dict[str, Any]], jax.Array]
 OptimizerLike = optax.GradientTransformation | Callable[[int], optax.GradientTransformation]
 
@@ -97,10 +108,10 @@ def cross_entropy(label_smoothing: float = 0.0, num_classes: int | None = None) 
     return loss
 
 
-def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.GradientTransformation) -> Carry:
-    """``(params, state, opt_state)`` of ``model`` for per-example ``in_shape``."""
+def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.GradientTransformation) -> TrainState:
+    """The :class:`TrainState` of ``model`` for per-example ``in_shape``, before any step."""
     params, state = model.init(key, in_shape)
-    return params, state, optimizer.init(params)
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
 def _scalar(value: Any, what: str) -> jax.Array:
@@ -128,27 +139,29 @@ def loss_and_grads(model: Layer, params: Params, state: State, x: jax.Array, y: 
 def train_step(
     model: Layer,
     optimizer: optax.GradientTransformation,
-    carry: Carry,
+    carry: TrainState,
     x: jax.Array,
     y: jax.Array,
     key: jax.Array,
     *,
     loss: LossFn | None = None,
     metrics: Mapping[str, LossFn] | None = None,
-) -> tuple[Carry, dict[str, jax.Array]]:
-    """One optimizer step on batch ``(x, y)``; returns the new carry and {loss, correct, *metrics}.
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on batch ``(x, y)``; returns the new :class:`TrainState` and {loss, correct, *metrics}.
 
     Pure: wrap it in ``jax.jit`` (closing over ``model``, ``optimizer`` and ``loss``). ``key`` feeds the
     model's dropout; ``correct`` counts top-1 hits.
     """
-    params, state, opt_state = carry
+    if not isinstance(carry, TrainState):
+        raise TypeError(f"train_step takes the TrainState that step.init returns, got {type(carry).__name__}")
+    params, state, opt_state, count = carry
     (value, (new_state, logits, batch)), grads = loss_and_grads(model, params, state, x, y, key, loss)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     out = {"loss": value, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
     for name, fn in (metrics or {}).items():
         out[name] = _scalar(fn(logits, y, batch), f"metric {name!r}")
-    return (params, new_state, opt_state), out
+    return TrainState(params, new_state, opt_state, count + 1), out
 
 
 def eval_sums(model: Layer, params: Params, state: State, x: jax.Array, y: jax.Array,

@@ -13,10 +13,8 @@ most one epoch of one model.
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import io
-import json
 import os
 import platform
 import sys
@@ -31,16 +29,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import checkpoint, models
+from jaxcnn import files, models
 from jaxcnn.core import walk
 from jaxcnn.shard import Shard, select
+from jaxcnn.study_record import (
+    StudyError,
+    StudyRecord,
+    read_record,
+    read_results,
+    write_record,
+    write_results,
+)
 from jaxcnn.study_stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import TrainConfig, TrainData, fit
-
-
-class StudyError(ValueError):
-    """Bad study input (unknown variant, unreadable results): one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -88,62 +90,19 @@ def _slug(variant: str) -> str:
     return variant.replace("/", "_w")
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Records of a results.jsonl file, or StudyError naming the file and line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StudyError(f"{path}:{i}: not valid JSON ({e.msg}); fix or delete that line") from None
-        missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
-        if missing:
-            raise StudyError(f"{path}:{i}: not a study record (missing {', '.join(missing)})")
-        records.append(rec)
-    return records
-
-
-CSV_FIELDS = [
-    "family", "variant", "label", "learnable_params", "state_params", "macs", "input_shape", "dataset",
-    "accuracies", "mean_accuracy", "std_accuracy", "train_seconds", "compile_seconds", "epochs", "seeds", "device",
-    "jax", "command",
-]
-
-
-def write_results(out: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite results.jsonl and results.csv atomically from ``records``."""
-    checkpoint.atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for r in records:
-        w.writerow({**r, "accuracies": " ".join(f"{a:.4f}" for a in r["accuracies"]),
-                    "input_shape": "x".join(map(str, r["input_shape"]))})
-    checkpoint.atomic_write_text(out / "results.csv", buf.getvalue())
-
-
-def _check_same_run(rec: dict[str, Any], m: Member, task: Task, out: Path) -> None:
+def _check_same_run(rec: StudyRecord, m: Member, task: Task, out: Path) -> None:
     """A finished record only counts for this study if it used the same data, input and recipe."""
     now = {"dataset": task.name, "input_shape": list(task.in_shape), "recipe": asdict(m.recipe),
            "options": m.options}
-    old = {k: rec.get(k) for k in now}
+    old = {k: getattr(rec, k) for k in now}
     old["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (old["recipe"] or {}).items()}
     now["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in now["recipe"].items()}
     differ = [k for k in now if old[k] != now[k]]
     if differ:
         raise StudyError(
             f"{out / 'results.jsonl'} already holds {m.variant} from a run with another {', '.join(differ)}; "
-            "use another --out (or delete that folder) to start this one"
+            "use another `out_dir` (or delete that folder) to start this one"
         )
-
-
-REQUIRED = ("family", "variant", "label", "learnable_params", "macs", "input_shape", "accuracies",
-            "mean_accuracy", "std_accuracy", "test_accuracy_per_epoch", "train_seconds")
 
 
 def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
@@ -160,7 +119,7 @@ def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
 
 
 def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command: str = "",
-               devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+               devices: Sequence[jax.Device] | None = None) -> StudyRecord:
     """Train one member (resuming if a checkpoint exists) on ``devices`` (default all) and return its record."""
     model = models.get(m.variant, num_classes=task.data.num_classes, **m.options)
     totals = summary(model, task.in_shape).totals
@@ -177,36 +136,35 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
     if k_trained is not None:
         buf = io.BytesIO()
         np.savez(buf, trained=k_trained, init=k_init)
-        checkpoint.atomic_write_bytes(run_dir / "first_layer.npz", buf.getvalue())
-    return {
-        "family": m.family,
-        "variant": m.variant,
-        "label": m.label,
-        "options": m.options,
-        "learnable_params": totals["learnable_params"],
-        "state_params": totals["state_params"],
-        "macs": totals["macs"],
-        "input_shape": list(task.in_shape),
-        "dataset": task.name,
-        "seeds": res.seeds,
-        "accuracies": res.test_accuracy,
-        "mean_accuracy": res.mean_accuracy,
-        "std_accuracy": res.std_accuracy,
-        "test_accuracy_per_epoch": [h["test_accuracy"] for h in res.history],
-        "train_loss_per_epoch": [h["train_loss"] for h in res.history],
-        "convergence": convergence({"test_accuracy_per_epoch": [h["test_accuracy"] for h in res.history],
-                                    "train_loss_per_epoch": [h["train_loss"] for h in res.history]}),
-        "train_seconds": round(res.train_seconds, 2),
-        "compile_seconds": round(res.compile_seconds, 2),
-        "epochs": m.recipe.epochs,
-        "pad_to": m.pad_to,
-        "recipe": asdict(m.recipe),
-        "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{len(devices or jax.devices())}",
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "versions": checkpoint.versions(),
-        "command": command,
-    }
+        files.atomic_write_bytes(run_dir / "first_layer.npz", buf.getvalue())
+    return StudyRecord(
+        family=m.family,
+        variant=m.variant,
+        label=m.label,
+        options=m.options,
+        learnable_params=totals["learnable_params"],
+        state_params=totals["state_params"],
+        macs=totals["macs"],
+        input_shape=list(task.in_shape),
+        dataset=task.name,
+        seeds=res.seeds,
+        accuracies=res.test_accuracy,
+        mean_accuracy=res.mean_accuracy,
+        std_accuracy=res.std_accuracy,
+        test_accuracy_per_epoch=[h["test_accuracy"] for h in res.history],
+        train_loss_per_epoch=[h["train_loss"] for h in res.history],
+        convergence=convergence([h["test_accuracy"] for h in res.history], [h["train_loss"] for h in res.history]),
+        train_seconds=round(res.train_seconds, 2),
+        compile_seconds=round(res.compile_seconds, 2),
+        epochs=m.recipe.epochs,
+        pad_to=m.pad_to,
+        recipe=asdict(m.recipe),
+        device=f"{jax.default_backend()}:{jax.devices()[0].device_kind} x{len(devices or jax.devices())}",
+        jax=jax.__version__,
+        python=platform.python_version(),
+        versions=files.versions(),
+        command=command,
+    )
 
 
 RECORD_NAME = "record.json"  # OUT/runs/<variant>/record.json: one finished member
@@ -247,34 +205,21 @@ def results_lock(out: str | Path) -> Iterator[None]:
                 entry[2] = None
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """One member's ``record.json``, or StudyError naming the file."""
-    try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"{path}: not a readable study record ({type(e).__name__}: {str(e)[:80]}); "
-                         "delete it to retrain that member") from None
-    missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
-    if missing:
-        raise StudyError(f"{path}: not a study record (missing {', '.join(missing)}); delete it to retrain that member")
-    return rec
-
-
-def _merged(out: Path, members: Sequence[Member]) -> tuple[list[dict[str, Any]], bool]:
+def _merged(out: Path, members: Sequence[Member]) -> tuple[list[StudyRecord], bool]:
     """(every finished record in merge order, whether results.jsonl/csv need rewriting to hold them)."""
     old = read_results(out / "results.jsonl")
-    merged = {r["variant"]: r for r in old}
+    merged = {r.variant: r for r in old}
     for path in sorted((out / "runs").glob(f"*/{RECORD_NAME}")):
         rec = read_record(path)
-        merged[rec["variant"]] = rec
+        merged[rec.variant] = rec
     order = {m.variant: i for i, m in enumerate(members)}
-    before = {r["variant"]: i for i, r in enumerate(old)}
-    records = sorted(merged.values(), key=lambda r: (0, order[r["variant"]], "") if r["variant"] in order
-                     else (1, before.get(r["variant"], len(before)), r["variant"]))
+    before = {r.variant: i for i, r in enumerate(old)}
+    records = sorted(merged.values(), key=lambda r: (0, order[r.variant], "") if r.variant in order
+                     else (1, before.get(r.variant, len(before)), r.variant))
     return records, records != old
 
 
-def merge_results(out: str | Path, members: Sequence[Member] = ()) -> list[dict[str, Any]]:
+def merge_results(out: str | Path, members: Sequence[Member] = ()) -> list[StudyRecord]:
     """Every finished record in ``out`` (results.jsonl and runs/*/record.json), rewritten into results.jsonl/csv.
 
     A member's own ``record.json`` wins over its line in results.jsonl (folders written before
@@ -298,8 +243,8 @@ def _train_and_record(m: Member, task: Task, out: Path, members: Sequence[Member
     """Train one member, write its record.json, and merge it into the study's results at once."""
     t0 = time.perf_counter()
     rec = run_member(m, task, out, quiet=quiet, command=command, devices=[device] if device is not None else None)
-    rec["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    checkpoint.atomic_write_text(out / "runs" / _slug(m.variant) / RECORD_NAME, json.dumps(rec))
+    rec = replace(rec, wall_seconds=round(time.perf_counter() - t0, 2))
+    write_record(out / "runs" / _slug(m.variant) / RECORD_NAME, rec)
     merge_results(out, members)
 
 
@@ -308,8 +253,8 @@ def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Me
     """Train ``todo`` one member per local device at a time: device k takes members k, k+n, ... (fixed, in order)."""
     local = jax.local_devices()
     if n > len(local):
-        raise StudyError(f"--devices {n}: this process has only {len(local)} {local[0].platform} device(s); "
-                         f"use --devices {len(local)} or fewer")
+        raise StudyError(f"`devices={n}`: this process has only {len(local)} {local[0].platform} device(s); "
+                         f"use `devices={len(local)}` or fewer")
     errors: list[BaseException] = []
 
     def work(device: jax.Device, group: list[tuple[Member, Task]]) -> None:
@@ -331,7 +276,7 @@ def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Me
 
 
 def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
-              command: str = "", shard: Shard | None = None, devices: int | None = None) -> list[dict[str, Any]]:
+              command: str = "", shard: Shard | None = None, devices: int | None = None) -> list[StudyRecord]:
     """Train every member (of ``shard``, if given) not finished in ``out``; return all finished records, member order.
 
     ``shard`` (:mod:`jaxcnn.shard`) selects this process's members of the full list;
@@ -341,7 +286,7 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = merge_results(out, members)
-    done = {r["variant"]: r for r in records}
+    done = {r.variant: r for r in records}
     mine = select(members, shard)
     if shard is not None and not quiet:
         print(f"== shard {shard} ({shard.source}): {len(mine)} of {len(members)} members: "
@@ -363,18 +308,18 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
         for m, t in todo:
             _train_and_record(m, t, out, members, quiet=quiet, command=command)
     order = {m.variant: i for i, m in enumerate(members)}
-    return [r for r in merge_results(out, members) if r["variant"] in order]
+    return [r for r in merge_results(out, members) if r.variant in order]
 
 
-def load_first_layers(out: Path, records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+def load_first_layers(out: Path, records: list[StudyRecord]) -> dict[str, dict[str, np.ndarray]]:
     """{variant: {"trained": kernel, "init": kernel}} for records whose run saved them."""
     found = {}
     for r in records:
-        path = Path(out) / "runs" / _slug(r["variant"]) / "first_layer.npz"
+        path = Path(out) / "runs" / _slug(r.variant) / "first_layer.npz"
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    found[r["variant"]] = {"trained": z["trained"], "init": z["init"]}
+                    found[r.variant] = {"trained": z["trained"], "init": z["init"]}
             except (OSError, ValueError, KeyError) as e:  # a damaged file costs one figure row, not the study
                 print(f"warning: skipping {path} ({e})", file=sys.stderr)
     return found

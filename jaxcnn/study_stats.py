@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.study_record import StudyRecord
+
 # A member is "still improving" when, over the last fifth of its epochs (at least 2: under a
 # cosine schedule the very last epoch runs at a learning rate near 0 and is flat even for an
 # undertrained model), its mean test accuracy rose by at least ACC_GAIN (0.5 points = 5 of
@@ -135,25 +137,26 @@ def min_permutation_p(n_a: int, n_b: int) -> float:
     return 2.0 / math.comb(n_a + n_b, n_a) if n_a == n_b else 1.0 / math.comb(n_a + n_b, n_a)
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], level: float = 0.95) -> dict[str, Any]:
+def compare(a: StudyRecord, b: StudyRecord, level: float = 0.95) -> dict[str, Any]:
     """b's final accuracies against a's: difference of means, Welch interval, permutation p, verdict."""
-    w = welch_interval(a["accuracies"], b["accuracies"], level)
+    w = welch_interval(a.accuracies, b.accuracies, level)
     real = w["low"] > 0 or w["high"] < 0
-    return {"a": a["variant"], "b": b["variant"], "n_a": len(a["accuracies"]), "n_b": len(b["accuracies"]),
-            **w, "permutation_p": permutation_p(a["accuracies"], b["accuracies"]),
-            "min_permutation_p": min_permutation_p(len(a["accuracies"]), len(b["accuracies"])),
+    return {"a": a.variant, "b": b.variant, "n_a": len(a.accuracies), "n_b": len(b.accuracies),
+            **w, "permutation_p": permutation_p(a.accuracies, b.accuracies),
+            "min_permutation_p": min_permutation_p(len(a.accuracies), len(b.accuracies)),
             "exceeds_seed_noise": bool(real)}
 
 
-def convergence(record: dict[str, Any], *, acc_gain: float = ACC_GAIN, loss_fall: float = LOSS_FALL) -> dict[str, Any]:
+def convergence(test_accuracy_per_epoch: Sequence[Any], train_loss_per_epoch: Sequence[Any] = (), *,
+                acc_gain: float = ACC_GAIN, loss_fall: float = LOSS_FALL) -> dict[str, Any]:
     """Test-accuracy gain and train-loss fall over the last fifth of the epochs, and the verdict.
 
     With E epochs the window is k = min(E - 1, max(2, ceil(E / 5))) epochs: the change from the
     mean over seeds after epoch E - k to the mean after epoch E. A single epoch has no trend to
     read (``converged`` is then None).
     """
-    acc = [float(np.mean(e)) for e in record["test_accuracy_per_epoch"]]
-    loss = [float(np.mean(e)) for e in record.get("train_loss_per_epoch") or []]
+    acc = [float(np.mean(e)) for e in test_accuracy_per_epoch]
+    loss = [float(np.mean(e)) for e in train_loss_per_epoch or ()]
     epochs = len(acc)
     if epochs < 2:
         return {"window": 0, "acc_gain": None, "loss_fall": None, "converged": None}
@@ -164,33 +167,33 @@ def convergence(record: dict[str, Any], *, acc_gain: float = ACC_GAIN, loss_fall
     return {"window": k, "acc_gain": gain, "loss_fall": fall, "converged": not improving}
 
 
-def closest(records: Sequence[dict[str, Any]], target: dict[str, Any], family: str,
-            key: str = "learnable_params") -> dict[str, Any] | None:
+def closest(records: Sequence[StudyRecord], target: StudyRecord, family: str,
+            key: str = "learnable_params") -> StudyRecord | None:
     """The record of ``family`` whose ``key`` is nearest ``target``'s on a log scale (None if the family is absent)."""
-    pool = [r for r in records if r["family"] == family and r["variant"] != target["variant"]]
+    pool = [r for r in records if r.family == family and r.variant != target.variant]
     if not pool:
         return None
-    return min(pool, key=lambda r: abs(math.log(r[key]) - math.log(target[key])))
+    return min(pool, key=lambda r: abs(math.log(getattr(r, key)) - math.log(getattr(target, key))))
 
 
-def best_other(records: Sequence[dict[str, Any]], baseline: str) -> dict[str, Any] | None:
+def best_other(records: Sequence[StudyRecord], baseline: str) -> StudyRecord | None:
     """The highest-mean record of ``baseline``'s family other than the baseline itself."""
-    base = next((r for r in records if r["variant"] == baseline), None)
-    pool = [r for r in records if base is not None and r["family"] == base["family"] and r is not base]
-    return max(pool, key=lambda r: r["mean_accuracy"]) if pool else None
+    base = next((r for r in records if r.variant == baseline), None)
+    pool = [r for r in records if base is not None and r.family == base.family and r is not base]
+    return max(pool, key=lambda r: r.mean_accuracy) if pool else None
 
 
-def comparisons_markdown(records: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str, str]]) -> str | None:
+def comparisons_markdown(records: Sequence[StudyRecord], pairs: Sequence[tuple[str, str, str]]) -> str | None:
     """Markdown table of (question, variant a, variant b) comparisons: b - a in points, 95 % Welch interval.
 
     Pairs naming a variant that is not in ``records`` are left out; None when no pair is left
     or a member has fewer than 2 seeds (no interval then).
     """
-    by = {r["variant"]: r for r in records}
+    by = {r.variant: r for r in records}
     rows = [(q, by[a], by[b]) for q, a, b in pairs if a in by and b in by]
-    if not rows or any(len(r["accuracies"]) < 2 for _, a, b in rows for r in (a, b)):
+    if not rows or any(len(r.accuracies) < 2 for _, a, b in rows for r in (a, b)):
         return None
-    seeds = sorted({len(r["accuracies"]) for _, a, b in rows for r in (a, b)})
+    seeds = sorted({len(r.accuracies) for _, a, b in rows for r in (a, b)})
     lines = ["| question | a | b | b - a (points) | 95 % interval | exceeds seed noise? | permutation p |",
              "|---|---|---|---:|---|---|---:|"]
     for q, a, b in rows:

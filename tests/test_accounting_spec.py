@@ -33,7 +33,8 @@ from jaxcnn import (
 )
 from jaxcnn.convert import fc_to_conv
 from jaxcnn.models.resnet import bottleneck
-from jaxcnn.summary import OPTIMIZER_SLOTS, summary
+from jaxcnn.summary import summary
+from jaxcnn.train.optimizers import OPTIMIZERS
 
 
 def leaf_rows(s):
@@ -469,7 +470,7 @@ def test_g_early_layers_hold_most_activations(vgg):
 @pytest.mark.parametrize("optimizer,slots", [("sgd", 0), ("momentum", 1), ("adam", 2)])
 @pytest.mark.parametrize("batch", [1, 8])
 def test_g_training_memory_formula(optimizer, slots, batch):
-    assert OPTIMIZER_SLOTS[optimizer] == slots
+    assert OPTIMIZERS[optimizer] == slots
     t = summary(models.get("vgg16"), (224, 224, 3), batch=batch, optimizer=optimizer).totals
     expected = VGG_PARAMS * (2 + slots) * 4 + batch * CS231N_ACTIVATIONS * 4
     assert t["train_memory_bytes"] == expected

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from jaxcnn.cli import main
 
 
@@ -38,3 +40,15 @@ def test_train_errors_are_one_line_exit_2(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_library_errors_name_arguments_and_the_cli_prints_flags():
+    from jaxcnn.cli import as_flags
+    from jaxcnn.data import DataError, load
+
+    with pytest.raises(DataError) as err:
+        load("cifar10")  # the library speaks of its own argument...
+    assert "`spec=cifar10` needs a path" in str(err.value)
+    assert as_flags(str(err.value)).startswith("--data cifar10 needs a path")  # ...the CLI of its flag
+    assert as_flags("pass `resume=True`, `epochs=3` or `batch=8`; `other=1` stays") == \
+        "pass --resume, --epochs 3 or --batch 8; `other=1` stays"

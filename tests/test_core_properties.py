@@ -265,7 +265,7 @@ def test_a_new_conv_like_layer_is_width_scaled_accounted_decayed_and_lowered_by_
         def spec(self, in_shape):
             h, w, _ = in_shape
             out = (h - self.k + 1, w - self.k + 1, self.features)
-            return Spec(out, macs=math.prod(out) * self.k * self.k * in_shape[2], window=(self.k, self.k))
+            return Spec(out, macs=math.prod(out) * self.k * self.k * in_shape[2], rf=(self.k, self.k))
 
         def param_shapes(self, in_shape):
             return {"kernel": (self.k, self.k, in_shape[2], self.features), "shift": (self.features,)}

@@ -297,7 +297,7 @@ def test_idx_label_out_of_range(tmp_path):
 def test_idx_missing_file(tmp_path):
     _idx_dir(tmp_path, gz=False)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\[\.gz\] does not exist; pass --data mnist:PATH"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\[\.gz\] does not exist; pass `spec=mnist:PATH`"):
         jd.load(f"mnist:{tmp_path}")
 
 
@@ -418,7 +418,7 @@ def test_npz_errors(tmp_path, arrays, match):
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100", "mnist", "fashion", "folder", "list", "npz"])
 def test_missing_path_says_what_to_pass(tmp_path, kind):
     missing = tmp_path / "nowhere"
-    with pytest.raises(DataError, match=rf"nowhere does not exist; pass --data {kind}:"):
+    with pytest.raises(DataError, match=rf"nowhere does not exist; pass `spec={kind}:"):
         jd.load(f"{kind}:{missing}")
 
 
@@ -429,7 +429,7 @@ def test_cifar_folder_without_batches(tmp_path):
 
 @pytest.mark.parametrize("spec, match", [
     ("imagenet:/x", "unknown data source 'imagenet'"),
-    ("cifar10", r"cifar10 needs a path: cifar10:PATH"),
+    ("cifar10", r"`spec=cifar10` needs a path: cifar10:PATH"),
     ("mnist5k:/x", "takes no path"),
     ("synthetic:many", "N must be an integer"),
 ])

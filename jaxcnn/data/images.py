@@ -26,7 +26,7 @@ def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[s
 
     channels = 1 if grey else 3
     check_memory(len(paths) * size * size * channels, f"{len(paths):,} images of {size}x{size}x{channels}",
-                 "pass a smaller --input-size")
+                 "pass a smaller `size`")
     x = np.empty((len(paths), size, size, channels), np.uint8)
     for i, p in enumerate(paths):
         try:
@@ -50,7 +50,7 @@ def check_size(size: int | None, default: int) -> int:
     """A positive image size (``default`` when None)."""
     size = default if size is None else size
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise DataError(f"image size (--input-size) must be a positive integer, got {size!r}")
+        raise DataError(f"image size (`size`) must be a positive integer, got {size!r}")
     return int(size)
 
 
@@ -59,7 +59,7 @@ def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> 
     size = check_size(size, 32)
     root = require_path(Path(path), "folder of class sub-folders", "folder:PATH")
     if not root.is_dir():
-        raise DataError(f"{root} is not a folder; pass --data folder:PATH with a folder of class sub-folders")
+        raise DataError(f"{root} is not a folder; pass `spec=folder:PATH` with a folder of class sub-folders")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class sub-folders; expected {root}/<class>/<image>{IMAGE_EXTENSIONS[0]}")
@@ -83,7 +83,7 @@ def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, si
     size = check_size(size, 32)
     file = require_path(Path(file), "image list file (one 'path label' per line)", "list:FILE[:ROOT]")
     if not file.is_file():
-        raise DataError(f"{file} is not a file; pass --data list:FILE[:ROOT] with a 'path label' list file")
+        raise DataError(f"{file} is not a file; pass `spec=list:FILE[:ROOT]` with a 'path label' list file")
     base = require_path(Path(root), "root folder the listed paths are relative to", "list:FILE:ROOT") if root \
         else file.parent
     paths: list[Path] = []
@@ -151,7 +151,7 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     if (h, w) == (size, size):
         return x
     require_memory(n * size * size * c * x.dtype.itemsize, f"resizing {n:,} images to {size}x{size}x{c}",
-            "pass a smaller --input-size")
+            "pass a smaller `size`")
     out = np.empty((n, size, size, c), x.dtype)
     bilinear = Image.Resampling.BILINEAR
     for i in range(n):

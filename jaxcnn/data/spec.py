@@ -30,9 +30,9 @@ def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Spl
         size = check_size(size, 0)
     needs_path = {"cifar10", "cifar100", "mnist", "fashion", "folder", "list", "npz"}
     if kind in needs_path and not arg:
-        raise DataError(f"--data {kind} needs a path: {kind}:PATH (data specs: {SPEC_HELP})")
+        raise DataError(f"`spec={kind}` needs a path: {kind}:PATH (data specs: {SPEC_HELP})")
     if kind in ("mnist5k", "digits") and has_arg:
-        raise DataError(f"--data {kind} takes no path ({kind} is bundled); use just '{kind}'")
+        raise DataError(f"`spec={kind}` takes no path ({kind} is bundled); use just '{kind}'")
     if kind == "mnist5k":
         splits = {"train": load_mnist5k()}
     elif kind == "digits":
@@ -41,7 +41,7 @@ def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Spl
         try:
             n = int(arg) if arg else 1000
         except ValueError:
-            raise DataError(f"--data {spec}: N must be an integer number of images, e.g. synthetic:2000") from None
+            raise DataError(f"`spec={spec}`: N must be an integer number of images, e.g. synthetic:2000") from None
         side = size or 32
         return {"train": synthetic(n, (side, side, 1 if grey else 3))}
     elif kind in ("cifar10", "cifar100"):
@@ -58,7 +58,7 @@ def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Spl
     elif kind == "npz":
         splits = load_npz(arg)
     else:
-        raise DataError(f"unknown data source {kind!r} in --data {spec}; use one of: {SPEC_HELP}")
+        raise DataError(f"unknown data source {kind!r} in `spec={spec}`; use one of: {SPEC_HELP}")
     for key, ds in list(splits.items()):
         x = ds.x
         if grey is True:

@@ -1,0 +1,136 @@
+"""Normalisation and regularisation: BatchNorm and Dropout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn.core import Layer, Params, ParamsError, Shape, Spec, State
+from jaxcnn.layers.hyperparams import check_dtype
+from jaxcnn.reductions import mean_leading
+
+# -- normalisation and regularisation --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Batch normalisation over the last (channel) axis.
+
+    Train mode normalises with the batch mean and biased variance, and updates the
+    running statistics as ``new = ema_decay * old + (1 - ema_decay) * batch`` where the
+    batch variance is the unbiased one (n / (n - 1), as PyTorch and Caffe keep it).
+    ``ema_decay=0.9`` equals PyTorch's ``momentum=0.1``. Statistics are float32 always.
+    """
+
+    ema_decay: float = 0.9
+    eps: float = 1e-5
+    use_scale: bool = True
+    use_offset: bool = True
+    compute_dtype: str | None = None
+
+    kind: ClassVar[str] = "bn"
+    pointwise: ClassVar[bool] = True  # per-channel affine map of each position
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"BatchNorm: ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.eps <= 0:
+            raise ValueError(f"BatchNorm: eps must be > 0, got {self.eps!r}")
+        check_dtype(self)
+
+    def spec(self, in_shape: Shape) -> Spec:
+        """Same shape; 2 ops per element (scale and shift) at inference."""
+        return Spec(in_shape, other_ops=2 * math.prod(in_shape))
+
+    def param_shapes(self, in_shape: Shape) -> dict[str, Shape]:
+        """``scale`` and ``offset`` per channel (each optional)."""
+        c = (in_shape[-1],)
+        shapes = {}
+        if self.use_scale:
+            shapes["scale"] = c
+        if self.use_offset:
+            shapes["offset"] = c
+        return shapes
+
+    def state_shapes(self, in_shape: Shape) -> dict[str, Shape]:
+        """Running ``mean`` and ``var`` per channel."""
+        return {"mean": (in_shape[-1],), "var": (in_shape[-1],)}
+
+    def init_param(self, name: str, key: jax.Array, shape: Shape, in_shape: Shape) -> jax.Array:
+        """scale = 1, offset = 0."""
+        return jnp.ones(shape, jnp.float32) if name == "scale" else jnp.zeros(shape, jnp.float32)
+
+    def init_state(self, name: str, shape: Shape) -> jax.Array:
+        """mean = 0, var = 1."""
+        return jnp.ones(shape, jnp.float32) if name == "var" else jnp.zeros(shape, jnp.float32)
+
+    def has_arrays(self) -> bool:
+        """BatchNorm owns running statistics."""
+        return True
+
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
+        """Normalise in (at least) float32, return in the compute (or input) dtype."""
+        out_dtype = jnp.dtype(self.compute_dtype) if self.compute_dtype else x.dtype
+        # At least float32: bf16/f16 inputs are upcast, but float64 (x64 mode) must not be
+        # silently truncated to float32 precision.
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if train:
+            # two-stage sums: accurate under every XLA reduction strategy (see jaxcnn.reductions)
+            mean = mean_leading(xf, x.ndim - 1)
+            var = mean_leading(jnp.square(xf - mean), x.ndim - 1)
+            n = math.prod(x.shape[:-1])
+            unbiased = var * (n / max(n - 1, 1))
+            d = self.ema_decay
+            state = {  # kept in the dtype init gave them (float32), whatever the input dtype
+                "mean": (d * state["mean"] + (1.0 - d) * lax.stop_gradient(mean)).astype(state["mean"].dtype),
+                "var": (d * state["var"] + (1.0 - d) * lax.stop_gradient(unbiased)).astype(state["var"].dtype),
+            }
+        else:
+            mean, var = state["mean"], state["var"]
+        y = (xf - mean) * lax.rsqrt(var + self.eps)
+        if self.use_scale:
+            y = y * params["scale"]
+        if self.use_offset:
+            y = y + params["offset"]
+        return y.astype(out_dtype), state
+
+
+@dataclass(frozen=True)
+class Dropout(Layer):
+    """Zero each element with probability ``rate`` in train mode and rescale by 1/(1-rate)."""
+
+    rate: float = 0.5
+
+    kind: ClassVar[str] = "dropout"
+    in_place: ClassVar[bool] = True
+    pointwise: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"Dropout: rate is the drop probability and must be in [0, 1), got {self.rate!r}")
+
+    def spec(self, in_shape: Shape) -> Spec:
+        """Same shape."""
+        return Spec(in_shape)
+
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
+        """Bernoulli mask from ``key`` in train mode; identity otherwise."""
+        if not train or self.rate == 0.0:
+            return x, state
+        if key is None:
+            raise ParamsError(
+                self, tuple(x.shape[1:]), "train mode needs a random key",
+                "Pass key=jax.random.key(...) to apply (or train=False for evaluation)",
+            )
+        # float32 draws always (what bernoulli does in the default mode), so a float64 run draws the same mask
+        keep = jax.random.uniform(key, x.shape, jnp.float32) < jnp.float32(1.0 - self.rate)
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state

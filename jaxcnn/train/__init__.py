@@ -1,0 +1,35 @@
+"""Training engine: on-device data, compiled epochs, K seeds trained together in one program.
+
+* The training set lives on the device as uint8 (or float) NHWC; each epoch draws a
+  permutation with ``jax.random``, and the steps run as compiled ``lax.scan`` chunks
+  with no Python per step (``mode="epoch"``). On GPU/TPU a chunk is the whole epoch.
+  On CPU a chunk is a few fully unrolled steps (``chunk``, default 4, or 1 with several
+  seeds, which already fill a program): XLA:CPU runs
+  convolutions inside a while loop about 10x slower than outside one (measured here;
+  jax issue #12868), and an unrolled chunk has no loop. ``mode="step"`` is the streaming path: one
+  jitted step per batch, batches gathered on the host and prefetched to the device,
+  for data that does not fit in device memory. Both do exactly the same math.
+* K seeds of one architecture train together: init, shuffles, augmentation and
+  dropout keys are independent per seed, and every step runs all seeds: ``vmap``-ed over seeds on
+  GPU/TPU, unrolled (one copy of the step per seed) on CPU, where it is faster (``seed_batching``).
+  Seed ``s`` of a K-seed run equals a 1-seed run with ``seed=s``.
+* Data parallel over all local devices with ``jax.sharding``: batches are sharded on
+  a 1-D mesh, parameters replicated; XLA inserts the gradient all-reduce. The same
+  code runs on one device, and over several processes (``fit(..., distributed=True)``,
+  :mod:`jaxcnn.distributed`): the mesh then spans every process's devices, each process
+  computes (and in ``mode="step"`` gathers on its host) only its devices' part of the global
+  batch, and only process 0 writes checkpoints and metrics.
+* Keys: seed s -> ``key(s)``; init uses ``fold_in(key, 0)``; epoch e uses
+  ``fold_in(fold_in(key, 1), e)``; so a resumed run replays the same randomness.
+"""
+
+from jaxcnn.train.config import SEED_BATCHING, TrainConfig, TrainingError
+from jaxcnn.train.inputs import TrainData, augment, epoch_permutation
+from jaxcnn.train.loop import FitResult, fit, run_identity
+from jaxcnn.train.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer
+from jaxcnn.train.trainer import Trainer
+
+__all__ = [
+    "OPTIMIZERS", "SCHEDULES", "SEED_BATCHING", "FitResult", "TrainConfig", "TrainData", "Trainer", "TrainingError",
+    "augment", "epoch_permutation", "fit", "make_optimizer", "run_identity",
+]

@@ -1,0 +1,45 @@
+"""The named optimizers and learning-rate schedules of :class:`~jaxcnn.train.TrainConfig` (listed once here)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import optax
+
+from jaxcnn import step
+from jaxcnn.core import Layer
+
+if TYPE_CHECKING:
+    from jaxcnn.train.config import TrainConfig
+
+# name -> optimizer state arrays kept per parameter (momentum 1, Adam's two moments 2): the training-memory
+# estimate of jaxcnn.summary reads the count, the CLI and TrainConfig the names
+OPTIMIZERS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer) -> optax.GradientTransformation:
+    """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up).
+
+    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.step.decay_mask`).
+    """
+    _decay_mask = step.decay_mask(model)
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.lr, max(total - warm, 1))
+    elif cfg.schedule == "step":
+        main = optax.piecewise_constant_schedule(
+            cfg.lr, {max(e * steps_per_epoch - warm, 1): 0.1 for e in cfg.step_epochs}
+        )
+    else:
+        main = optax.constant_schedule(cfg.lr)
+    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm]) if warm else main
+    if cfg.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=cfg.weight_decay, mask=_decay_mask)
+    decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask) if cfg.weight_decay else optax.identity()
+    if cfg.optimizer == "adam":
+        return optax.chain(decay, optax.adam(lr))
+    if cfg.optimizer == "sgd":
+        return optax.chain(decay, optax.sgd(lr))
+    return optax.chain(decay, optax.sgd(lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov"))

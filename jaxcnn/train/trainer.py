@@ -1,0 +1,296 @@
+"""The compiled side of training: :class:`Trainer` builds the step, chunk and evaluation programs.
+
+See :mod:`jaxcnn.train` for how epochs, seeds and devices map onto programs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxcnn import compile_options, step
+from jaxcnn import distributed as _distributed
+from jaxcnn.core import Layer
+from jaxcnn.train.config import TrainConfig
+from jaxcnn.train.inputs import TrainData, augment, epoch_permutation
+from jaxcnn.train.optimizers import make_optimizer
+
+
+def _divisor_chunk(steps: int, lo: int = 3, hi: int = 8) -> int:
+    """A chunk length in [lo, hi] dividing ``steps`` (one compiled program), else 4 (plus a remainder)."""
+    for c in (4, 5, 6, 8, 3, 7):
+        if lo <= c <= hi and steps % c == 0:
+            return c
+    return 4
+
+
+def _stack_seeds(per_seed: list[Any]) -> Any:
+    """Per-seed pytrees -> one pytree with a leading seed axis."""
+    return jax.tree_util.tree_map(lambda *vs: jnp.stack(vs), *per_seed)
+
+
+class Trainer:
+    """Compiled train/eval functions for one model, config and data shape (K seeds).
+
+    ``optimizer``, ``loss`` and ``metrics`` are as in :func:`fit`; by default the config's named
+    optimizer (:func:`make_optimizer`) and cross-entropy with its label smoothing. ``devices`` (default:
+    every device of every process) are the mesh the batch is sharded over.
+    """
+
+    def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData,
+                 devices: Sequence[jax.Device] | None = None, *, optimizer: step.OptimizerLike | None = None,
+                 loss: step.LossFn | None = None, metrics: dict[str, step.LossFn] | None = None):
+        self.model, self.cfg, self.data = model, cfg.check(), data
+        n = data.x_train.shape[0]
+        if n < cfg.batch:
+            raise ValueError(f"TrainConfig: batch={cfg.batch} is larger than the training set ({n} examples)")
+        self.steps = n // cfg.batch
+        # the named optimizers are factories of the steps per epoch too: one path for both
+        self.tx = step.resolve_optimizer(
+            optimizer if optimizer is not None else partial(make_optimizer, cfg, model=model), self.steps)
+        self.loss = loss if loss is not None else step.cross_entropy(cfg.label_smoothing, data.num_classes)
+        self.metrics = dict(metrics or {})
+        bad = [k for k in self.metrics if not isinstance(k, str) or k in ("loss", "correct") or not callable(
+            self.metrics[k])]
+        if bad:
+            raise ValueError(f"metrics: {bad[0]!r} must be a name other than 'loss'/'correct' mapped to a function "
+                             "(logits, labels, batch) -> scalar")
+        self.epoch_metrics: dict[str, np.ndarray] = {}  # the last epoch's extra metrics, (K, steps) each
+        self.checkpoint_format = "npz"  # what fit writes: "npz" or "safetensors"
+        self.devices = list(devices) if devices else jax.devices()
+        self.multiprocess = any(d.process_index != jax.process_index() for d in self.devices)
+        if self.multiprocess and cfg.batch % len(self.devices):
+            raise ValueError(f"TrainConfig: batch={cfg.batch} must be a multiple of the {len(self.devices)} devices "
+                             f"of the {jax.process_count()} processes, so that each gets an equal part of it; "
+                             f"use `batch={cfg.batch // len(self.devices) * len(self.devices) or len(self.devices)}`")
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.shard_batch = len(self.devices) > 1 and cfg.batch % len(self.devices) == 0
+        # seed axis first, then the batch: what a host batch of mode="step" is split along
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(None, "data")) if self.shard_batch \
+            else self.replicated
+        scale = 255.0 if data.x_train.dtype == np.uint8 else 1.0
+        # numpy, not device arrays: constants baked into every program, on whichever devices it runs
+        self.mean = np.asarray(data.mean, np.float32) * np.float32(scale)
+        self.std = np.asarray(data.std, np.float32) * np.float32(scale)
+        self.in_shape = tuple(data.x_train.shape[1:])
+        model.spec(self.in_shape)  # shape errors before anything is compiled
+        if cfg.crop_pad and cfg.crop_pad >= min(self.in_shape[:2]):
+            raise ValueError(f"TrainConfig: crop_pad={cfg.crop_pad} is not smaller than the {self.in_shape[0]}x"
+                             f"{self.in_shape[1]} images (crops would be mostly padding); use at most "
+                             f"{min(self.in_shape[:2]) - 1}")
+        self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
+        self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
+        if self.multiprocess:  # every input of a multi-process program is a global array
+            self.keys = _distributed.put(self.keys, self.replicated)
+        on_cpu = self.devices[0].platform == "cpu"
+        self.seed_batching = cfg.seed_batching if cfg.seed_batching != "auto" else ("unroll" if on_cpu else "vmap")
+        # K unrolled seeds already give each call K steps of work; longer chunks then only add compile
+        # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast)
+        if not on_cpu:
+            auto = self.steps
+        elif self.seed_batching == "unroll" and cfg.seeds > 1:
+            auto = 1
+        else:
+            auto = _divisor_chunk(self.steps)
+        self.chunk = min(cfg.chunk or auto, self.steps)
+        self._perm_fn = jax.jit(jax.vmap(self._permutation), out_shardings=self.replicated)
+        self.choice: compile_options.Choice | None = None
+        self._use_options({})
+
+    def _use_options(self, options: dict[str, str]) -> None:
+        """(Re)build the jitted step, chunk and eval functions with these XLA compile options."""
+        self.compiler_options = dict(options)
+        self._chunk_fns: dict[int, Any] = {}
+        # several processes read the outputs back (losses, parameters to save): they must be replicated
+        self._out = {"out_shardings": self.replicated} if self.multiprocess else {}
+        self._step_fn = jax.jit(
+            self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,), compiler_options=options, **self._out
+        )
+        self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options,
+                                **self._out)
+
+    def choose_options(self, carry) -> compile_options.Choice:
+        """Resolve ``cfg.compile_options`` (tuning on one seed's step when "auto") and rebuild the programs."""
+        if self.multiprocess and self.cfg.compile_options == "auto":
+            # each process would time the candidates on its own and could pick differently; every process
+            # must compile the same program, so "auto" means XLA's default here
+            self.choice = compile_options.Choice("xla", {})
+            self._use_options(self.choice.options)
+            return self.choice
+        first = jax.tree_util.tree_map(lambda v: v[0], carry)
+        params, state = first.params, first.state
+        b = self.cfg.batch
+        x = (jnp.asarray(self.data.x_train[:b]).astype(jnp.float32) - self.mean) / self.std
+        y = jnp.asarray(self.data.y_train[:b])
+        key = jax.random.key(0)
+
+        def probe(params, state, x, y):  # what the accuracy check compares: loss, gradients, BN statistics
+            (loss, (new_state, _, _)), grads = step.loss_and_grads(self.model, params, state, x, y, key, self.loss)
+            return loss, grads, new_state
+
+        self.choice = compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
+        self._use_options(self.choice.options)
+        return self.choice
+
+    def _seedwise(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+        """Map ``fn`` over the leading seed axis of the arguments whose ``in_axes`` entry is 0.
+
+        ``vmap`` batches every convolution over seeds, which XLA lowers as a grouped
+        convolution: fine on GPU/TPU, 1.3-2.4x slower than K separate convolutions on CPU
+        (measured, see ``seed_batching``). "unroll" traces ``fn`` once per seed instead, so
+        every convolution stays a plain one; with one seed both reduce to indexing the axis away.
+        """
+        k = len(self.seeds)
+        if k > 1 and self.seed_batching == "vmap":
+            return jax.vmap(fn, in_axes=in_axes)
+
+        def unrolled(*args):
+            outs = []
+            for s in range(k):
+                sliced = [a if ax is None else jax.tree_util.tree_map(lambda v, s=s: v[s], a)
+                          for a, ax in zip(args, in_axes, strict=True)]
+                outs.append(fn(*sliced))
+            return _stack_seeds(outs)
+
+        return unrolled
+
+    # one seed's functions; mapped over seeds by _seedwise
+    def init(self) -> step.TrainState:
+        """The :class:`~jaxcnn.step.TrainState` of every seed, stacked on a leading axis."""
+
+        def one(key):
+            return step.init(self.model, jax.random.fold_in(key, 0), self.in_shape, self.tx)
+
+        if self.seed_batching == "vmap":
+            carry = jax.jit(jax.vmap(one))(self.keys)
+        else:  # one compiled init called per seed: compiles faster (MobileNet: 5.8 s vs 8.9 s) and is exact
+            f = jax.jit(one)
+            carry = _stack_seeds([f(self.keys[i]) for i in range(len(self.seeds))])
+        return self.put(carry)
+
+    def put(self, tree: Any) -> Any:
+        """``tree`` (host arrays or arrays equal on every process) replicated on every device of the mesh."""
+        return _distributed.put(tree, self.replicated) if self.multiprocess else jax.device_put(tree, self.replicated)
+
+    def _step(self, carry, xb, yb, key):
+        if self.shard_batch:
+            spec = NamedSharding(self.mesh, PartitionSpec("data"))
+            xb = jax.lax.with_sharding_constraint(xb, spec)
+            yb = jax.lax.with_sharding_constraint(yb, spec)
+        k_aug, k_drop = jax.random.split(key)
+        x = (xb.astype(jnp.float32) - self.mean) / self.std
+        x = augment(x, k_aug, self.cfg.crop_pad, self.cfg.flip)
+        carry, out = step.train_step(self.model, self.tx, carry, x, yb, k_drop, loss=self.loss, metrics=self.metrics)
+        return carry, (out.pop("loss"), out.pop("correct"), out)
+
+    def _permutation(self, epoch_key):
+        perm = epoch_permutation(epoch_key, self.data.x_train.shape[0], self.cfg.batch)
+        return perm, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
+
+    def _chunk(self, carry, x_all, y_all, idx, keys):
+        def body(c, inp):
+            i, k = inp
+            return self._step(c, x_all[i], y_all[i], k)
+
+        if idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop (jax issue #25330)
+            carry, out = body(carry, (idx[0], keys[0]))
+            return carry, jax.tree_util.tree_map(lambda v: v[None], out)
+        unroll = idx.shape[0] if self.devices[0].platform == "cpu" else 1
+        return jax.lax.scan(body, carry, (idx, keys), unroll=unroll)
+
+    def chunk_fn(self, length: int):
+        """The jitted all-seeds function running ``length`` steps (compiled once per length)."""
+        if length not in self._chunk_fns:
+            self._chunk_fns[length] = jax.jit(
+                self._seedwise(self._chunk, (0, None, None, 0, 0)), donate_argnums=(0,),
+                compiler_options=self.compiler_options, **self._out,
+            )
+        return self._chunk_fns[length]
+
+    def compile(self, carry, x_dev, y_dev) -> float:
+        """Compile every chunk length an epoch needs; returns the seconds it took."""
+        t0 = time.perf_counter()
+        perm, keys = self._perm_fn(self.epoch_keys(0))
+        lengths = {min(self.chunk, self.steps - i) for i in range(0, self.steps, self.chunk)}
+        for n in sorted(lengths):
+            self._chunk_fns[n] = self.chunk_fn(n).lower(carry, x_dev, y_dev, perm[:, :n], keys[:, :n]).compile()
+        return time.perf_counter() - t0
+
+    def _evaluate(self, params, state, x, y, mask):
+        def body(acc, inp):
+            xb, yb, mb = inp
+            sums = step.eval_sums(self.model, params, state, (xb.astype(jnp.float32) - self.mean) / self.std, yb, mb)
+            return tuple(a + s for a, s in zip(acc, sums, strict=True)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        # unrolled on CPU for the same reason as the training chunks (convolutions in a loop are slow)
+        unroll = x.shape[0] if self.devices[0].platform == "cpu" else 1
+        return jax.lax.scan(body, (zero, zero, zero), (x, y, mask), unroll=unroll)[0]
+
+    # host-side drivers
+    def epoch_keys(self, epoch: int) -> jax.Array:
+        """Per-seed keys of epoch ``epoch``."""
+        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(self.keys)
+
+    def run_epoch(self, carry, x_dev, y_dev, epoch: int):
+        """One epoch; returns (carry, losses (K, steps), correct (K, steps)); extra metrics in ``epoch_metrics``."""
+        keys = self.epoch_keys(epoch)
+        extras: list[dict[str, jax.Array]] = []
+        if self.cfg.mode == "epoch":
+            perm, step_keys = self._perm_fn(keys)
+            losses, correct = [], []
+            for i in range(0, self.steps, self.chunk):
+                j = min(i + self.chunk, self.steps)
+                carry, (loss, corr, ext) = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
+                losses.append(loss)
+                correct.append(corr)
+                extras.append(ext)
+            self.epoch_metrics = {k: np.concatenate([np.asarray(e[k]) for e in extras], 1) for k in self.metrics}
+            return carry, jnp.concatenate(losses, 1), jnp.concatenate(correct, 1)
+        # streaming: the same permutation, batches gathered on the host, one step prefetched
+        perms, step_keys = self._perm_fn(keys)
+        perms = np.asarray(perms)
+        x_host, y_host = self.data.x_train, self.data.y_train
+        losses, correct = [], []
+
+        def put(i):
+            if self.multiprocess:  # each process gathers only the rows of its own devices
+                return (_distributed.put_rows(x_host, perms[:, i], self.batch_sharding),
+                        _distributed.put_rows(y_host, perms[:, i], self.batch_sharding))
+            return jax.device_put(x_host[perms[:, i]]), jax.device_put(y_host[perms[:, i]])
+
+        nxt = put(0)
+        for i in range(self.steps):
+            xb, yb = nxt
+            if i + 1 < self.steps:
+                nxt = put(i + 1)  # async transfer overlaps with this step's compute
+            carry, (loss, corr, ext) = self._step_fn(carry, xb, yb, step_keys[:, i])
+            losses.append(loss)
+            correct.append(corr)
+            extras.append(ext)
+        self.epoch_metrics = {k: np.stack([np.asarray(e[k]) for e in extras], 1) for k in self.metrics}
+        return carry, jnp.stack(losses, 1), jnp.stack(correct, 1)
+
+    def evaluate(self, carry, x_test=None, y_test=None) -> dict[str, np.ndarray]:
+        """Test loss, top-1 and top-5 accuracy per seed."""
+        x = self.data.x_test if x_test is None else x_test
+        y = self.data.y_test if y_test is None else y_test
+        eb = min(self.cfg.eval_batch, len(x))
+        nb = -(-len(x) // eb)
+        pad = nb * eb - len(x)
+        xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(nb, eb, *x.shape[1:])
+        yp = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, eb)
+        mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)]).reshape(nb, eb)
+        params, state = carry.params, carry.state
+        if self.multiprocess:
+            xp, yp, mask = self.put((xp, yp, mask))
+        loss, top1, top5 = (np.asarray(v) for v in self._eval_fn(params, state, xp, yp, mask))
+        return {"loss": loss / len(x), "accuracy": top1 / len(x), "top5": top5 / len(x)}
