@@ -113,6 +113,8 @@ def _env(**extra) -> dict:
         env["JAX_COMPILATION_CACHE_DIR"] = _CACHE[0]
     if "XLA_FLAGS" not in extra:
         env.pop("XLA_FLAGS", None)  # one CPU device per process
+    else:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # nor the session's (conftest): these runs compile their own
     return env
 
 
