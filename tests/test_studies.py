@@ -95,16 +95,23 @@ def test_main_command_trains_on_a_clone_with_committed_results(tmp_path):
     assert [r["variant"] for r in records] == [variant] and len(records[0]["test_accuracy_per_epoch"]) == 1
     assert (clone / "runs" / "width_study" / "table.md").exists()
     assert _tree_digest(clone / "results") == before  # the reference folder is untouched
+    # three more runs at once (2 cores; none writes where another reads): a rerun, and two that must refuse
+    runs = [subprocess.Popen(a, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for a in (args[:-1], args + ["--reference"], args + ["--reference", "--quick"])]
+    try:
+        (again, ref, quick_ref) = [(r.communicate(timeout=300)[1], r.returncode) for r in runs]
+    finally:
+        for r in runs:
+            if r.poll() is None:
+                r.kill()
+                r.wait()
     # rerun: resumes from the run folder (finished model skipped), reference still untouched
-    again = subprocess.run(args[:-1], cwd=clone, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and f"{variant}: already in runs/width_study/results.jsonl" in again.stderr
-    assert _tree_digest(clone / "results") == before
+    assert again[1] == 0 and f"{variant}: already in runs/width_study/results.jsonl" in again[0], again[0][-3000:]
     # --reference is the only way in: it refuses to mix this recipe into the reference records
-    ref = subprocess.run(args + ["--reference"], cwd=clone, env=env, capture_output=True, text=True)
-    assert ref.returncode == 2 and "already holds allconv6_1_bn from a run with another" in ref.stderr
-    assert str(reference / "results.jsonl") in ref.stderr and _tree_digest(clone / "results") == before
-    quick_ref = subprocess.run(args + ["--reference", "--quick"], cwd=clone, env=env, capture_output=True, text=True)
-    assert quick_ref.returncode == 2 and "--reference" in quick_ref.stderr
+    assert ref[1] == 2 and "already holds allconv6_1_bn from a run with another" in ref[0], ref[0][-3000:]
+    assert str(reference / "results.jsonl") in ref[0]
+    assert quick_ref[1] == 2 and "--reference" in quick_ref[0], quick_ref[0][-3000:]
+    assert _tree_digest(clone / "results") == before
 
 
 @pytest.mark.slow

@@ -161,11 +161,22 @@ def test_four_host_devices_match_one_device(tmp_path):
         r = fit(tiny_model(), tiny_data(n=512), TrainConfig(epochs=3, batch=64, lr=0.05), quiet=True)
         print(json.dumps({{"devices": jax.device_count(), "loss": [h["train_loss"][0] for h in r.history]}}))
     """)
-    results = {}
+    procs = {}  # both at once: they share no compiled program (another device count), and CI has 2 cores
     for n in (1, 4):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
-        results[n] = json.loads(out.stdout.strip().splitlines()[-1])
+        procs[n] = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+    results = {}
+    try:
+        for n, proc in procs.items():
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+            results[n] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert results[1]["devices"] == 1 and results[4]["devices"] == 4
     np.testing.assert_allclose(results[4]["loss"], results[1]["loss"], rtol=1e-3)
 
