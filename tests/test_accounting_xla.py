@@ -110,8 +110,7 @@ REAL_INIT = [
 @pytest.mark.parametrize("name,shape,opts", REAL_INIT, ids=[c[0] for c in REAL_INIT])
 def test_summary_counts_equal_init_leaf_sizes(name, shape, opts):
     model = models.get(name, num_classes=10, **opts)
-    # unsafe_rbg only makes the random init cheaper to compile; the arrays are real
-    params, state = model.init(jax.random.key(0, impl="unsafe_rbg"), shape)
+    params, state = model.init(jax.random.key(0), shape)
     leaf_sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(params)]
     state_sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(state)]
     t = summary(model, shape).totals

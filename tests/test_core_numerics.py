@@ -399,3 +399,40 @@ def test_mixed_precision_close_to_float32():
         np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05 * np.abs(y32).max())
         assert not np.array_equal(y16, y32)  # it really ran in lower precision
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05), s16, s32)
+
+
+@pytest.mark.parametrize("shape", [(1,), (5,), (1023,), (1025,), (3, 3, 3, 16), (3, 3, 96, 128), (7, 7, 3, 64),
+                                   (2048, 1000), (2049, 2048)])  # the last is above the largest bucket
+def test_eager_initialisers_draw_exactly_what_jax_random_draws_for_the_shape(shape):
+    # eager draws are made at a few bucket sizes and cut on the host (one compile per bucket, not per shape);
+    # the reference is jax.random called with the shape itself
+    from jaxcnn import initializers
+
+    key = jax.random.fold_in(jax.random.key(7), len(shape))
+    fan_in, fan_out = shape[0] * 3 + 1, shape[-1] + 2
+    direct = {
+        "he_normal": np.sqrt(2.0 / fan_in) * jax.random.normal(key, shape, jnp.float32),
+        "lecun_normal": np.sqrt(1.0 / fan_in) * jax.random.normal(key, shape, jnp.float32),
+        "glorot_normal": np.sqrt(2.0 / (fan_in + fan_out)) * jax.random.normal(key, shape, jnp.float32),
+        "normal:0.01": 0.01 * jax.random.normal(key, shape, jnp.float32),
+        "he_uniform": jax.random.uniform(key, shape, jnp.float32, -np.sqrt(6.0 / fan_in), np.sqrt(6.0 / fan_in)),
+        "torch": jax.random.uniform(key, shape, jnp.float32, -1 / np.sqrt(fan_in), 1 / np.sqrt(fan_in)),
+    }
+    for name, want in direct.items():
+        got = initializers.weight(name, key, shape, fan_in, fan_out)
+        assert got.dtype == jnp.float32 and got.shape == shape
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
+    np.testing.assert_array_equal(np.asarray(initializers.bias("torch", key, shape, fan_in)),
+                                  np.asarray(direct["torch"]))
+
+
+def test_model_init_is_the_same_with_and_without_bucketed_draws(monkeypatch):
+    from jaxcnn import initializers, models
+
+    cases = [(models.get("mobilenet_v1/0.25", num_classes=10), (32, 32, 3)),  # he_normal kernels
+             (models.get("allconv6_1_bn"), (28, 28, 1))]                      # + a glorot_uniform head
+    bucketed = [model.init(jax.random.key(3), in_shape) for model, in_shape in cases]
+    monkeypatch.setattr(initializers, "_bucketed", lambda key: False)  # every draw at its own shape
+    plain = [model.init(jax.random.key(3), in_shape) for model, in_shape in cases]
+    for a, b in zip(jax.tree_util.tree_leaves(bucketed), jax.tree_util.tree_leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -311,8 +311,7 @@ def test_registry_traces_at_small_width(name):
 
 def _run(name):
     model, shape = small_setup(name)
-    # unsafe_rbg: the same init code path, but a PRNG that compiles in a fraction of threefry's time
-    params, state = model.init(jax.random.key(0, impl="unsafe_rbg"), shape)
+    params, state = model.init(jax.random.key(0), shape)  # the default key: draws shared across shapes
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *shape)), jnp.float32)
     y, new_state = jax.jit(lambda p, s, xb: model.apply(p, s, xb))(params, state, x)
     y = np.asarray(y)
