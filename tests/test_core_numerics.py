@@ -427,10 +427,13 @@ def test_eager_initialisers_draw_exactly_what_jax_random_draws_for_the_shape(sha
 
 
 def test_model_init_is_the_same_with_and_without_bucketed_draws(monkeypatch):
+    import jaxcnn as jc
     from jaxcnn import initializers, models
 
-    cases = [(models.get("mobilenet_v1/0.25", num_classes=10), (32, 32, 3)),  # he_normal kernels
-             (models.get("allconv6_1_bn"), (28, 28, 1))]                      # + a glorot_uniform head
+    mixed = jc.Sequential([jc.Conv(8, 3, kernel_init="torch"), jc.DepthwiseConv(), jc.GlobalAvgPool(),
+                           jc.Dense(5, kernel_init="lecun_normal")])
+    cases = [(models.get("allconv6_1_bn"), (28, 28, 1)),  # he_normal kernels, BatchNorm, a glorot_uniform head
+             (mixed, (8, 8, 3))]                           # torch-style weights and biases, depthwise, lecun
     bucketed = [model.init(jax.random.key(3), in_shape) for model, in_shape in cases]
     monkeypatch.setattr(initializers, "_bucketed", lambda key: False)  # every draw at its own shape
     plain = [model.init(jax.random.key(3), in_shape) for model, in_shape in cases]
