@@ -34,7 +34,7 @@ class FitResult:
     test_accuracy: list[float]
     train_seconds: float
     compile_seconds: float
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the seed values trained (TrainConfig.seeds is their count)
     initial_params: Any = None  # with fit(keep_initial=True): parameters before training, per seed
     compile_choice: dict[str, Any] | None = None  # the XLA options used and the measurements behind them
     identity: dict[str, Any] = field(default_factory=dict)  # what defines the run (see run_identity)
