@@ -54,7 +54,7 @@ def prepare(spec: str, *, size: int | None = None, test_fraction: float = 0.2,
         test = jdata.stratified_subset(test, subset[1], seed=0)
     mean, std = jdata.normalization_stats(train.x)
     data = TrainData(train.x, train.y, test.x, test.y, splits["train"].num_classes, mean, std)
-    return Prepared(data, spec.split(":", 1)[0], official, len(np.unique(train.y)))
+    return Prepared(data, jdata.source(spec), official, len(np.unique(train.y)))
 
 
 def augmentation(spec: str, size: int) -> dict[str, int | bool]:
@@ -64,4 +64,4 @@ def augmentation(spec: str, size: int) -> dict[str, int | bool]:
     or less); flips are off for digits.
     """
     crop = 4 if size >= 32 else 2 if size >= 16 else 1
-    return {"crop_pad": crop, "flip": spec.split(":", 1)[0] not in DIGIT_SOURCES}
+    return {"crop_pad": crop, "flip": jdata.source(spec) not in DIGIT_SOURCES}

@@ -133,6 +133,8 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
     # first-layer filters, trained and at initialisation (seed 0), for the filter figures
     k_trained = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.params), task.in_shape)
     k_init = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.initial_params), task.in_shape)
+    accuracy_curve = [h["test_accuracy"] for h in res.history]
+    loss_curve = [h["train_loss"] for h in res.history]
     if k_trained is not None:
         buf = io.BytesIO()
         np.savez(buf, trained=k_trained, init=k_init)
@@ -151,9 +153,9 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         accuracies=res.test_accuracy,
         mean_accuracy=res.mean_accuracy,
         std_accuracy=res.std_accuracy,
-        test_accuracy_per_epoch=[h["test_accuracy"] for h in res.history],
-        train_loss_per_epoch=[h["train_loss"] for h in res.history],
-        convergence=convergence([h["test_accuracy"] for h in res.history], [h["train_loss"] for h in res.history]),
+        test_accuracy_per_epoch=accuracy_curve,
+        train_loss_per_epoch=loss_curve,
+        convergence=convergence(accuracy_curve, loss_curve),
         train_seconds=round(res.train_seconds, 2),
         compile_seconds=round(res.compile_seconds, 2),
         epochs=m.recipe.epochs,

@@ -27,12 +27,12 @@ from jaxcnn.data.dataset import (
 from jaxcnn.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_idx, read_idx
 from jaxcnn.data.images import load_folder, load_list, resize, to_grey, to_rgb
 from jaxcnn.data.npz import load_npz
-from jaxcnn.data.spec import SPEC_HELP, load
+from jaxcnn.data.spec import SPEC_HELP, load, source
 from jaxcnn.data.splits import normalization_stats, normalize, stratified_split, stratified_subset
 
 __all__ = [
     "DataError", "Dataset", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC", "MAX_CLASSES", "SPEC_HELP", "Splits",
     "check_splits", "class_count", "labels", "IMAGE_EXTENSIONS", "load", "load_cifar", "load_digits", "load_folder",
     "load_idx", "load_list", "load_mnist5k", "load_npz", "normalization_stats", "normalize", "read_idx", "resize",
-    "restricted_unpickle", "stratified_split", "stratified_subset", "synthetic", "to_grey", "to_rgb",
+    "restricted_unpickle", "source", "stratified_split", "stratified_subset", "synthetic", "to_grey", "to_rgb",
 ]

@@ -18,14 +18,18 @@ SPEC_HELP = ("mnist5k (bundled), digits (bundled), synthetic[:N], cifar10:PATH, 
              "fashion:PATH, folder:PATH, list:FILE[:ROOT], npz:FILE")
 
 
+def source(spec: str) -> str:
+    """The source name of a data spec as ``load`` reads it: ``MNIST5k`` -> ``mnist5k``, ``cifar10:/d`` -> cifar10."""
+    return str(spec).partition(":")[0].strip().lower()
+
+
 def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Splits:
     """Load a data spec (see ``SPEC_HELP``): ``{"train": ...}`` plus ``"test"`` where the source has one.
 
     ``size`` resizes every image to size x size (image files default to 32); ``grey`` True/False converts
     to 1/3 channels (image files default to RGB; other sources keep what they store when None).
     """
-    kind, has_arg, arg = str(spec).partition(":")
-    kind = kind.strip().lower()
+    kind, (_, has_arg, arg) = source(spec), str(spec).partition(":")
     if size is not None:
         size = check_size(size, 0)
     needs_path = {"cifar10", "cifar100", "mnist", "fashion", "folder", "list", "npz"}
