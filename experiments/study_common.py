@@ -103,8 +103,7 @@ def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
         batch=min(args.batch, len(data.y_train)), lr=args.lr, optimizer="momentum", momentum=0.9, weight_decay=5e-4,
         schedule="cosine", seeds=args.seeds, **recipe.augmentation(args.data, data.x_train.shape[1]),
     )
-    name = prepared.name
-    return Task(name, data), base
+    return Task(prepared.name, data), base
 
 
 def parse_only(args: argparse.Namespace, members: list[Member]) -> list[Member]:

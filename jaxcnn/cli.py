@@ -222,10 +222,7 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     from jaxcnn.files import atomic_write_text
     from jaxcnn.train import TrainConfig, fit
 
-    try:
-        prepared = recipe.prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    prepared = recipe.prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
     data = prepared.data
     if prepared.train_classes < 2:
         print(f"jaxcnn train: warning: the training data ({args.data}) holds only one class, so every "
