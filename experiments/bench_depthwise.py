@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import native
-from jaxcnn.conv_impl import conv2d
+from jaxcnn.lowering import native
+from jaxcnn.lowering.conv import conv2d
 
 # (H=W, channels, stride) of the 13 depthwise layers; input-size -> batch
 SHAPES = {

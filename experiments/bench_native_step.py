@@ -1,6 +1,6 @@
 """Whole MobileNet v1 train/infer steps with the native depthwise kernels on and off, in one process.
 
-Both variants use ``conv_impl="auto"``; "off" is ``jaxcnn.native.set_enabled(False)`` (today's
+Both variants use ``conv_impl="auto"``; "off" is ``jaxcnn.lowering.native.set_enabled(False)`` (today's
 lowerings: ``shift`` for depthwise). The variants alternate per workload, so a shared machine's
 load hits both alike; compare the ratios. About 5 minutes on the 2-core CPU. XLA options are
 chosen per program as everywhere else (``--compile-options`` of the bench CLI pins them).
@@ -10,7 +10,8 @@ chosen per program as everywhere else (``--compile-options`` of the bench CLI pi
 
 from __future__ import annotations
 
-from jaxcnn import bench, native
+from jaxcnn import bench
+from jaxcnn.lowering import native
 
 WORKLOADS = ((32, 128), (224, 8))
 

@@ -19,8 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxcnn import bench, plot
-from jaxcnn.files import atomic_write_text
+from jaxcnn import bench
+from jaxcnn.storage.files import atomic_write_text
+from jaxcnn.study import plot
 
 SUITES = {
     "quick": [dict(name="allconv6_1", input_size=16, batch=8)],

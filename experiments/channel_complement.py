@@ -23,7 +23,7 @@ from dataclasses import replace
 from study_common import epochs_study_main
 
 from jaxcnn.study import Member
-from jaxcnn.study_record import StudyRecord
+from jaxcnn.study.record import StudyRecord
 from jaxcnn.train import TrainConfig
 
 

@@ -21,7 +21,7 @@ Frameworks, each written the way its users would write it:
 * ``jaxcnn``: ``models.get("allconv6", num_classes=10)`` / ``models.get("mobilenet_v1", width=a,
   num_classes=10, padding=1)`` (default lowerings, ``conv_impl="auto"``), the step under
   ``jax.jit(donate_argnums=(0,), compiler_options=...)`` with optax SGD, the options picked as the
-  engine picks them (``jaxcnn.compile_options``: fastest candidate as accurate as XLA's default).
+  engine picks them (``jaxcnn.lowering.compile_options``: fastest candidate as accurate as XLA's default).
 * ``flax``: a hand-written ``flax.linen`` Module of the same architecture (depthwise as ``nn.Conv``
   with ``feature_group_count``), ``apply(..., mutable=['batch_stats'])``, the same jit/donate/optax step,
   plain ``jax.jit`` (no option of jaxcnn's: ``import jaxcnn`` sets no XLA flag).
@@ -69,9 +69,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import compile_options, models
+from jaxcnn import models
 from jaxcnn.bench import device_info
-from jaxcnn.files import atomic_write_text
+from jaxcnn.lowering import compile_options
+from jaxcnn.storage.files import atomic_write_text
 
 FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager")
 PEERS = ("torch-eager-cl", "torch-eager", "flax")  # ratio denominators: jaxcnn / peer
@@ -168,7 +169,7 @@ def _jax_runner(
 ) -> Runner:
     """The same step for jaxcnn and flax: ``apply_train(p, s, x) -> (logits, new_s)``, jit + donate carry.
 
-    ``tune``: pick XLA compile options for this program as jaxcnn's engine does (jaxcnn.compile_options),
+    ``tune``: pick XLA compile options for this program as jaxcnn's engine does (jaxcnn.lowering.compile_options),
     when the step is built (not part of the first call; its seconds go in the notes). Flax gets plain
     ``jax.jit``, as its users write it.
     """

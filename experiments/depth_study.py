@@ -26,7 +26,7 @@ from study_common import epochs_study_main
 
 from jaxcnn.models.allconv import DEPTH_FAMILY
 from jaxcnn.study import Member
-from jaxcnn.study_record import StudyRecord
+from jaxcnn.study.record import StudyRecord
 from jaxcnn.train import TrainConfig
 
 

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import BatchNorm, Conv, Dense, Flatten, MaxPool, Parallel, ReLU, Sequential, models
-from jaxcnn.convert import fc_to_conv
 from jaxcnn.models.resnet import bottleneck
 from jaxcnn.summary import summary
+from jaxcnn.transforms import fc_to_conv
 
 MISMATCHES = []
 

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from jaxcnn import models
-from jaxcnn.files import atomic_write_text
-from jaxcnn.study_record import read_results
+from jaxcnn.storage.files import atomic_write_text
+from jaxcnn.study.record import read_results
 from jaxcnn.summary import summary
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ instead: the folder README's tables and figures are generated from, rewritten on
 ``--out DIR`` picks any other folder. Every folder is resumable.
 
 On a cluster: ``--shard I/N`` (or, inside a SLURM array job, the array variables) runs
-the I-th of N fixed subsets of the members (jaxcnn.shard); every shard writes into the same
+the I-th of N fixed subsets of the members (jaxcnn.study.shard); every shard writes into the same
 folder, each member its own record, and the table and figures are redrawn from whatever
 members have finished (``--plot-only`` after the last shard: the same table as one process
 running them all). ``--devices N`` trains N members at once, one per local device; without
@@ -25,16 +25,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jaxcnn import data as jdata
-from jaxcnn import plot, recipe, study_stats
-from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.cli import as_flags, positive
 from jaxcnn.core import LayerError
-from jaxcnn.files import atomic_write_text
-from jaxcnn.shard import ShardError, resolve
-from jaxcnn.study import Member, Task, load_first_layers, merge_results, results_lock, run_study
-from jaxcnn.study_record import StudyError, StudyRecord
-from jaxcnn.study_stats import comparisons_markdown, convergence
+from jaxcnn.storage.checkpoint import CheckpointError
+from jaxcnn.storage.files import atomic_write_text
+from jaxcnn.study import Member, Task, load_first_layers, merge_results, plot, results_lock, run_study
+from jaxcnn.study import stats as study_stats
+from jaxcnn.study.record import StudyError, StudyRecord
+from jaxcnn.study.shard import ShardError, resolve
+from jaxcnn.study.stats import comparisons_markdown, convergence
 from jaxcnn.train import TrainConfig, TrainingError
+from jaxcnn.train.prepare import augmentation, prepare
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: results/<study> is the committed reference
 
@@ -93,7 +94,7 @@ def fail(message: str) -> None:
 def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
     """The training data and the base recipe from the common options."""
     try:
-        prepared = recipe.prepare(args.data, size=args.input_size, subset=(500, 100) if args.quick else None)
+        prepared = prepare(args.data, size=args.input_size, subset=(500, 100) if args.quick else None)
     except (jdata.DataError, OSError) as e:
         fail(str(e))
     if args.quick:
@@ -101,7 +102,7 @@ def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
     data = prepared.data
     base = TrainConfig(
         batch=min(args.batch, len(data.y_train)), lr=args.lr, optimizer="momentum", momentum=0.9, weight_decay=5e-4,
-        schedule="cosine", seeds=args.seeds, **recipe.augmentation(args.data, data.x_train.shape[1]),
+        schedule="cosine", seeds=args.seeds, **augmentation(args.data, data.x_train.shape[1]),
     )
     return Task(prepared.name, data), base
 
@@ -177,7 +178,7 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
     """Run (unless --plot-only), then write table.md, comparisons.md and the figures; errors: one line, exit 2.
 
     ``pairs(records)`` names the comparisons (question, variant a, variant b) the study's findings
-    rest on; each gets b - a with a 95 % Welch interval over seeds (jaxcnn.study_stats).
+    rest on; each gets b - a with a 95 % Welch interval over seeds (jaxcnn.study.stats).
     """
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:

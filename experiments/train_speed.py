@@ -31,7 +31,7 @@ import optax
 
 from jaxcnn import data as jdata
 from jaxcnn import models
-from jaxcnn.files import atomic_write_text
+from jaxcnn.storage.files import atomic_write_text
 from jaxcnn.train import TrainConfig, TrainData, Trainer, fit
 
 

@@ -30,9 +30,9 @@ Recipe, one per family, each with that family's standard small-input form:
 How far from a plateau that is: 30-epoch cosine runs (README, Training) reach 98.6 %
 (allconv6_bn) and 96.8 % (mobilenet_v1/0.25); the table's "converged?" column and the hollow
 markers and dashed curves of the figures show, for every member, whether its own run was still
-improving over its last fifth of epochs (jaxcnn.study_stats.convergence). comparisons.md gives,
+improving over its last fifth of epochs (jaxcnn.study.stats.convergence). comparisons.md gives,
 for each comparison README's findings make, the difference of the means with a 95 % Welch
-interval over seeds and whether it exceeds the seed noise (jaxcnn.study_stats.compare).
+interval over seeds and whether it exceeds the seed noise (jaxcnn.study.stats.compare).
 
 Budget: the default aims at the 15-minute limit on the 2-core CPU machine (README gives the
 measured figure of the reference run). What it costs: the nine allconv6 members together took
@@ -64,8 +64,8 @@ from study_common import add_common_args, fail, finish, load_task, out_dir, pars
 
 from jaxcnn.models.allconv import ALLCONV6_CHANNELS
 from jaxcnn.study import Member
-from jaxcnn.study_record import StudyRecord
-from jaxcnn.study_stats import best_other, closest
+from jaxcnn.study.record import StudyRecord
+from jaxcnn.study.stats import best_other, closest
 from jaxcnn.train import TrainConfig
 
 ALPHAS = (1.0, 0.75, 0.5, 0.25)

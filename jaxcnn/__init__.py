@@ -35,8 +35,7 @@ from jaxcnn.layers import (
     Softmax,
     Tanh,
 )
-from jaxcnn.transforms import mixed_precision, with_conv_impl
-from jaxcnn.width import round_channels, scale_width
+from jaxcnn.transforms import mixed_precision, round_channels, scale_width, with_conv_impl
 
 __version__ = "0.1.0"
 

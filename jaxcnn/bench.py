@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcnn import compile_options as xla_options
 from jaxcnn import models
-from jaxcnn.conv_impl import lowerings_used
 from jaxcnn.core import Layer
+from jaxcnn.lowering import compile_options as xla_options
+from jaxcnn.lowering.conv import lowerings_used
 from jaxcnn.summary import summary
 from jaxcnn.transforms import mixed_precision, with_conv_impl
 
@@ -157,7 +157,7 @@ def bench_model(
     """Benchmark one registry model; returns a flat record (see the module docstring).
 
     ``compile_options``: "auto" picks XLA options per program by measurement and accuracy
-    (:mod:`jaxcnn.compile_options`; tuning time is reported apart from compile time), or a candidate name.
+    (:mod:`jaxcnn.lowering.compile_options`; tuning time is reported apart from compile time), or a candidate name.
     """
     model = models.get(name, num_classes=num_classes, **options)
     if conv_impl:

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxcnn import models
-from jaxcnn.compile_options import CHOICES as COMPILE_CHOICES
-from jaxcnn.conv_impl import IMPLS
 from jaxcnn.core import LayerError
-from jaxcnn.distributed import add_arguments as add_distributed_arguments
+from jaxcnn.lowering.compile_options import CHOICES as COMPILE_CHOICES
+from jaxcnn.lowering.conv import IMPLS
 from jaxcnn.summary import summary
+from jaxcnn.train.distributed import add_arguments as add_distributed_arguments
 from jaxcnn.train.optimizers import OPTIMIZERS, SCHEDULES
 
 
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark and print the markdown table."""
     from jaxcnn import bench
-    from jaxcnn.outdir import OutputFolderError, check_writable_file
+    from jaxcnn.storage.outdir import OutputFolderError, check_writable_file
 
     if args.json is not None:  # found before the benchmark runs, not after
         try:
@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     print(bench.markdown(report))
     if args.json is not None:
-        from jaxcnn.files import atomic_write_text
+        from jaxcnn.storage.files import atomic_write_text
 
         atomic_write_text(args.json, bench.to_json(report))
     return 0
@@ -190,9 +190,8 @@ def _options(model: str, pairs: list[str]) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, print per-seed and mean test accuracy, write result.json into --out."""
-    from jaxcnn import distributed
-    from jaxcnn.checkpoint import CheckpointError
-    from jaxcnn.train import TrainingError
+    from jaxcnn.storage.checkpoint import CheckpointError
+    from jaxcnn.train import TrainingError, distributed
 
     try:
         cluster = distributed.cluster_from_args(args)
@@ -218,17 +217,17 @@ def _train(args: argparse.Namespace, options: dict) -> int:
 
     import numpy as np
 
-    from jaxcnn import distributed, recipe
-    from jaxcnn.files import atomic_write_text
-    from jaxcnn.train import TrainConfig, fit
+    from jaxcnn.storage.files import atomic_write_text
+    from jaxcnn.train import TrainConfig, distributed, fit
+    from jaxcnn.train.prepare import augmentation, prepare
 
-    prepared = recipe.prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
+    prepared = prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
     data = prepared.data
     if prepared.train_classes < 2:
         print(f"jaxcnn train: warning: the training data ({args.data}) holds only one class, so every "
               "prediction is that class and accuracy is trivially 100%", file=sys.stderr)
     model = models.get(args.model, num_classes=data.num_classes, **options)
-    aug = recipe.augmentation(args.data, data.x_train.shape[1])
+    aug = augmentation(args.data, data.x_train.shape[1])
     cfg = TrainConfig(
         epochs=args.epochs, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,

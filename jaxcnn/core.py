@@ -144,20 +144,20 @@ class Layer:
     # False when they all see the container's input (branches). Used for receptive fields.
     chained: ClassVar[bool] = False
     # Names of the params weight decay applies to (kernels). Declared by the layer rather than guessed
-    # from a leaf name, so custom layers and optimizers get the same mask (jaxcnn.step.decay_mask).
+    # from a leaf name, so custom layers and optimizers get the same mask (jaxcnn.train.step.decay_mask).
     decayed: ClassVar[tuple[str, ...]] = ()
     # True when the output needs no buffer of its own (a view or an in-place op: activations, Flatten),
     # which the activation-memory accounting (jaxcnn.summary) reads.
     in_place: ClassVar[bool] = False
     # True when each position's features are transformed on their own, so the layer commutes with turning
-    # a Flatten -> Dense head into convolutions (jaxcnn.convert.fc_to_conv keeps it as it is).
+    # a Flatten -> Dense head into convolutions (jaxcnn.transforms.fc_to_conv keeps it as it is).
     pointwise: ClassVar[bool] = False
 
     # -- traits that whole-model transforms read (so a new layer needs no edit elsewhere) ------
     def width_fields(self) -> dict[str, int]:
         """Hyperparameters holding free channel counts, each with the group count it must stay a multiple of.
 
-        ``jaxcnn.width.scale_width`` multiplies exactly these; layers whose channels follow their input
+        ``jaxcnn.transforms.scale_width`` multiplies exactly these; layers whose channels follow their input
         (depthwise, BatchNorm, pooling) declare none.
         """
         return {}

@@ -28,8 +28,11 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.core import Layer, Node, Shape, check_shape, layer_label, walk
-from jaxcnn.train.optimizers import OPTIMIZERS
 from jaxcnn.transforms import with_conv_impl
+
+# Optimizer name -> state arrays kept per parameter (momentum 1, Adam's two moments 2). Accounting knowledge
+# (the training-memory estimate reads the count), so it lives here; TrainConfig and the CLI take the names.
+OPTIMIZER_SLOTS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
 
 # Layers declaring Layer.in_place (reshapes, aliases, elementwise activations, dropout) get no
 # activation tensor of their own, as cs231n's VGG memory table counts them.
@@ -138,8 +141,8 @@ def summary(
     """Account for ``model`` on per-example ``input_shape`` without allocating arrays."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_SLOTS)}, got {optimizer!r}")
     input_shape = check_shape(model, input_shape)
     act_bytes = np.dtype(activation_dtype).itemsize
     par_bytes = np.dtype(param_dtype).itemsize
@@ -183,7 +186,7 @@ def summary(
     n_in = math.prod(input_shape)
     param_bytes = learn_total * par_bytes
     state_bytes = state_total * 4  # running statistics are float32 always
-    slots = OPTIMIZERS[optimizer]
+    slots = OPTIMIZER_SLOTS[optimizer]
     train_bytes = param_bytes * (2 + slots) + state_bytes + batch * (n_in + acts) * act_bytes
     peak = _peak(model, input_shape)
     totals = {

@@ -15,7 +15,7 @@ for _p in (_TESTS.parent, _TESTS):  # the repo root (jaxcnn) and tests/ (the zoo
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-# Compile-option tuning (jaxcnn.compile_options) compiles every training program two more times;
+# Compile-option tuning (jaxcnn.lowering.compile_options) compiles every training program two more times;
 # the tests that are about it turn it on themselves. Its cache never touches the user's home.
 os.environ.setdefault("JAXCNN_TUNE", "0")
 os.environ.setdefault("JAXCNN_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcnn-test-cache-"))

@@ -323,7 +323,7 @@ def _list(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[
 
 
 def _checkpoint(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
-    from jaxcnn import checkpoint
+    from jaxcnn.storage import checkpoint
 
     tree = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(3)}
     checkpoint.save(tmp, "ckpt-000001", tree, {"epoch": 0})
@@ -366,8 +366,8 @@ READERS: dict[str, Callable[[Path, np.random.Generator], Iterator[tuple[str, Cal
 
 def drive(reader: str, seed: int, n: int) -> dict[str, object]:
     """Run ``n`` cases of ``reader``; return counts, unexpected outcomes and peak memory."""
-    from jaxcnn.checkpoint import CheckpointError
     from jaxcnn.data import DataError
+    from jaxcnn.storage.checkpoint import CheckpointError
 
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}

@@ -31,10 +31,10 @@ from jaxcnn import (
     ShapeError,
     models,
 )
-from jaxcnn.convert import fc_to_conv
 from jaxcnn.models.resnet import bottleneck
 from jaxcnn.summary import summary
 from jaxcnn.train.optimizers import OPTIMIZERS
+from jaxcnn.transforms import fc_to_conv
 
 
 def leaf_rows(s):

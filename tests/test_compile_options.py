@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import compile_options as co
+from jaxcnn.lowering import compile_options as co
 from jaxcnn.train import TrainConfig
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import jaxcnn.conv_impl
+import jaxcnn.lowering.conv
 from jaxcnn import (
     AvgPool,
     BatchNorm,
@@ -44,7 +44,7 @@ def no_compute(monkeypatch):
     for cls in LEAF_TYPES:
         monkeypatch.setattr(cls, "forward", boom)
     monkeypatch.setattr(jax.lax, "conv_general_dilated", boom)
-    monkeypatch.setattr(jaxcnn.conv_impl, "conv2d", boom)
+    monkeypatch.setattr(jaxcnn.lowering.conv, "conv2d", boom)
 
 
 def _raises_everywhere(model, in_shape, error=ShapeError):

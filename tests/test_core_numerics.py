@@ -40,7 +40,7 @@ from jaxcnn import (
     mixed_precision,
     native,
 )
-from jaxcnn.conv_impl import IMPLS, choose, conv2d
+from jaxcnn.lowering.conv import IMPLS, choose, conv2d
 
 KEY = jax.random.key(0)
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -406,7 +406,7 @@ def test_mixed_precision_close_to_float32():
 def test_eager_initialisers_draw_exactly_what_jax_random_draws_for_the_shape(shape):
     # eager draws are made at a few bucket sizes and cut on the host (one compile per bucket, not per shape);
     # the reference is jax.random called with the shape itself
-    from jaxcnn import initializers
+    from jaxcnn.layers import initializers
 
     key = jax.random.fold_in(jax.random.key(7), len(shape))
     fan_in, fan_out = shape[0] * 3 + 1, shape[-1] + 2
@@ -428,7 +428,8 @@ def test_eager_initialisers_draw_exactly_what_jax_random_draws_for_the_shape(sha
 
 def test_model_init_is_the_same_with_and_without_bucketed_draws(monkeypatch):
     import jaxcnn as jc
-    from jaxcnn import initializers, models
+    from jaxcnn import models
+    from jaxcnn.layers import initializers
 
     mixed = jc.Sequential([jc.Conv(8, 3, kernel_init="torch"), jc.DepthwiseConv(), jc.GlobalAvgPool(),
                            jc.Dense(5, kernel_init="lecun_normal")])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcnn import AvgPool, Conv, DepthwiseConv, L2Pool, MaxPool, ReLU, Sequential, ShapeError, round_channels, walk
-from jaxcnn.conv_impl import IMPLS
+from jaxcnn.lowering.conv import IMPLS
 
 KEY = jax.random.key(0)
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -185,10 +185,10 @@ def test_a_custom_layer_is_accounted_converted_and_decayed_by_its_traits():
     import numpy as np
 
     import jaxcnn as jc
-    from jaxcnn.convert import fc_to_conv
     from jaxcnn.core import Layer, Spec
-    from jaxcnn.step import decay_mask
     from jaxcnn.summary import summary
+    from jaxcnn.train.step import decay_mask
+    from jaxcnn.transforms import fc_to_conv
 
     @dataclass(frozen=True)
     class Swish(Layer):
@@ -247,10 +247,10 @@ def test_a_new_conv_like_layer_is_width_scaled_accounted_decayed_and_lowered_by_
     import numpy as np
 
     import jaxcnn as jc
-    from jaxcnn.conv_impl import conv2d, lowerings_used
     from jaxcnn.core import Layer, Spec
-    from jaxcnn.step import decay_mask
+    from jaxcnn.lowering.conv import conv2d, lowerings_used
     from jaxcnn.summary import summary
+    from jaxcnn.train.step import decay_mask
 
     @dataclass(frozen=True)
     class ValidConv(Layer):

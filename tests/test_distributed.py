@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcnn import shard
-from jaxcnn.distributed import DistributedError, cluster_from_args
+from jaxcnn.study import shard
+from jaxcnn.train.distributed import DistributedError, cluster_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = ROOT / "experiments"
@@ -236,7 +236,7 @@ def test_host_batches_are_gathered_per_shard():
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from jaxcnn.distributed import put_rows
+    from jaxcnn.train.distributed import put_rows
 
     x = np.arange(10 * 3 * 2, dtype=np.float32).reshape(10, 3, 2)
     rows = np.array([[4, 1, 7, 7], [0, 9, 2, 5]])
@@ -304,9 +304,9 @@ def test_shard_option_and_slurm_array_variables_pick_a_fixed_round_robin_subset(
 _MERGER = r'''
 import json, sys
 from pathlib import Path
-from jaxcnn import files
+from jaxcnn.storage import files
 from jaxcnn.study import merge_results
-from jaxcnn.study_record import StudyRecord
+from jaxcnn.study.record import StudyRecord
 out, who, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for i in range(n):
     rec = StudyRecord("f", f"{who}{i}", "x", 1, 1, [1, 1, 1], [0.5], 0.5, 0.0, [[0.5]], 1.0).to_json()
@@ -317,7 +317,7 @@ for i in range(n):
 
 def test_parallel_merges_keep_every_member_and_old_lines(tmp_path):
     from jaxcnn.study import Member, merge_results
-    from jaxcnn.study_record import StudyRecord
+    from jaxcnn.study.record import StudyRecord
 
     out = tmp_path / "study"
     out.mkdir()

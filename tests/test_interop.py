@@ -1,4 +1,4 @@
-"""Issue 15: PyTorch weights in and out (jaxcnn.interop); the safetensors format itself is in test_safetensors.py.
+"""Issue 15: PyTorch weights in and out (jaxcnn.storage.interop); the safetensors format is in test_safetensors.py.
 
 The reference is PyTorch itself: torchvision's own VGG-16 (BN), ResNet-50, ResNeXt-50 32x4d and
 DenseNet-121 with random weights (no download), and hand-written ``nn.Sequential`` models. Install with
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxcnn as jc
-from jaxcnn import interop
+from jaxcnn.storage import interop
 
 torch = pytest.importorskip("torch", reason="PyTorch is the reference here; pip install -e '.[torch]'")
 nn = torch.nn

@@ -18,8 +18,8 @@ from jax import lax
 from train_helpers import tiny_data
 
 import jaxcnn as jc
-from jaxcnn import native
-from jaxcnn.conv_impl import choose, conv2d
+from jaxcnn.lowering import native
+from jaxcnn.lowering.conv import choose, conv2d
 from jaxcnn.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,8 +228,8 @@ _FALLBACK_SCRIPT = textwrap.dedent("""
     import json, sys, warnings
     import jax, jax.numpy as jnp, numpy as np
     from jax import lax
-    from jaxcnn import native
-    from jaxcnn.conv_impl import conv2d
+    from jaxcnn.lowering import native
+    from jaxcnn.lowering.conv import conv2d
     if sys.argv[1] == "missing":
         native._LIB_MODULE = "jaxcnn._no_such_library"  # as if the build had not produced it
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 7, 5)), jnp.float32)
@@ -297,7 +297,7 @@ def test_set_enabled_switches_lowering_in_process():
 @on_cpu
 def test_bench_table_names_the_lowerings_that_ran():
     from jaxcnn import bench
-    from jaxcnn.conv_impl import lowerings_used
+    from jaxcnn.lowering.conv import lowerings_used
 
     model = jc.with_conv_impl(_tiny_mobilenet("auto"), "native")
     params, state = model.init(jax.random.key(0), (8, 8, 1))

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import BatchNorm, compile_options, models, with_conv_impl
-from jaxcnn.conv_impl import IMPLS
+from jaxcnn import BatchNorm, models, with_conv_impl
+from jaxcnn.lowering import compile_options
+from jaxcnn.lowering.conv import IMPLS
 
 try:
     import torch

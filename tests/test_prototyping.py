@@ -14,8 +14,9 @@ import pytest
 from train_helpers import tiny_data
 
 import jaxcnn as jc
-from jaxcnn import checkpoint, models, safetensors, step
-from jaxcnn.train import TrainConfig, Trainer, fit, make_optimizer
+from jaxcnn import models
+from jaxcnn.storage import checkpoint, safetensors
+from jaxcnn.train import TrainConfig, Trainer, fit, make_optimizer, step
 
 
 def small_model() -> jc.Layer:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxcnn import data as jd
-from jaxcnn import safe_pickle
+from jaxcnn.storage import safe_pickle
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. A crafted CIFAR python batch must not crash the process (forged object pointers through numpy.dtype state)
@@ -118,7 +118,7 @@ def _one_line(err: str, *needles: str) -> None:
         assert n in lines[0], (n, lines[0])
 
 
-_HOLD = ("import sys, time; from jaxcnn.outdir import exclusive\n"
+_HOLD = ("import sys, time; from jaxcnn.storage.outdir import exclusive\n"
          "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n")
 
 
@@ -134,7 +134,7 @@ def _holder(folder):
 
 
 def test_item2_output_folder_is_exclusive_and_a_killed_runs_lock_is_released(tmp_path, capsys):
-    from jaxcnn.outdir import OutputFolderError, exclusive
+    from jaxcnn.storage.outdir import OutputFolderError, exclusive
 
     out = tmp_path / "run"
     proc = _holder(out)
@@ -162,7 +162,7 @@ def test_item2_output_folder_is_exclusive_and_a_killed_runs_lock_is_released(tmp
 
 
 def _save_ckpts(folder, steps, corrupt=()):
-    from jaxcnn import checkpoint
+    from jaxcnn.storage import checkpoint
 
     tree = {"w": np.arange(4, dtype=np.float32)}
     for s in steps:
@@ -174,7 +174,7 @@ def _save_ckpts(folder, steps, corrupt=()):
 
 
 def test_item3_prune_never_deletes_a_good_checkpoint_for_a_corrupt_one(tmp_path):
-    from jaxcnn import checkpoint
+    from jaxcnn.storage import checkpoint
 
     _save_ckpts(tmp_path, [1, 2, 3, 4, 5], corrupt=(4, 5))
     checkpoint.prune(tmp_path, keep=2)
@@ -193,7 +193,7 @@ def test_item3_prune_never_deletes_a_good_checkpoint_for_a_corrupt_one(tmp_path)
     ("{not json", "is corrupt"),
 ])
 def test_item3_edited_checkpoint_json_is_a_one_line_error(tmp_path, text, needle):
-    from jaxcnn import checkpoint
+    from jaxcnn.storage import checkpoint
 
     tree = _save_ckpts(tmp_path, [1])
     (tmp_path / "ckpt-000001.json").write_text(text)
@@ -224,7 +224,7 @@ def test_item3_resume_reports_skipped_checkpoints_refuses_when_none_valid_and_cl
     import json
     import shutil
 
-    from jaxcnn import checkpoint
+    from jaxcnn.storage import checkpoint
 
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
@@ -278,7 +278,7 @@ def test_item4_resume_refuses_a_run_that_differs(finished_run, capsys, change, n
 def test_item4_identity_is_recorded_and_fewer_epochs_are_refused(finished_run, capsys):
     import json
 
-    from jaxcnn import checkpoint
+    from jaxcnn.storage import checkpoint
 
     identity = checkpoint.read_meta(checkpoint.latest(finished_run))["identity"]
     assert identity["test_fraction"] == 0.2 and identity["input_size"] == 8 and identity["options"] == {}

@@ -1,4 +1,4 @@
-"""Issue 15: the pure-NumPy safetensors reader and writer (jaxcnn.safetensors), no torch needed.
+"""Issue 15: the pure-NumPy safetensors reader and writer (jaxcnn.storage.safetensors), no torch needed.
 
 The writer's bytes are checked by parsing the format by hand (length, JSON header, raw little-endian
 data); the reader must refuse every hostile file with an error naming it.
@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxcnn import interop, safetensors
+from jaxcnn.storage import interop, safetensors
 
 
 def _file(header, data=b""):

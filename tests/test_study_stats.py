@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jaxcnn.study import Task
-from jaxcnn.study_record import StudyRecord, read_results
-from jaxcnn.study_stats import (
+from jaxcnn.study.record import StudyRecord, read_results
+from jaxcnn.study.stats import (
     best_other,
     closest,
     compare,
@@ -164,7 +164,7 @@ def test_padded_task_keeps_pixels_and_normalisation():
 
 def test_table_and_figures_mark_members_still_improving(tmp_path):
     pytest.importorskip("matplotlib")
-    from jaxcnn import plot
+    from jaxcnn.study import plot
 
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
@@ -197,7 +197,7 @@ def test_pareto_front_by_brute_force():
 
 
 def test_redundancy_counts_partners_by_loops():
-    from jaxcnn.study_stats import redundancy
+    from jaxcnn.study.stats import redundancy
     rng = np.random.default_rng(1)
     w = rng.normal(size=(3, 3, 2, 6))
     w[..., 1] = -w[..., 0] * 2.0            # a near-negated pair (0, 1)
@@ -218,7 +218,7 @@ def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
     code = ("import sys, matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend')\n"
             "before = raw()\n"
             "from jaxcnn import plot\n"
-            "from jaxcnn.study_record import StudyRecord\n"
+            "from jaxcnn.study.record import StudyRecord\n"
             "r = StudyRecord('f', 'a', 'a', 10, 5, [8, 8, 1], [0.9], 0.9, 0.01, [[0.5], [0.9]], 1.0,"
             " train_loss_per_epoch=[[1.0], [0.5]])\n"
             f"plot.accuracy_vs_cost([r], __import__('pathlib').Path({str(tmp_path)!r}) / 'acc')\n"
@@ -229,7 +229,7 @@ def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
 
 
 def test_study_record_schema_round_trips_and_names_a_bad_field(tmp_path):
-    from jaxcnn.study_record import CSV_FIELDS, REQUIRED, StudyError, write_results
+    from jaxcnn.study.record import CSV_FIELDS, REQUIRED, StudyError, write_results
 
     rec = _record("allconv6_bn", "allconv6", [0.9, 0.8])
     value = {**rec.to_json(), "from_a_newer_version": {"kept": True}}

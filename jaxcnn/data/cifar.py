@@ -1,4 +1,4 @@
-"""CIFAR-10/100 in its binary and python versions (pickles read only through jaxcnn.safe_pickle)."""
+"""CIFAR-10/100 in its binary and python versions (pickles read only through jaxcnn.storage.safe_pickle)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn import safe_pickle
 from jaxcnn.data.dataset import CIFAR10_CLASSES, DataError, Dataset, Splits, labels, read_file, require_path
+from jaxcnn.storage import safe_pickle
 
 _CIFAR: dict[str, dict[str, Any]] = {
     "cifar10": {
@@ -125,7 +125,7 @@ def _cifar_class_names(d: Path, fmt: str, cfg: dict[str, Any]) -> tuple[str, ...
 
 
 def restricted_unpickle(path: str | os.PathLike) -> Any:
-    """The plain data in the pickle ``path``, read by :mod:`jaxcnn.safe_pickle` (no constructor is ever called).
+    """The plain data in the pickle ``path``, read by :mod:`jaxcnn.storage.safe_pickle` (no constructor is ever called).
 
     Dicts, lists, tuples, numbers, bytes, str and numeric NumPy arrays; anything else is a DataError.
     """

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.files import FileProblem, check_memory, read_regular
+from jaxcnn.storage.files import FileProblem, check_memory, read_regular
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -17,7 +17,7 @@ from jaxcnn.data.dataset import (
     require_memory,
     require_path,
 )
-from jaxcnn.files import FileProblem, check_memory, open_regular
+from jaxcnn.storage.files import FileProblem, check_memory, open_regular
 
 
 def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[str]) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn.data.dataset import DataError, Dataset, Splits, class_count, labels, require_path
-from jaxcnn.files import FileProblem, check_memory, open_regular
+from jaxcnn.storage.files import FileProblem, check_memory, open_regular
 
 # .npz
 

@@ -7,9 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import initializers
-from jaxcnn.conv_impl import check_impl, effective_kernel
 from jaxcnn.core import Layer, Shape, ShapeError
+from jaxcnn.layers import initializers
+from jaxcnn.lowering.conv import check_impl, effective_kernel
 
 Padding = Any  # "SAME" | "VALID" | int | (ph, pw) | ((top, bottom), (left, right))
 Pair = tuple[int, int]

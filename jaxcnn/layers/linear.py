@@ -7,9 +7,8 @@ from typing import Any, ClassVar
 
 import jax
 
-from jaxcnn import initializers
-from jaxcnn.conv_impl import conv2d
 from jaxcnn.core import Layer, Params, Shape, ShapeError, Spec, State
+from jaxcnn.layers import initializers
 from jaxcnn.layers.hyperparams import (
     Padding,
     Pair,
@@ -19,6 +18,7 @@ from jaxcnn.layers.hyperparams import (
     normalize_conv,
     window_output,
 )
+from jaxcnn.lowering.conv import conv2d
 
 
 def convolve(layer: Any, params: dict, x: jax.Array, pads: tuple[Pair, Pair], groups: int) -> jax.Array:
@@ -126,7 +126,7 @@ class Conv(Layer):
     def forward(
         self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
     ) -> tuple[jax.Array, State]:
-        """Convolve with the selected implementation (see :mod:`jaxcnn.conv_impl`)."""
+        """Convolve with the selected implementation (see :mod:`jaxcnn.lowering.conv`)."""
         _, pads, _ = self._geometry(tuple(x.shape[1:]))
         return convolve(self, params, x, pads, self.groups), state
 

@@ -12,7 +12,7 @@ from jax import lax
 
 from jaxcnn.core import Layer, Params, ParamsError, Shape, Spec, State
 from jaxcnn.layers.hyperparams import check_dtype
-from jaxcnn.reductions import mean_leading
+from jaxcnn.lowering.reductions import mean_leading
 
 # -- normalisation and regularisation --------------------------------------------------
 
@@ -82,7 +82,7 @@ class BatchNorm(Layer):
         # silently truncated to float32 precision.
         xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if train:
-            # two-stage sums: accurate under every XLA reduction strategy (see jaxcnn.reductions)
+            # two-stage sums: accurate under every XLA reduction strategy (see jaxcnn.lowering.reductions)
             mean = mean_leading(xf, x.ndim - 1)
             var = mean_leading(jnp.square(xf - mean), x.ndim - 1)
             n = math.prod(x.shape[:-1])

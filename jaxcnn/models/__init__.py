@@ -33,7 +33,7 @@ from jaxcnn.models.inception import googlenet, inception_small
 from jaxcnn.models.mobilenet import mobilenet_v1
 from jaxcnn.models.resnet import resnet, resnet50, resnext50_32x4d
 from jaxcnn.models.vgg import vgg16
-from jaxcnn.width import check_width
+from jaxcnn.transforms import check_width
 
 
 @dataclass(frozen=True)

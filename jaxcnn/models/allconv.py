@@ -12,7 +12,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import AvgPool, BatchNorm, Conv, CReLU, Dense, Dropout, Flatten, GlobalAvgPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 # SPEC.md's table: channels of conv1..conv5, all stride 2.
 ALLCONV6_CHANNELS: dict[str, tuple[int, ...]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Parallel, Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import AvgPool, BatchNorm, Conv, Dense, GlobalAvgPool, Identity, MaxPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 
 def dense_layer(growth: int, bn_size: int = 4) -> Layer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import Conv, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 
 def spec_a(

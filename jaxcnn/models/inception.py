@@ -11,7 +11,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Parallel, Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import BatchNorm, Conv, Dense, Dropout, GlobalAvgPool, MaxPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 
 def _conv(c: int, k: int, stride: int = 1, bn: bool = False) -> Layer:

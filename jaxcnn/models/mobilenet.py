@@ -12,7 +12,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import BatchNorm, Conv, Dense, DepthwiseConv, Dropout, GlobalAvgPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 # (pointwise channels, depthwise stride) of the 13 separable blocks
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -35,7 +35,7 @@ def mobilenet_v1(
     """MobileNet v1; ``width`` is alpha, ``padding=1`` gives PyTorch-style symmetric padding.
 
     ``shallow=True`` drops the five 14x14x512 separable blocks (the paper's Table 5).
-    ``dw_impl`` picks the depthwise lowering (``jaxcnn.conv_impl``; ``auto`` is fastest per backend).
+    ``dw_impl`` picks the depthwise lowering (``jaxcnn.lowering.conv``; ``auto`` is fastest per backend).
     """
     layers: dict[str, Layer] = {
         "conv0": Conv(32, 3, stem_stride, padding, use_bias=False),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Residual, Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import BatchNorm, Conv, Dense, GlobalAvgPool, MaxPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 
 def bottleneck(width: int, out: int, stride: int = 1, groups: int = 1, project: bool = False) -> Layer:

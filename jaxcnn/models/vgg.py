@@ -10,7 +10,7 @@ from __future__ import annotations
 from jaxcnn.combinators import Sequential
 from jaxcnn.core import Layer
 from jaxcnn.layers import BatchNorm, Conv, Dense, Dropout, Flatten, MaxPool, ReLU
-from jaxcnn.width import scale_width
+from jaxcnn.transforms import scale_width
 
 CFG_D = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 

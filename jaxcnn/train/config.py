@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from jaxcnn import compile_options
-from jaxcnn.train.optimizers import OPTIMIZERS, SCHEDULES
+from jaxcnn.lowering import compile_options
+from jaxcnn.summary import OPTIMIZER_SLOTS
+
+# The vocabulary of a TrainConfig, read by its check, the optax factory (train/optimizers.py) and the CLI.
+OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_SLOTS)
+SCHEDULES = ("constant", "cosine", "step")
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
 
@@ -41,7 +45,7 @@ class TrainConfig:
     # convolution becomes a grouped one, XLA:CPU's slowest kind); "auto" picks by backend.
     seed_batching: str = "auto"
     # XLA compile options of the training programs: "auto" times the candidates on one step and keeps the
-    # fastest that is as accurate as XLA's default (cached per machine; jaxcnn.compile_options), or a name
+    # fastest that is as accurate as XLA's default (cached per machine; jaxcnn.lowering.compile_options), or a name
     compile_options: str = "auto"
 
     def check(self) -> TrainConfig:

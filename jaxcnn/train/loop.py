@@ -16,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import checkpoint, files, step
-from jaxcnn import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
 from jaxcnn.core import Layer
+from jaxcnn.storage import checkpoint, files
+from jaxcnn.summary import summary
+from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
+from jaxcnn.train import step
 from jaxcnn.train.config import TrainConfig, TrainingError
 from jaxcnn.train.inputs import TrainData
 from jaxcnn.train.trainer import Trainer
@@ -165,19 +167,19 @@ def fit(
 
     ``optimizer`` is any ``optax.GradientTransformation`` or a function of the steps per epoch returning one
     (then ``cfg``'s optimizer, lr, momentum, weight_decay, schedule and warm-up are unused; use
-    :func:`jaxcnn.step.decay_mask` for weight decay); ``loss`` is ``(logits, labels, batch) -> scalar`` in
+    :func:`jaxcnn.train.step.decay_mask` for weight decay); ``loss`` is ``(logits, labels, batch) -> scalar`` in
     place of cross-entropy with ``cfg.label_smoothing``; each of ``metrics`` (same signature) is averaged
     per epoch into the history as ``train_<name>``. The test loss stays cross-entropy. See
-    :mod:`jaxcnn.step`. ``checkpoint_format`` is "npz" or "safetensors" (:func:`jaxcnn.checkpoint.save`).
+    :mod:`jaxcnn.train.step`. ``checkpoint_format`` is "npz" or "safetensors" (:func:`jaxcnn.storage.checkpoint.save`).
 
     With ``resume=True`` the newest valid checkpoint in ``out_dir`` is loaded and the
     run continues exactly where it stopped (same keys, same data order); it must have been written by the
     same run (:func:`run_identity`), and checkpoints skipped as corrupt are reported. ``out_dir`` is held
-    exclusively (:func:`jaxcnn.outdir.exclusive`) for the whole call. ``keep_initial``
+    exclusively (:func:`jaxcnn.storage.outdir.exclusive`) for the whole call. ``keep_initial``
     returns the parameters at initialisation too (``FitResult.initial_params``).
 
-    ``distributed=True`` (or a :class:`jaxcnn.distributed.Cluster`) first joins a multi-process run
-    (:func:`jaxcnn.distributed.initialize`; call it before any JAX computation): every process calls
+    ``distributed=True`` (or a :class:`jaxcnn.train.distributed.Cluster`) first joins a multi-process run
+    (:func:`jaxcnn.train.distributed.initialize`; call it before any JAX computation): every process calls
     ``fit`` with the same arguments and data, ``cfg.batch`` is the global batch, split over all
     processes' devices, and only process 0 writes to ``out_dir`` (which every process must see).
     ``devices`` restricts the run to these local devices (default: all of them, of every process).
@@ -251,7 +253,6 @@ def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out:
                   + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
         if cfg.mode == "epoch":
             compile_s += trainer.compile(carry, x_dev, y_dev)
-    from jaxcnn.summary import summary  # local: summary imports layers, which train does not need otherwise
 
     base = {
         "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}), "identity": identity,

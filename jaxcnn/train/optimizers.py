@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import optax
 
-from jaxcnn import step
 from jaxcnn.core import Layer
-
-if TYPE_CHECKING:
-    from jaxcnn.train.config import TrainConfig
-
-# name -> optimizer state arrays kept per parameter (momentum 1, Adam's two moments 2): the training-memory
-# estimate of jaxcnn.summary reads the count, the CLI and TrainConfig the names
-OPTIMIZERS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
-SCHEDULES = ("constant", "cosine", "step")
+from jaxcnn.train import step
+from jaxcnn.train.config import TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer) -> optax.GradientTransformation:
     """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up).
 
-    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.step.decay_mask`).
+    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.train.step.decay_mask`).
     """
     _decay_mask = step.decay_mask(model)
     total = cfg.epochs * steps_per_epoch

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn import compile_options, step
-from jaxcnn import distributed as _distributed
 from jaxcnn.core import Layer
+from jaxcnn.lowering import compile_options
+from jaxcnn.train import distributed as _distributed
+from jaxcnn.train import step
 from jaxcnn.train.config import TrainConfig
 from jaxcnn.train.inputs import TrainData, augment, epoch_permutation
 from jaxcnn.train.optimizers import make_optimizer
@@ -164,7 +165,7 @@ class Trainer:
 
     # one seed's functions; mapped over seeds by _seedwise
     def init(self) -> step.TrainState:
-        """The :class:`~jaxcnn.step.TrainState` of every seed, stacked on a leading axis."""
+        """The :class:`~jaxcnn.train.step.TrainState` of every seed, stacked on a leading axis."""
 
         def one(key):
             return step.init(self.model, jax.random.fold_in(key, 0), self.in_shape, self.tx)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxcnn import files
+from jaxcnn.storage import files
 
 
 class StudyError(ValueError):
@@ -71,7 +71,7 @@ class StudyRecord:
     dataset: str = ""  # e.g. "mnist5k (4000 train / 1000 test, 28x28x1)"
     seeds: list[int] = field(default_factory=list)
     train_loss_per_epoch: list[list[float]] = field(default_factory=list)
-    convergence: dict[str, Any] | None = None  # jaxcnn.study_stats.convergence of the curves
+    convergence: dict[str, Any] | None = None  # jaxcnn.study.stats.convergence of the curves
     compile_seconds: float | None = None
     wall_seconds: float | None = None  # the member's whole run, compile and evaluation included
     epochs: int | None = None

@@ -22,7 +22,7 @@ All compute the same function; which is fastest depends on the backend:
   with dilation 1 only; anything else falls back to ``xla``. Forward- and reverse-mode
   differentiation both work (a ``custom_jvp`` whose tangent map is written so that
   JAX's transpose of it is the phase form).
-* ``native``: the C++ depthwise kernels of :mod:`jaxcnn.native` (XLA FFI custom calls, CPU
+* ``native``: the C++ depthwise kernels of :mod:`jaxcnn.lowering.native` (XLA FFI custom calls, CPU
   only) for depthwise convolutions with channel multiplier 1, dilation 1 and float32;
   any other conv falls back to what ``auto`` picks for it (a one-time warning for
   grouped convs it cannot take, and if the library is missing). XLA:CPU has no fast
@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxcnn import native
+from jaxcnn.lowering import native
 
 IMPLS = ("auto", "xla", "shift", "im2col", "phase", "native")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -98,7 +98,7 @@ def choose(
 ) -> str:
     """Resolve ``auto`` (and an inapplicable ``phase`` or ``native``) for the default backend and this conv.
 
-    ``native_ok``: the operands fit a native kernel (:func:`jaxcnn.native.depthwise_applicable`).
+    ``native_ok``: the operands fit a native kernel (:func:`jaxcnn.lowering.native.depthwise_applicable`).
     """
     phase_ok = groups == 1 and dilation == (1, 1) and stride != (1, 1)
     if impl == "phase":

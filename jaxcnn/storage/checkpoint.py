@@ -5,7 +5,7 @@ holds the sha256 of the array file, so a half-written pair is detected rather th
 Both are written to a temporary file and renamed into place (atomic on POSIX), and
 the JSON last, so a reader never sees a new JSON pointing at an old array file.
 No pickle anywhere: arrays load with ``allow_pickle=False`` or through the validating
-safetensors reader (:mod:`jaxcnn.safetensors`). In a safetensors file the tensor names are the
+safetensors reader (:mod:`jaxcnn.storage.safetensors`). In a safetensors file the tensor names are the
 tree paths joined by "/" (``params/stage1/block1/residual/body/conv1/w``), so other tools can read it.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import safetensors
-from jaxcnn.files import FileProblem, atomic_write_bytes, atomic_write_text, read_regular, versions
+from jaxcnn.storage import safetensors
+from jaxcnn.storage.files import FileProblem, atomic_write_bytes, atomic_write_text, read_regular, versions
 
 FORMATS = ("npz", "safetensors")
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.files import atomic_write_text
-from jaxcnn.study_record import StudyRecord
-from jaxcnn.study_stats import convergence, pareto_front
+from jaxcnn.storage.files import atomic_write_text
+from jaxcnn.study.record import StudyRecord
+from jaxcnn.study.stats import convergence, pareto_front
 
 
 def still_improving(r: StudyRecord) -> bool:
-    """True when the record's run was still improving at its end (``jaxcnn.study_stats.convergence``)."""
+    """True when the record's run was still improving at its end (``jaxcnn.study.stats.convergence``)."""
     return convergence(r.test_accuracy_per_epoch, r.train_loss_per_epoch)["converged"] is False
 
 

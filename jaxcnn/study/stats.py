@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.study_record import StudyRecord
+from jaxcnn.study.record import StudyRecord
 
 # A member is "still improving" when, over the last fifth of its epochs (at least 2: under a
 # cosine schedule the very last epoch runs at a learning rate near 0 and is flat even for an

@@ -184,7 +184,7 @@ def _read_cache(key: str) -> Choice | None:
 
 
 def _write_cache(choice: Choice) -> None:
-    from jaxcnn.files import atomic_write_text
+    from jaxcnn.storage.files import atomic_write_text
 
     try:
         d = _cache_dir()

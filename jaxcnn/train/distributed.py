@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import outdir
+from jaxcnn.storage import outdir
 
 __all__ = ["Cluster", "DistributedError", "add_arguments", "agree", "barrier", "cluster_from_args", "exclusive",
            "initialize", "is_multiprocess", "is_primary", "put", "put_rows"]
@@ -134,7 +134,7 @@ def initialize(cluster: Cluster | None = None) -> None:
     cluster = cluster or Cluster()
     if xla_bridge.backends_are_initialized():
         raise DistributedError("the distributed runtime must start before JAX computes anything in this process; "
-                               "call jaxcnn.distributed.initialize() (or fit(..., distributed=True)) first thing")
+                               "call jaxcnn.train.distributed.initialize() (or fit(..., distributed=True)) first thing")
     kwargs: dict[str, Any] = {"coordinator_address": cluster.coordinator, "num_processes": cluster.num_processes,
                               "process_id": cluster.process_id}
     if cluster.coordinator is not None:
@@ -197,7 +197,7 @@ def agree(value: int, what: str) -> int:
 
 @contextmanager
 def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[outdir.RunLock]:
-    """:func:`jaxcnn.outdir.exclusive`, taken by process 0 only; every process gets its outcome.
+    """:func:`jaxcnn.storage.outdir.exclusive`, taken by process 0 only; every process gets its outcome.
 
     When process 0 cannot take the folder, every process raises the same OutputFolderError
     (instead of the others waiting at their first collective for a process that has left).

@@ -9,7 +9,7 @@ rows reordered from torch's C, H, W flattening to jaxcnn's H, W, C. The first to
 does not fit is named in the error. :func:`to_torch` is the inverse, with torchvision's key names for
 the five models (``arch=``) or ``nn.Sequential`` index names (``"0.weight"``, ``"3.1.bias"``).
 
-Files: ``.safetensors`` is read and written without torch (:mod:`jaxcnn.safetensors`); ``.pth`` (and
+Files: ``.safetensors`` is read and written without torch (:mod:`jaxcnn.storage.safetensors`); ``.pth`` (and
 ``.pt``/``.bin``) is read only with ``torch.load(weights_only=True)``, which refuses pickled code.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn import safetensors
 from jaxcnn.core import Layer, Node, Shape, walk
-from jaxcnn.files import FileProblem, read_regular
 from jaxcnn.layers import BatchNorm, Conv, Dense, DepthwiseConv, Flatten
+from jaxcnn.storage import safetensors
+from jaxcnn.storage.files import FileProblem, read_regular
 
 __all__ = ["ARCHS", "InteropError", "from_torch", "load_torchvision", "read_state_dict", "save_state_dict",
            "to_torch"]
@@ -330,7 +330,7 @@ def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
         return safetensors.save(path, arrays, {"format": "pt"})
     import torch
 
-    from jaxcnn.files import atomic_write_bytes
+    from jaxcnn.storage.files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in arrays.items()), buf)

@@ -23,7 +23,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from jaxcnn.files import FileProblem, read_regular
+from jaxcnn.storage.files import FileProblem, read_regular
 
 __all__ = ["DTYPES", "SafetensorsError", "dumps", "load", "loads", "save"]
 

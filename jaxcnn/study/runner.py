@@ -4,7 +4,7 @@ Each model trains in ``OUT/runs/<variant>/`` with a checkpoint every epoch and, 
 finished, writes its record there (``record.json``, atomically). ``OUT/results.jsonl`` (one
 record per finished model) and ``OUT/results.csv`` are derived from those records by
 :func:`merge_results`, under an ``flock`` on ``OUT/.results.lock``: so several processes
-(the shards of a cluster job array, :mod:`jaxcnn.shard`, or one thread per device) can run
+(the shards of a cluster job array, :mod:`jaxcnn.study.shard`, or one thread per device) can run
 members of one study into one folder without clobbering each other, and the merged table is
 the same whichever process finished which member. Rerunning the same command skips finished
 models and resumes an unfinished one from its last checkpoint, so an interruption loses at
@@ -29,10 +29,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import files, models
+from jaxcnn import models
 from jaxcnn.core import walk
-from jaxcnn.shard import Shard, select
-from jaxcnn.study_record import (
+from jaxcnn.storage import files
+from jaxcnn.study.record import (
     StudyError,
     StudyRecord,
     read_record,
@@ -40,7 +40,8 @@ from jaxcnn.study_record import (
     write_record,
     write_results,
 )
-from jaxcnn.study_stats import convergence
+from jaxcnn.study.shard import Shard, select
+from jaxcnn.study.stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import TrainConfig, TrainData, fit
 
@@ -281,7 +282,7 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
               command: str = "", shard: Shard | None = None, devices: int | None = None) -> list[StudyRecord]:
     """Train every member (of ``shard``, if given) not finished in ``out``; return all finished records, member order.
 
-    ``shard`` (:mod:`jaxcnn.shard`) selects this process's members of the full list;
+    ``shard`` (:mod:`jaxcnn.study.shard`) selects this process's members of the full list;
     ``devices=n`` trains n members at once, one per local device, instead of sharding each
     member's batch over all of them (the default).
     """
