@@ -28,12 +28,10 @@ from jaxcnn import data as jdata
 from jaxcnn.cli import as_flags, positive
 from jaxcnn.core import LayerError
 from jaxcnn.storage.checkpoint import CheckpointError
-from jaxcnn.storage.files import atomic_write_text
-from jaxcnn.study import Member, Task, load_first_layers, merge_results, plot, results_lock, run_study
-from jaxcnn.study import stats as study_stats
-from jaxcnn.study.record import StudyError, StudyRecord
+from jaxcnn.study import Member, Task, merge_results, run_study
+from jaxcnn.study.record import StudyError
+from jaxcnn.study.report import Pairs, write_report
 from jaxcnn.study.shard import ShardError, resolve
-from jaxcnn.study.stats import comparisons_markdown, convergence
 from jaxcnn.train import TrainConfig, TrainingError
 from jaxcnn.train.prepare import augmentation, prepare
 
@@ -119,66 +117,13 @@ def parse_only(args: argparse.Namespace, members: list[Member]) -> list[Member]:
     return [m for m in members if m.variant in wanted]
 
 
-def converged_cell(r: StudyRecord) -> str:
-    """'yes', 'still improving' or '-' (one epoch), with the last-fifth accuracy gain and loss fall."""
-    c = convergence(r.test_accuracy_per_epoch, r.train_loss_per_epoch)
-    if c["converged"] is None:
-        return "- (1 epoch)"
-    loss = f", loss -{100 * c['loss_fall']:.0f} %" if c["loss_fall"] is not None else ""
-    trend = f"{100 * c['acc_gain']:+.2f} pt{loss} in last {c['window']} ep"
-    return f"yes ({trend})" if c["converged"] else f"**still improving** ({trend})"
-
-
-def table(records: Sequence[StudyRecord]) -> str:
-    """Markdown table of a study's records, with each member's input, epochs and convergence."""
-    lines = ["| family | variant | channels / alpha | input | epochs | learnable params | MACs "
-             "| test accuracy % (mean +- std) | per seed | converged? | train s |",
-             "|---|---|---|---|---:|---:|---:|---:|---|---|---:|"]
-    for r in records:
-        seeds = " ".join(f"{100 * a:.1f}" for a in r.accuracies)
-        shape = "x".join(map(str, r.input_shape[:2]))
-        opts = "".join(f", {k}={v}" for k, v in r.options.items())
-        lines.append(f"| {r.family} | {r.variant} | {r.label}{opts} | {shape} "
-                     f"| {len(r.test_accuracy_per_epoch)} | {r.learnable_params:,} | {r.macs:,} "
-                     f"| {100 * r.mean_accuracy:.2f} +- {100 * r.std_accuracy:.2f} | {seeds} "
-                     f"| {converged_cell(r)} | {r.train_seconds:.0f} |")
-    return "\n".join(lines)
-
-
-def figures(out: Path, records: list[StudyRecord], extra: Sequence[str] = ()) -> list[Path]:
-    """Draw every figure of a study next to its results."""
-    if not records:
-        fail(f"{out / 'results.jsonl'} holds no results to plot; run the study first")
-    paths = plot.accuracy_vs_cost(records, out / "accuracy_vs_params", cost="learnable_params")
-    paths += plot.accuracy_vs_cost(records, out / "accuracy_vs_macs", cost="macs")
-    paths += plot.training_curves(records, out / "curves")
-    layers = load_first_layers(out, records)
-    if "filters" in extra and layers:
-        paths += plot.filter_grid({v: k["trained"] for v, k in layers.items()}, out / "filters")
-    if "redundancy" in extra and layers:
-        rows = []
-        for v, k in layers.items():
-            trained, init = study_stats.redundancy(k["trained"]), study_stats.redundancy(k["init"])
-            rows.append({"variant": v, **trained,
-                         "duplicate_init": init["duplicate"], "negated_init": init["negated"]})
-        paths += plot.redundancy_plot(rows, out / "redundancy")
-        lines = ["| variant | near-negated trained | at init | near-duplicate trained | at init |",
-                 "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['variant']} | {100 * r['negated']:.0f}% | {100 * r['negated_init']:.0f}% "
-                  f"| {100 * r['duplicate']:.0f}% | {100 * r['duplicate_init']:.0f}% |" for r in rows]
-        atomic_write_text(out / "redundancy.md", "\n".join(lines) + "\n")
-    return paths
-
-
-Pairs = Callable[[list[StudyRecord]], list[tuple[str, str, str]]]
-
-
 def finish(args: argparse.Namespace, members: list[Member], task: Task | None, out: Path,
            figures_extra: Sequence[str] = (), pairs: Pairs | None = None) -> int:
     """Run (unless --plot-only), then write table.md, comparisons.md and the figures; errors: one line, exit 2.
 
     ``pairs(records)`` names the comparisons (question, variant a, variant b) the study's findings
     rest on; each gets b - a with a 95 % Welch interval over seeds (jaxcnn.study.stats).
+    ``figures_extra`` may hold "filters" and "redundancy" (the first-layer filter figures).
     """
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:
@@ -191,18 +136,13 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
             if not records and shard is not None:  # more shards than members: this one had nothing to do
                 print(f"shard {shard}: no member finished yet in {out}; nothing to draw", file=sys.stderr)
                 return 0
-        with results_lock(out):  # shards finishing together take turns drawing the same files
-            atomic_write_text(out / "table.md", table(records) + "\n")
-            compared = comparisons_markdown(records, pairs(records)) if pairs and records else None
-            if compared is not None:
-                atomic_write_text(out / "comparisons.md", compared + "\n")
-            paths = figures(out, records, figures_extra)
+        text, compared, paths = write_report(out, records, pairs=pairs, filters="filters" in figures_extra,
+                                             redundancy="redundancy" in figures_extra)
     except (StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ShardError, ValueError) as e:
         fail(str(e))
-    print(table(records))
+    print(text)
     if compared is not None:
         print("\n" + compared)
-        paths.append(out / "comparisons.md")
     print("\nwrote " + ", ".join(str(p) for p in paths) + f", {out / 'results.jsonl'}, {out / 'results.csv'}")
     return 0
 

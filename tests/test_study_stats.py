@@ -164,18 +164,13 @@ def test_padded_task_keeps_pixels_and_normalisation():
 
 def test_table_and_figures_mark_members_still_improving(tmp_path):
     pytest.importorskip("matplotlib")
-    from jaxcnn.study import plot
+    from jaxcnn.study import plot, report
 
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        import study_common
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
     rising = [[0.80 + 0.02 * e, 0.81 + 0.02 * e] for e in range(10)]  # +4 points over the last 2 epochs
     flat = [[0.95, 0.96]] * 10
     recs = [_record("allconv6_bn", "allconv6", [0.95, 0.96], 557_386, curve=flat),
             _record("mobilenet_v1/0.25", "mobilenet_v1", [0.98, 0.99], 215_498, curve=rising)]
-    table = study_common.table(recs).splitlines()
+    table = report.table(recs).splitlines()
     assert "| yes (+0.00 pt, loss -0 % in last 2 ep) |" in table[2]
     assert "| **still improving** (+4.00 pt, loss -0 % in last 2 ep) |" in table[3]
     assert "| 28x28 | 10 |" in table[2]
@@ -183,6 +178,34 @@ def test_table_and_figures_mark_members_still_improving(tmp_path):
     drawn = json.loads((tmp_path / "acc.points.json").read_text())["points"]
     assert [p["still_improving"] for p in drawn] == [False, True]
     assert (tmp_path / "acc.png").stat().st_size > 0
+
+
+def test_still_improving_points_are_drawn_hollow_and_nothing_filled_covers_them(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    from jaxcnn.study import plot
+
+    figs = []
+    monkeypatch.setattr(plot, "_save", lambda fig, stem: figs.append(fig) or [])
+    rising = [[0.80 + 0.02 * e, 0.81 + 0.02 * e] for e in range(10)]
+    flat = [[0.95, 0.96]] * 10
+    recs = [_record("allconv6_bn", "allconv6", [0.95, 0.96], 557_386, curve=flat),
+            _record("allconv6_1_bn", "allconv6", [0.98, 0.99], 35_674, curve=rising)]
+    plot.accuracy_vs_cost(recs, tmp_path / "acc")
+    ax = figs[0].axes[0]
+    at = {}  # (x, y) -> [(facecolour, zorder)] of every marker drawn there
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "None", "", " "):
+            continue
+        for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+            at.setdefault((float(x), round(float(y), 6)), []).append((to_rgba(line.get_markerfacecolor()),
+                                                                      line.get_zorder()))
+    hollow = at[(35_674.0, round(98.5, 6))]
+    top = max(hollow, key=lambda m: m[1])
+    assert top[0] == to_rgba("white")  # the marker on top is hollow (white face)
+    filled = at[(557_386.0, round(95.5, 6))]
+    assert all(face != to_rgba("white") for face, _ in filled)
     assert plot.training_curves(recs, tmp_path / "curves")[0].exists()
 
 

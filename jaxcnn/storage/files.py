@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
-    "FileProblem", "atomic_write_bytes", "atomic_write_text", "available_memory", "check_memory", "open_regular",
+    "FileProblem", "atomic_write_bytes", "atomic_write_text", "available_memory", "check_memory", "code_version",
+    "open_regular",
     "read_regular", "versions",
 ]
 
@@ -115,6 +116,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def code_version() -> dict[str, object]:
+    """The code that is running: the git commit of jaxcnn's checkout and whether it had changes, else its version."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"git_commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return {"version": version("jaxcnn")}
+    except PackageNotFoundError:
+        return {"version": "unknown"}
 
 
 def versions() -> dict[str, str]:

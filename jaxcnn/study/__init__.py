@@ -7,11 +7,34 @@ Public import paths:
 * ``jaxcnn.study.record`` — the one typed schema of ``record.json`` / ``results.jsonl`` / ``results.csv``;
 * ``jaxcnn.study.stats`` — Welch intervals, convergence, Pareto fronts, filter redundancy;
 * ``jaxcnn.study.plot`` — figures (matplotlib ``Figure`` objects, no pyplot);
+* ``jaxcnn.study.plan`` — an ablation as data: models x axes -> checked members (``jaxcnn study``);
+* ``jaxcnn.study.report`` — table.md, comparisons.md and the figures every study writes;
 * ``jaxcnn.study.shard`` — ``--shard I/N`` and SLURM array selection of members.
 """
 
-from jaxcnn.study.record import CSV_FIELDS, REQUIRED, StudyError, StudyRecord, read_results
-from jaxcnn.study.runner import Member, Task, load_first_layers, merge_results, results_lock, run_member, run_study
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names load their module on first use (PEP 562): `jaxcnn.study.plan` and `.record` (what the CLI needs to
+# parse a study) cost no training engine; `from jaxcnn.study import run_study` loads it.
+_WHERE = {
+    "CSV_FIELDS": "record", "REQUIRED": "record", "StudyError": "record", "StudyRecord": "record",
+    "read_results": "record", "Member": "member", "Task": "member", "load_first_layers": "runner",
+    "merge_results": "runner", "results_lock": "runner", "run_member": "runner", "run_study": "runner",
+}
+
+if TYPE_CHECKING:
+    from jaxcnn.study.member import Member, Task
+    from jaxcnn.study.record import CSV_FIELDS, REQUIRED, StudyError, StudyRecord, read_results
+    from jaxcnn.study.runner import load_first_layers, merge_results, results_lock, run_member, run_study
+
+
+def __getattr__(name: str) -> Any:
+    """Load the submodule that defines ``name``."""
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"jaxcnn.study.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'jaxcnn.study' has no attribute {name!r}")
+
 
 __all__ = [
     "CSV_FIELDS", "REQUIRED", "Member", "StudyError", "StudyRecord", "Task", "load_first_layers", "merge_results",

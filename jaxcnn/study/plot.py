@@ -8,7 +8,7 @@ Figure of its own (no pyplot), so plotting never switches the backend of the use
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,38 +53,60 @@ def short_label(r: StudyRecord) -> str:
     return rest.lstrip("/") or "base"
 
 
+COSTS = {"learnable_params": "learnable parameters", "macs": "multiply-adds per image",
+         "seconds_per_image": "measured training seconds per image and seed"}
+
+
+def _cost(cost: str):
+    """The x value of a record for ``cost``: a record field, or ``seconds_per_image`` (measured, per seed)."""
+    if cost == "seconds_per_image":
+        return lambda r: r.seconds_per_image
+    return lambda r: getattr(r, cost)
+
+
 def accuracy_vs_cost(results: Sequence[StudyRecord], stem: Path, *, cost: str = "learnable_params",
                      title: str = "") -> list[Path]:
     """Test accuracy (mean +- std over seeds) against ``cost`` (log x), one series per family.
 
     Members still improving at the end of their run are drawn hollow and labelled with a ``*``:
-    their accuracy is a lower bound on what more epochs would give.
+    their accuracy is a lower bound on what more epochs would give. ``cost`` is a record field
+    (``learnable_params``, ``macs``) or ``seconds_per_image``; records without a value for it are left out.
     """
+    results = [r for r in results if _cost(cost)(r) is not None]
+    if not results:
+        return []
     fig = _figure(figsize=(8, 5.5))
     ax = fig.subplots()
     families = sorted({r.family for r in results})
     markers = "osD^v<>"
+    value = _cost(cost)
     for k, fam in enumerate(families):
         rows = [r for r in results if r.family == fam]
-        xs = [getattr(r, cost) for r in rows]
+        xs = [value(r) for r in rows]
         ys = [100 * r.mean_accuracy for r in rows]
         es = [100 * r.std_accuracy for r in rows]
-        bars = ax.errorbar(xs, ys, yerr=es, fmt=markers[k % len(markers)], capsize=3, label=fam, linestyle="none")
-        colour = bars[0].get_color()
+        colour, marker = f"C{k % 10}", markers[k % len(markers)]
+        # bars alone, then the markers on top: filled where the run converged, hollow where it was still improving
+        ax.errorbar(xs, ys, yerr=es, fmt="none", capsize=3, ecolor=colour, zorder=2)
+        done = [i for i, r in enumerate(rows) if not still_improving(r)]
+        ax.plot([xs[i] for i in done], [ys[i] for i in done], marker, color=colour, linestyle="none", label=fam,
+                zorder=3)
         for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
             if still_improving(r):
-                ax.plot([x], [y], markers[k % len(markers)], ms=9, mfc="white", mec=colour, mew=1.5)
+                ax.plot([x], [y], marker, ms=8, mfc="white", mec=colour, mew=1.5, linestyle="none", zorder=4,
+                        label=None if done else fam)
+                done = done or [i]  # the family is in the legend once
             # alternate above/below so neighbouring labels of a dense family do not overprint
             ax.annotate(short_label(r) + ("*" if still_improving(r) else ""), (x, y), textcoords="offset points",
                         xytext=(4, 6 if i % 2 == 0 else -11), fontsize=7)
     if any(still_improving(r) for r in results):
         ax.plot([], [], "o", mfc="white", mec="k", label="* still improving at the end (lower bound)")
-    pts = [(getattr(r, cost), r.mean_accuracy) for r in results]
+    pts = [(value(r), r.mean_accuracy) for r in results]
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "k--", lw=1, alpha=0.6,
             label="Pareto frontier")
     ax.set_xscale("log")
-    xlabel = {"learnable_params": "learnable parameters", "macs": "multiply-adds per image"}.get(cost, cost)
+    xlabel = COSTS.get(cost, cost)
     ax.set_xlabel(xlabel + " (log scale)")
     ax.set_ylabel("test accuracy (%)")
     n_seeds = min(len(r.accuracies) for r in results)
@@ -94,7 +116,7 @@ def accuracy_vs_cost(results: Sequence[StudyRecord], stem: Path, *, cost: str = 
     ax.legend()
     paths = _save(fig, stem)
     # what was drawn, for readers and tests that cannot count markers in a PNG
-    drawn = [{"variant": r.variant, "family": r.family, "x": getattr(r, cost), "y": r.mean_accuracy,
+    drawn = [{"variant": r.variant, "family": r.family, "x": value(r), "y": r.mean_accuracy,
               "err": r.std_accuracy, "seeds": len(r.accuracies), "still_improving": still_improving(r)}
              for r in results]
     side = Path(stem).with_suffix(".points.json")
@@ -178,3 +200,40 @@ def benchmark_speeds(report: dict[str, Any], stem: Path) -> list[Path]:
     ax.invert_yaxis()
     ax.set_title(f"{report['device']['backend']} {report['device'].get('cpu', report['device']['device_kind'])}")
     return _save(fig, stem)
+
+
+def heatmap(results: Sequence[StudyRecord], stem: Path, *, x: str, y: str,
+            value: Callable[[StudyRecord, str], Any]) -> list[Path]:
+    """Mean test accuracy over a grid of two numeric axes (the WRN paper's depth x width table as a figure).
+
+    ``value(record, axis)`` gives a record's value on an axis; each cell shows mean +- std over seeds
+    (blank where no member finished). One figure per family when several families vary the same axes.
+    """
+    xs = sorted({value(r, x) for r in results})
+    ys = sorted({value(r, y) for r in results})
+    cells = {(value(r, x), value(r, y)): r for r in results}
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for (vx, vy), r in cells.items():
+        grid[ys.index(vy), xs.index(vx)] = 100 * r.mean_accuracy
+    fig = _figure(figsize=(1.4 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    fig.colorbar(image, ax=ax, label="test accuracy (%), mean over seeds")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    finite = grid[np.isfinite(grid)]
+    middle = float(finite.mean()) if finite.size else 0.0
+    for (vx, vy), r in cells.items():
+        i, j = ys.index(vy), xs.index(vx)
+        ax.text(j, i, f"{100 * r.mean_accuracy:.1f}\n+-{100 * r.std_accuracy:.1f}", ha="center", va="center",
+                fontsize=8, color="black" if grid[i, j] > middle else "white")
+    n_seeds = min(len(r.accuracies) for r in results)
+    ax.set_title(f"{results[0].family}: test accuracy over {y} x {x}, {n_seeds} seeds (mean +- std)")
+    paths = _save(fig, stem)
+    side = Path(stem).with_suffix(".cells.json")
+    atomic_write_text(side, json.dumps({"x": x, "y": y, "x_values": xs, "y_values": ys, "cells": [
+        {"variant": r.variant, x: vx, y: vy, "mean": r.mean_accuracy, "std": r.std_accuracy}
+        for (vx, vy), r in sorted(cells.items())]}, indent=1))
+    return paths + [side]

@@ -48,6 +48,8 @@ _CHECKS = {
     "dataset": lambda v: isinstance(v, str), "seeds": lambda v: isinstance(v, list),
     "train_loss_per_epoch": _per_epoch, "compile_seconds": _number, "wall_seconds": _number,
     "epochs": lambda v: isinstance(v, int), "recipe": lambda v: isinstance(v, dict),
+    "model": lambda v: isinstance(v, str), "train_examples": lambda v: isinstance(v, int) and v >= 0,
+    "code": lambda v: isinstance(v, dict),
 }
 
 
@@ -82,6 +84,9 @@ class StudyRecord:
     python: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     command: str = ""  # the command line that produced it
+    model: str = ""  # the registry name (with /width) that was built, when it differs from ``variant``
+    train_examples: int | None = None  # training-set size, for the time per image
+    code: dict[str, Any] = field(default_factory=dict)  # the code that ran: git commit + dirty, or the version
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
 
     @classmethod
@@ -98,6 +103,13 @@ class StudyRecord:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in value.items() if k in known},
                    extra={k: v for k, v in value.items() if k not in known})
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Measured training seconds per image and seed (None when the record lacks the counts)."""
+        if not self.train_examples or not self.epochs or not self.accuracies:
+            return None
+        return self.train_seconds / (self.train_examples * self.epochs * len(self.accuracies))
 
     def to_json(self) -> dict[str, Any]:
         """The record as one JSON object (the ``extra`` keys back at the top level)."""

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 from jaxcnn import models
 from jaxcnn.core import walk
 from jaxcnn.storage import files
+from jaxcnn.study.member import Member, Task
 from jaxcnn.study.record import (
     StudyError,
     StudyRecord,
@@ -43,48 +44,7 @@ from jaxcnn.study.record import (
 from jaxcnn.study.shard import Shard, select
 from jaxcnn.study.stats import convergence
 from jaxcnn.summary import summary
-from jaxcnn.train import TrainConfig, TrainData, fit
-
-
-@dataclass(frozen=True)
-class Member:
-    """One model of a study: registry name (with /width), builder options and how to describe it."""
-
-    family: str
-    variant: str
-    label: str  # e.g. "16,16,32,32,64" or "alpha=0.5"
-    options: dict[str, Any] = field(default_factory=dict)
-    recipe: TrainConfig = field(default_factory=TrainConfig)
-    pad_to: int | None = None  # zero-pad smaller images to pad_to x pad_to (MobileNet's 28 -> 32 for MNIST)
-
-
-@dataclass
-class Task:
-    """The data a study trains on, with a name for the records."""
-
-    name: str
-    data: TrainData
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        """Per-example input shape."""
-        return tuple(self.data.x_train.shape[1:])
-
-    def padded(self, size: int | None) -> Task:
-        """This task with images smaller than size x size zero-padded to it, centred (as LeNet-5 fed MNIST).
-
-        The normalisation statistics stay those of the unpadded images, so every original pixel
-        is fed exactly as before and the border gets the value of a zero (background) pixel.
-        """
-        if size is None:
-            return self
-        h, w = self.in_shape[:2]
-        if h >= size and w >= size:
-            return self
-        ph, pw = max(0, size - h), max(0, size - w)
-        widths = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
-        d = self.data
-        return Task(self.name, replace(d, x_train=np.pad(d.x_train, widths), x_test=np.pad(d.x_test, widths)))
+from jaxcnn.train import fit
 
 
 def _slug(variant: str) -> str:
@@ -122,13 +82,13 @@ def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
 def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command: str = "",
                devices: Sequence[jax.Device] | None = None) -> StudyRecord:
     """Train one member (resuming if a checkpoint exists) on ``devices`` (default all) and return its record."""
-    model = models.get(m.variant, num_classes=task.data.num_classes, **m.options)
+    model = models.get(m.build_name, num_classes=task.data.num_classes, **m.options)
     totals = summary(model, task.in_shape).totals
     run_dir = out / "runs" / _slug(m.variant)
     if not quiet:
         print(f"== {m.family} {m.variant} ({m.label}): {totals['learnable_params']:,} params, "
               f"{totals['macs']:,} MACs", file=sys.stderr)
-    meta = {"model": m.variant, "options": m.options, "dataset": task.name}
+    meta = {"model": m.build_name, "options": m.options, "dataset": task.name}
     res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta, keep_initial=True,
               devices=devices)
     # first-layer filters, trained and at initialisation (seed 0), for the filter figures
@@ -167,6 +127,9 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         python=platform.python_version(),
         versions=files.versions(),
         command=command,
+        model=m.model,
+        train_examples=int(len(task.data.y_train)),
+        code=files.code_version(),
     )
 
 
@@ -294,17 +257,18 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
     if shard is not None and not quiet:
         print(f"== shard {shard} ({shard.source}): {len(mine)} of {len(members)} members: "
               + (", ".join(m.variant for m in mine) or "none"), file=sys.stderr)
-    tasks: dict[int | None, Task] = {}
+    tasks: dict[tuple[int | None, int | None], Task] = {}
     todo: list[tuple[Member, Task]] = []
     for m in mine:
-        if m.pad_to not in tasks:
-            tasks[m.pad_to] = task.padded(m.pad_to)
+        key = (m.input_size, m.pad_to)
+        if key not in tasks:
+            tasks[key] = task.for_member(m)
         if m.variant in done:
-            _check_same_run(done[m.variant], m, tasks[m.pad_to], out)
+            _check_same_run(done[m.variant], m, tasks[key], out)
             if not quiet:
                 print(f"== {m.variant}: already in {out / 'results.jsonl'}, skipped", file=sys.stderr)
             continue
-        todo.append((m, tasks[m.pad_to]))
+        todo.append((m, tasks[key]))
     if devices:
         _on_devices(todo, out, members, devices, quiet=quiet, command=command)
     else:

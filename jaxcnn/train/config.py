@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from jaxcnn.lowering import compile_options
 from jaxcnn.summary import OPTIMIZER_SLOTS
@@ -19,34 +20,48 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN/Inf); the message names the step."""
 
 
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A TrainConfig field whose ``help`` is its documentation, in ``help(TrainConfig)`` and as CLI flag help."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run besides the model and the data."""
+    """Everything that defines a training run besides the model and the data.
 
-    epochs: int = 10
-    batch: int = 128
-    optimizer: str = "momentum"  # sgd | momentum | nesterov | adam | adamw
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # applied to conv/dense weights only, never to BN or biases
-    schedule: str = "cosine"  # constant | cosine | step
-    step_epochs: tuple[int, ...] = ()  # 'step' schedule: lr x 0.1 at each of these epochs
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    crop_pad: int = 0  # random crop after padding by this many pixels (0 = off)
-    flip: bool = False  # random horizontal flips (off for digits)
-    seed: int = 0
-    seeds: int = 1  # K seeds trained together in one program: seed, seed+1, ..., seed+K-1
-    eval_batch: int = 500
-    mode: str = "epoch"  # epoch: compiled scan chunks, data on device | step: per-step jit, host batches
-    chunk: int = 0  # steps per compiled chunk in epoch mode; 0 = auto (CPU: 4 unrolled, else the whole epoch)
+    Each field's documentation is in ``TrainConfig.__dataclass_fields__[name].metadata["help"]`` and
+    in :func:`describe`; the command-line flags of ``jaxcnn train`` and ``jaxcnn study`` are generated
+    from these fields (``--weight-decay`` for ``weight_decay``), with these defaults.
+    """
+
+    epochs: int = _field(10, "passes over the training set", positive=True)
+    batch: int = _field(128, "examples per step (split over all devices)", positive=True)
+    optimizer: str = _field("momentum", "optimizer", choices=OPTIMIZERS)
+    lr: float = _field(0.05, "peak learning rate", positive=True)
+    momentum: float = _field(0.9, "momentum of momentum/nesterov, beta1 of adam/adamw")
+    weight_decay: float = _field(5e-4, "L2 / decoupled weight decay, on conv/dense weights only (never BN or biases)")
+    schedule: str = _field("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
+    step_epochs: tuple[int, ...] = _field((), "'step' schedule: multiply the learning rate by 0.1 at each of these "
+                                              "epochs (comma-separated)")
+    warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
+    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    crop_pad: int = _field(0, "random crop after padding by this many pixels (0 = off)")
+    flip: bool = _field(False, "random horizontal flips")
+    seed: int = _field(0, "first seed")
+    seeds: int = _field(1, "K seeds trained together in one program: seed, seed+1, ..., seed+K-1", positive=True)
+    eval_batch: int = _field(500, "examples per evaluation batch", positive=True)
+    mode: str = _field("epoch", "epoch: data on the device, compiled chunks of steps; step: one jitted step per "
+                                "batch, batches gathered on the host (streaming)", choices=("epoch", "step"))
+    chunk: int = _field(0, "steps per compiled chunk in epoch mode; 0 = auto (CPU: 4 unrolled, else the epoch)")
     # How K seeds share one compiled program: "vmap" batches them (one wide program: best on GPU/TPU),
     # "unroll" writes K copies of the step side by side (on CPU 1.3-2.4x faster: a vmapped
     # convolution becomes a grouped one, XLA:CPU's slowest kind); "auto" picks by backend.
-    seed_batching: str = "auto"
-    # XLA compile options of the training programs: "auto" times the candidates on one step and keeps the
-    # fastest that is as accurate as XLA's default (cached per machine; jaxcnn.lowering.compile_options), or a name
-    compile_options: str = "auto"
+    seed_batching: str = _field("auto", "how K seeds share one program: vmap, unroll, or auto (by backend)",
+                                choices=SEED_BATCHING)
+    compile_options: str = _field(
+        "auto", "XLA options of the training programs: auto = the fastest candidate that keeps float32 accuracy, "
+                "measured once per model and machine (cached; jaxcnn.lowering.compile_options), or a candidate name",
+        choices=compile_options.CHOICES)
 
     def check(self) -> TrainConfig:
         """Return self or raise ValueError naming the bad option."""
@@ -74,3 +89,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"TrainConfig: {msg}")
         return self
+
+
+def describe() -> str:
+    """Every TrainConfig field with its default and documentation, one per line."""
+    return "\n".join(f"{f.name} = {f.default!r}: {f.metadata['help']}" for f in fields(TrainConfig))

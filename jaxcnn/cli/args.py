@@ -1,0 +1,165 @@
+"""Argument definitions shared by every command and the study scripts, each defined once.
+
+The recipe flags (``--epochs``, ``--weight-decay``, ...) are generated from the fields of
+:class:`~jaxcnn.train.config.TrainConfig`, with its defaults and its documentation, so the
+CLI, the studies and Python cannot disagree. Library errors name Python arguments in
+backticks (`epochs=7`); :func:`as_flags` prints the flag that sets each one instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import typing
+from typing import Any
+
+from jaxcnn import models
+from jaxcnn.train.config import TrainConfig
+
+# the multi-process flags live beside the runtime they configure (train/distributed.py)
+from jaxcnn.train.distributed import add_arguments as add_distributed_flags
+from jaxcnn.train.distributed import cluster_from_args
+
+__all__ = [
+    "FLAGS", "Parser", "UsageError", "add_data_flags", "add_distributed_flags", "add_models_from", "add_recipe_flags",
+    "as_flags", "cluster_from_args", "comma_list", "parse_options", "positive", "recipe_from_args", "recipe_overrides",
+]
+
+
+class UsageError(Exception):
+    """A user-input problem: printed as one line, exit status 2."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# Python argument name -> the flag that sets it: every TrainConfig field, and the arguments of prepare/fit/studies
+FLAGS: dict[str, str] = {f.name: _flag(f.name) for f in dataclasses.fields(TrainConfig)}
+FLAGS.update({"spec": "--data", "size": "--input-size", "test_fraction": "--test-fraction", "resume": "--resume",
+              "out_dir": "--out", "devices": "--devices", "shard": "--shard", "coordinator": "--coordinator",
+              "num_processes": "--num-processes", "process_id": "--process-id", "options": "--option"})
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each backticked argument of :data:`FLAGS` (`name` or `name=value`) written as its flag."""
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in FLAGS:
+            return m.group(0)
+        return FLAGS[name] if value in (None, "True") else f"{FLAGS[name]} {value}"
+
+    return re.sub(r"`(\w+)(?:=([^`]*))?`", flag, message)
+
+
+def positive(kind: type = int, what: str = "number"):
+    """An argparse ``type`` accepting only finite values > 0 of ``kind`` (int or float)."""
+    noun = "a positive integer" if kind is int else f"a positive {what}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
+        return value
+
+    return parse
+
+
+def comma_list(kind: type, what: str = "values"):
+    """An argparse ``type`` for ``a,b,c``: a tuple of ``kind`` (the one spelling of list arguments)."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), still exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print ``prog: error: message`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+_DATA_DEPENDENT = {"crop_pad": "default: 4 at 32 px and above, 2 at 16-31, 1 below",
+                   "flip": "default: on except for digits"}
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, *, defaults: TrainConfig | None = None) -> None:
+    """One flag per TrainConfig field (default None: "not given", so a study file or preset may set it).
+
+    ``defaults`` is the recipe the help text quotes (TrainConfig's own unless a preset says otherwise).
+    """
+    base = defaults or TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
+    g = parser.add_argument_group("recipe (TrainConfig; `help(jaxcnn.train.TrainConfig)`)")
+    for f in dataclasses.fields(TrainConfig):
+        meta, kind = f.metadata, hints[f.name]
+        shown = _DATA_DEPENDENT.get(f.name) or f"default {getattr(base, f.name)!r}"
+        kw: dict[str, Any] = {"default": None, "help": f"{meta['help']} ({shown})", "dest": f.name}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        elif typing.get_origin(kind) is tuple:
+            kw["type"], kw["metavar"] = comma_list(int, "integers"), "A,B,..."
+        elif meta.get("positive"):
+            kw["type"] = positive(kind)
+        else:
+            kw["type"] = kind
+        g.add_argument(_flag(f.name), **kw)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+def recipe_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """``base`` with every recipe flag the user gave."""
+    return dataclasses.replace(base, **recipe_overrides(args))
+
+
+def add_data_flags(parser: argparse.ArgumentParser, *, default: str | None = "mnist5k") -> None:
+    """``--data``, ``--input-size`` and ``--test-fraction`` (what :func:`jaxcnn.train.prepare.prepare` takes)."""
+    parser.add_argument("--data", default=default,
+                        help="mnist5k (bundled) | digits (bundled) | cifar10:PATH | cifar100:PATH | mnist:PATH | "
+                             "fashion:PATH | folder:PATH | list:FILE | npz:FILE | synthetic:N"
+                             + (f" (default {default})" if default else ""))
+    parser.add_argument("--input-size", type=positive(int), default=None, help="resize images to N x N")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="stratified test share when the data has no official test split (default 0.2)")
+
+
+def parse_options(model: str, pairs: list[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs, each value parsed by the type of the model builder's parameter."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key in ("num_classes", "width"):
+            raise UsageError(f"--option {key}=... is not an option: the classes come from the data, the width from "
+                             "the MODEL/width suffix")
+        try:
+            out[key] = models.parse_option(model, key, value)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return out
+
+
+def add_models_from(parser: argparse.ArgumentParser) -> None:
+    """``--models-from PATH.py|module`` (repeatable): register a user's models before anything else runs."""
+    parser.add_argument("--models-from", action="append", default=[], metavar="PATH.py|MODULE", type=str,
+                        help="import this Python file or module first, so the models it registers with "
+                             "@jaxcnn.models.register_model can be named (repeatable)")

@@ -1,0 +1,237 @@
+"""``jaxcnn study``: any ablation in one command (models x width x depth x resolution x options, K seeds each).
+
+    jaxcnn study resnet_cifar --vary depth=8,14,20 --vary width=0.5,1 --data mnist5k --input-size 32 \\
+        --epochs 2 --seeds 2 --out runs/resnet_grid
+
+The recipe flags are ``jaxcnn train``'s (generated from TrainConfig). A study whose models need
+different recipes, options or padding is a study file (``--file STUDY.toml``)::
+
+    models = ["allconv6_bn", "mobilenet_v1"]
+    data = "mnist5k"
+    [vary]
+    width = [0.25, 0.5]
+    [recipe]                 # TrainConfig fields for every model
+    epochs = 10
+    batch = 125
+    [model.mobilenet_v1]     # this model only
+    options = {stem_stride = 1}
+    pad_to = 32
+    recipe = {epochs = 15}
+
+Precedence, lowest first: TrainConfig's defaults (with the data's crop/flip defaults), the file's
+[recipe], its [model.NAME] recipe, then the flags on the command line, which apply to every model
+(so ``--epochs 1`` makes a quick run of any study file). ``--vary`` replaces the file's list for
+that key. The same runner as the book's studies: ``--only``, ``--shard I/N`` (and SLURM arrays),
+``--devices``, ``--plot-only``, skipping finished members and resuming an unfinished one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from jaxcnn.cli.args import (
+    UsageError,
+    add_data_flags,
+    add_models_from,
+    add_recipe_flags,
+    parse_options,
+    positive,
+    recipe_overrides,
+)
+from jaxcnn.core import LayerError
+from jaxcnn.storage.checkpoint import CheckpointError
+from jaxcnn.storage.files import FileProblem, read_regular
+from jaxcnn.study.plan import (
+    Axis,
+    Plan,
+    PlanError,
+    axis_value,
+    check_members,
+    neighbour_pairs,
+    numeric_axes,
+    parse_axis,
+)
+from jaxcnn.study.record import StudyError
+from jaxcnn.study.shard import ShardError, resolve
+
+__all__ = ["add_study_parser", "cmd_study", "read_study_file"]
+
+_FILE_KEYS = {"models", "data", "input_size", "test_fraction", "vary", "recipe", "options", "model"}
+
+
+def add_study_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``study`` subcommand's parser."""
+    p = sub.add_parser("study", help="train every member of an ablation (models x --vary axes), K seeds each",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*", help="registry names (a user's too, with --models-from)")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="an axis: width, input_size or any builder option (depth, k, dropout, ...); repeatable, the "
+                        "members are the product of the axes")
+    p.add_argument("--file", type=Path, default=None, metavar="STUDY.toml",
+                   help="a study file: models, axes, recipe and per-model overrides (see `jaxcnn study --help`)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option for every model (repeatable)")
+    p.add_argument("--pad-to", type=positive(int), default=None, metavar="N",
+                   help="zero-pad smaller inputs to N x N for every model (as LeNet-5 fed MNIST)")
+    p.add_argument("--out", type=Path, required=True, help="results folder (resumable)")
+    p.add_argument("--only", default=None, metavar="A,B,...", help="comma-separated variants to run (default: all)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N (I from 1) of the members into the same folder; inside a SLURM array "
+                        "job the shard comes from SLURM_ARRAY_TASK_ID/COUNT when this is not given")
+    p.add_argument("--devices", type=positive(int), default=None, metavar="N",
+                   help="train N members at once, one per local device (default: one at a time on all devices)")
+    p.add_argument("--plot-only", action="store_true", help="only redraw the table and figures from --out")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_data_flags(p, default=None)
+    add_recipe_flags(p)
+    add_models_from(p)
+    return p
+
+
+def read_study_file(path: Path) -> dict[str, Any]:
+    """The decoded study file, or UsageError naming the file and the problem."""
+    try:
+        text = read_regular(path, "study file").decode("utf-8")
+        doc = tomllib.loads(text)
+    except (FileProblem, OSError) as e:
+        raise UsageError(f"study file {path}: {e}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"study file {path}: not TOML ({e})") from None
+    unknown = sorted(set(doc) - _FILE_KEYS)
+    if unknown:
+        raise UsageError(f"study file {path}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(_FILE_KEYS))}")
+    for key, kind in (("models", list), ("vary", dict), ("recipe", dict), ("options", dict), ("model", dict)):
+        if key in doc and not isinstance(doc[key], kind):
+            raise UsageError(f"study file {path}: {key} must be a {'list' if kind is list else 'table'}")
+    return doc
+
+
+def _file_axes(doc: dict[str, Any]) -> list[Axis]:
+    out = []
+    for key, values in doc.get("vary", {}).items():
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"study file: vary.{key} must be a non-empty list")
+        out.append(Axis(key, tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in values)))
+    return out
+
+
+def _plan(args: argparse.Namespace, doc: dict[str, Any], base: Any) -> Plan:
+    """The plan the command line and the study file describe (flags win)."""
+    names = tuple(args.models) or tuple(doc.get("models", ()))
+    axes = {a.key: a for a in _file_axes(doc)}
+    for text in args.vary:
+        a = parse_axis(text)
+        axes[a.key] = a
+    per_model = doc.get("model", {})
+    options: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, dict[str, Any]] = {}
+    pad_to: dict[str, int] = {}
+    flags = recipe_overrides(args)
+    for name in names:
+        base_name = name.partition("/")[0]
+        section = per_model.get(base_name, {})
+        opts = dict(doc.get("options", {}))
+        opts.update(section.get("options", {}))
+        opts.update(parse_options(name, args.option))
+        options[base_name] = opts
+        over = {**section.get("recipe", {}), **flags}
+        overrides[base_name] = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
+        if args.pad_to or section.get("pad_to"):
+            pad_to[base_name] = args.pad_to or section["pad_to"]
+    return Plan(models=names, axes=tuple(axes.values()), options=options, recipe=base, overrides=overrides,
+                pad_to=pad_to)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Check every member, train those not finished, then write the table, comparisons and figures."""
+    from jaxcnn import data as jdata
+    from jaxcnn.study import merge_results, run_study
+    from jaxcnn.study.report import write_report
+    from jaxcnn.train import TrainConfig, TrainingError
+    from jaxcnn.train.prepare import augmentation, prepare
+
+    doc = read_study_file(args.file) if args.file else {}
+    spec = args.data or doc.get("data") or "mnist5k"
+    size = args.input_size or doc.get("input_size")
+    test_fraction = doc.get("test_fraction", args.test_fraction)
+    command = "jaxcnn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        file_recipe = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("recipe", {}).items()}
+        try:
+            recipe = TrainConfig(**file_recipe)
+        except TypeError as e:
+            raise UsageError(f"study file {args.file}: [recipe] {e}") from None
+        plan = _plan(args, doc, recipe)
+        members = plan.members()
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+            known = {m.variant for m in members}
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise UsageError(f"unknown variant(s) {', '.join(unknown)} for --only; choose from "
+                                 f"{', '.join(m.variant for m in members)}")
+            members = [m for m in members if m.variant in wanted]
+        out = Path(args.out)
+        if args.plot_only:
+            if not out.is_dir():
+                raise UsageError(f"--plot-only: {out} is not a study folder; run the study first")
+            records = merge_results(out, members)
+        else:
+            prepared = prepare(spec, size=size, test_fraction=test_fraction)
+            task = _task(prepared, spec, size, test_fraction, prepare)
+            in_shape = task.in_shape
+            bad = check_members(members, task.data.num_classes, in_shape)
+            if bad:
+                raise UsageError("invalid member(s), nothing trained:\n" + "\n".join(f"  {b}" for b in bad))
+            members = [_with_augmentation(m, spec, in_shape, augmentation, flags=recipe_overrides(args),
+                                          file_recipe=file_recipe, section=doc.get("model", {}).get(m.family, {}))
+                       for m in members]
+            shard = resolve(args.shard)
+            records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,
+                                devices=args.devices)
+            if not records and shard is not None:
+                print(f"shard {shard}: no member finished yet in {out}; nothing to draw", file=sys.stderr)
+                return 0
+        grid_axes = numeric_axes(plan.varied, records)
+        text, compared, paths = write_report(
+            out, records, pairs=lambda rs: neighbour_pairs(plan.varied, rs),
+            grid=tuple(grid_axes[:2]) if len(grid_axes) >= 2 else None, axis_value=axis_value)
+    except (PlanError, StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ShardError,
+            ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    print(text)
+    if compared is not None:
+        print("\n" + compared)
+    print("\nwrote " + ", ".join(str(p) for p in paths) + f", {out / 'results.jsonl'}, {out / 'results.csv'}")
+    return 0
+
+
+def _task(prepared: Any, spec: str, size: int | None, test_fraction: float, prepare: Any) -> Any:
+    """The study's Task; members with another ``input_size`` get the data prepared again at that size (cached)."""
+    from jaxcnn.study import Task
+
+    cache: dict[int, Task] = {}
+
+    def resize(n: int) -> Task:
+        if n not in cache:
+            p = prepare(spec, size=n, test_fraction=test_fraction)
+            cache[n] = Task(p.name, p.data)
+        return cache[n]
+
+    return Task(prepared.name, prepared.data, resize=resize)
+
+
+def _with_augmentation(m: Any, spec: str, in_shape: tuple[int, ...], augmentation: Any, *, flags: dict[str, Any],
+                       file_recipe: dict[str, Any], section: dict[str, Any]) -> Any:
+    """``m`` with the data's crop/flip defaults for its input size, where no flag or file set them."""
+    given = {**file_recipe, **section.get("recipe", {}), **flags}
+    size = max(m.input_size or in_shape[0], m.pad_to or 0)
+    aug = {k: v for k, v in augmentation(spec, size).items() if k not in given}
+    return replace(m, recipe=replace(m.recipe, **aug)) if aug else m
+

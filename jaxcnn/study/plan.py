@@ -1,0 +1,200 @@
+"""An ablation as data: models x axes -> study members, each checked before anything trains.
+
+A plan names models (registry names, a user's included) and axes: ``width``, ``input_size`` or
+any builder option (``depth``, ``k``, ``dropout``, ...). Its members are the product of the axes
+for every model. Each member's ``variant`` spells its whole identity
+(``resnet_cifar/0.5,depth=8``), so its run folder, its record and its row are its own.
+The recipe is one :class:`~jaxcnn.train.config.TrainConfig` with optional per-model overrides,
+so a study of families that need different recipes (allconv6 vs MobileNet) is one plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxcnn import models
+from jaxcnn.core import LayerError
+from jaxcnn.study.member import Member
+from jaxcnn.study.record import StudyRecord
+from jaxcnn.summary import summary
+from jaxcnn.train.config import TrainConfig
+
+__all__ = ["Axis", "Plan", "PlanError", "axis_value", "neighbour_pairs", "parse_axis"]
+
+SPECIAL = ("width", "input_size")  # axes that are not builder options
+
+
+class PlanError(ValueError):
+    """A plan that cannot run: the message names the model, member or axis and the rule."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One varied key and its values as text (``--vary depth=8,14,20``), typed per model by its builder."""
+
+    key: str
+    texts: tuple[str, ...]
+
+
+def parse_axis(text: str) -> Axis:
+    """``KEY=V1,V2,...`` as an :class:`Axis` (PlanError naming the text if it is not one)."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    texts = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not sep or not key.isidentifier() or not texts:
+        raise PlanError(f"`vary` takes KEY=V1,V2,... (e.g. depth=8,14,20 or width=0.5,1), got {text!r}")
+    if len(set(texts)) != len(texts):
+        raise PlanError(f"`vary` {key}: a value is listed twice in {values!r}")
+    return Axis(key, texts)
+
+
+def _number(text: str, key: str, kind: type) -> Any:
+    try:
+        v = kind(text)
+    except ValueError:
+        raise PlanError(f"`vary` {key}={text}: expected a positive {kind.__name__}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise PlanError(f"`vary` {key}={text}: expected a positive {kind.__name__}")
+    return v
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Models, axes, fixed options and recipe of one study; :meth:`members` expands it."""
+
+    models: tuple[str, ...]
+    axes: tuple[Axis, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> fixed builder options
+    recipe: TrainConfig = field(default_factory=TrainConfig)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> TrainConfig fields for it
+    pad_to: dict[str, int] = field(default_factory=dict)  # model -> zero-pad smaller inputs to this size
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise PlanError("a study needs at least one model")
+        keys = [a.key for a in self.axes]
+        if len(set(keys)) != len(keys):
+            raise PlanError(f"`vary` names {sorted(k for k in keys if keys.count(k) > 1)[0]} twice; give one list")
+        for name in self.models:
+            models.parse_name(name)  # unknown models fail here, with the registry's suggestion
+            if "width" in keys and "/" in name:
+                raise PlanError(f"{name}: width is varied, so name the model without a /width suffix")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        for name, over in self.overrides.items():
+            bad = sorted(set(over) - known)
+            if bad:
+                raise PlanError(f"recipe override for {name}: {', '.join(bad)} is not a TrainConfig field")
+
+    @property
+    def varied(self) -> tuple[str, ...]:
+        """The varied keys, in the order given."""
+        return tuple(a.key for a in self.axes)
+
+    def _values(self, model: str, axis: Axis) -> list[Any]:
+        """The axis's values typed for ``model`` (its builder's annotation for an option)."""
+        if axis.key == "width":
+            return [_number(t, "width", float) for t in axis.texts]
+        if axis.key == "input_size":
+            return [_number(t, "input_size", int) for t in axis.texts]
+        try:
+            return [models.parse_option(model, axis.key, t) for t in axis.texts]
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+
+    def members(self) -> list[Member]:
+        """Every member: for each model, the product of the axes (first axis outermost)."""
+        out: list[Member] = []
+        for name in self.models:
+            base = models.parse_name(name)[0]
+            grids = [self._values(name, a) for a in self.axes]
+            recipe = dataclasses.replace(self.recipe, **self.overrides.get(base, {}))
+            for combo in itertools.product(*grids):
+                chosen = dict(zip(self.varied, combo, strict=True))
+                build = name if "width" not in chosen else f"{name}/{_fmt(chosen['width'])}"
+                opts = {**self.options.get(base, {}),
+                        **{k: v for k, v in chosen.items() if k not in SPECIAL}}
+                tail = "".join(f",{k}={_fmt(v)}" for k, v in chosen.items() if k != "width")
+                label = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items()) or name
+                out.append(Member(family=base, variant=build + tail, label=label, options=opts, recipe=recipe,
+                                  pad_to=self.pad_to.get(base), model=build if tail else "",
+                                  input_size=chosen.get("input_size")))
+        seen: set[str] = set()
+        for m in out:
+            if m.variant in seen:
+                raise PlanError(f"member {m.variant} appears twice (a model is listed twice?)")
+            seen.add(m.variant)
+        return out
+
+
+def check_members(members: Sequence[Member], num_classes: int, in_shape: Sequence[int]) -> list[str]:
+    """One line per member that cannot be built or does not fit its input (empty: every member is valid).
+
+    Builds each member's model and runs its shape ``spec`` on the member's input (resized and
+    padded as it will be), so nothing invalid is found after another member has trained.
+    """
+    problems = []
+    for m in members:
+        h = m.input_size or in_shape[0]
+        w = m.input_size or in_shape[1]
+        if m.pad_to:
+            h, w = max(h, m.pad_to), max(w, m.pad_to)
+        try:
+            model = models.get(m.build_name, num_classes=num_classes, **m.options)
+            summary(model, (h, w, in_shape[2]))
+        except (ValueError, LayerError, TypeError) as e:
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            problems.append(f"{m.variant}: {text}")
+    return problems
+
+
+def axis_value(record: StudyRecord, key: str) -> Any:
+    """A record's value on a study axis: width from its /width suffix, input_size from its input, else its option."""
+    if key == "width":
+        name = (record.model or record.variant).split(",")[0]
+        _, sep, suffix = name.partition("/")
+        return float(suffix) if sep else 1.0
+    if key == "input_size":
+        return record.input_shape[0]
+    return (record.options or {}).get(key)
+
+
+def numeric_axes(plan_axes: Sequence[str], records: Sequence[StudyRecord]) -> list[str]:
+    """The varied keys whose values are numbers in every record (the heatmap's candidates)."""
+    out = []
+    for key in plan_axes:
+        values = [axis_value(r, key) for r in records]
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out.append(key)
+    return out
+
+
+def neighbour_pairs(axes: Sequence[str], records: Sequence[StudyRecord]) -> list[tuple[str, str, str]]:
+    """Comparisons one step along each axis, the other axes held: (question, smaller, next larger).
+
+    For a width x depth grid: width 0.5 -> 1 at each depth, depth 8 -> 14 -> 20 at each width.
+    """
+    out = []
+    for key in axes:
+        groups: dict[tuple, list[StudyRecord]] = {}
+        for r in records:
+            rest = (r.family, *(repr(axis_value(r, k)) for k in axes if k != key))
+            groups.setdefault(rest, []).append(r)
+        for rows in groups.values():
+            try:
+                rows = sorted(rows, key=lambda r: axis_value(r, key))
+            except TypeError:  # values that do not order (e.g. strings and None): keep the given order
+                pass
+            for a, b in itertools.pairwise(rows):
+                held = ", ".join(f"{k}={_fmt(axis_value(a, k))}" for k in axes if k != key)
+                out.append((f"{a.family} {key} {_fmt(axis_value(a, key))} -> {_fmt(axis_value(b, key))}"
+                            + (f" at {held}" if held else ""), a.variant, b.variant))
+    return out
