@@ -73,6 +73,7 @@ from jaxcnn import models
 from jaxcnn.bench import device_info
 from jaxcnn.lowering import compile_options
 from jaxcnn.storage.files import atomic_write_text
+from jaxcnn.train import step as train_step_module  # the engine's step, timed for jaxcnn
 
 FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager")
 PEERS = ("torch-eager-cl", "torch-eager", "flax")  # ratio denominators: jaxcnn / peer
@@ -165,9 +166,13 @@ def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _jax_runner(
-    framework: str, apply_train, apply_infer, params, state, mode: str, x, y, notes: str, tune: bool = False
+    framework: str, apply_train, apply_infer, params, state, mode: str, x, y, notes: str, tune: bool = False,
+    engine_model=None,
 ) -> Runner:
-    """The same step for jaxcnn and flax: ``apply_train(p, s, x) -> (logits, new_s)``, jit + donate carry.
+    """The train step of jaxcnn's engine (given ``engine_model``) or flax's user step, jit + donate carry.
+
+    Both take one SGD-momentum step on the cross-entropy, as the PyTorch runner does; flax's is written
+    as its users write it, ``apply_train(p, s, x) -> (logits, new_s)``.
 
     ``tune``: pick XLA compile options for this program as jaxcnn's engine does (jaxcnn.lowering.compile_options),
     when the step is built (not part of the first call; its seconds go in the notes). Flax gets plain
@@ -175,6 +180,7 @@ def _jax_runner(
     """
     tx = optax.sgd(LR, momentum=MOMENTUM)
     counts = (_size(params), _size(state))
+    engine = train_step_module if engine_model is not None else None
 
     def jit(fn, args, **kw):
         nonlocal notes
@@ -188,26 +194,35 @@ def _jax_runner(
         return jax.jit(fn, compiler_options=choice.options, **kw)
 
     if mode == "train":
+        if engine is not None:  # jaxcnn: the engine's own step (jaxcnn.train.step), as fit runs it
+            drop_key = jax.random.key(0)
 
-        def train_step(carry, x, y):
-            params, state, opt = carry
+            def train_step(carry, x, y):
+                return engine.train_step(engine_model, tx, carry, x, y, drop_key)
 
-            def loss_fn(p):
-                logits, new_state = apply_train(p, state, x)
-                return _ce(logits, y), new_state
+            first = engine.TrainState(params, state, tx.init(params), jnp.zeros((), jnp.int32))
+        else:  # flax: the step its users write
 
-            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt = tx.update(grads, opt, params)
-            return (optax.apply_updates(params, updates), new_state, opt), loss
+            def train_step(carry, x, y):
+                params, state, opt = carry
 
-        box = [(params, state, tx.init(params))]
+                def loss_fn(p):
+                    logits, new_state = apply_train(p, state, x)
+                    return _ce(logits, y), new_state
+
+                (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+                updates, opt = tx.update(grads, opt, params)
+                return (optax.apply_updates(params, updates), new_state, opt), loss
+
+            first = (params, state, tx.init(params))
+        box = [first]
         step = jit(train_step, (box[0], x, y), donate_argnums=(0,))
 
         def run(n: int) -> None:
-            loss = None
+            out = None
             for _ in range(n):
-                box[0], loss = step(box[0], x, y)
-            jax.block_until_ready((box[0], loss))
+                box[0], out = step(box[0], x, y)
+            jax.block_until_ready((box[0], out))
 
     else:
         infer = jit(apply_infer, (params, state, x))
@@ -237,7 +252,7 @@ def jaxcnn_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray) -> Runner
         "jaxcnn",
         lambda p, s, xb: model.apply(p, s, xb, train=True),
         lambda p, s, xb: model.apply(p, s, xb, train=False)[0],
-        params, state, mode, jnp.asarray(x), jnp.asarray(y), notes, tune=True,
+        params, state, mode, jnp.asarray(x), jnp.asarray(y), notes, tune=True, engine_model=model,
     )
 
 

@@ -98,10 +98,9 @@ def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
     if args.quick:
         args.seeds = 1
     data = prepared.data
-    base = TrainConfig(
-        batch=min(args.batch, len(data.y_train)), lr=args.lr, optimizer="momentum", momentum=0.9, weight_decay=5e-4,
-        schedule="cosine", seeds=args.seeds, **augmentation(args.data, data.x_train.shape[1]),
-    )
+    # TrainConfig's own optimizer, momentum, weight decay and schedule; the studies set batch, lr and seeds
+    base = TrainConfig(batch=min(args.batch, len(data.y_train)), lr=args.lr, seeds=args.seeds,
+                       **augmentation(args.data, data.x_train.shape[1]))
     return Task(prepared.name, data), base
 
 

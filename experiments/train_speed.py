@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,7 @@ def main() -> int:
     cfg = TrainConfig(batch=128, lr=0.05, weight_decay=0.0, schedule="constant", epochs=10**6)
     steps = args.n // 128
 
-    trainers = {mode: Trainer(model, TrainConfig(**{**cfg.__dict__, "mode": mode}), data) for mode in ("epoch", "step")}
+    trainers = {mode: Trainer(model, replace(cfg, mode=mode), data) for mode in ("epoch", "step")}
     carries = {mode: t.init() for mode, t in trainers.items()}
     x_dev, y_dev = jax.device_put(data.x_train), jax.device_put(data.y_train)
     trainers["epoch"].compile(carries["epoch"], x_dev, y_dev)
@@ -102,8 +103,8 @@ def main() -> int:
                 raw_p, raw_o, loss = raw_step(raw_p, raw_o, xb, yb)
             loss.block_until_ready()
         else:
-            carries[name], losses, _ = trainers[name].run_epoch(carries[name], x_dev, y_dev, epoch)
-            losses.block_until_ready()
+            out = trainers[name].run_epoch(carries[name], x_dev, y_dev, epoch)  # losses: host arrays, so done
+            carries[name] = out.carry
         return steps * 128 / (time.perf_counter() - t0)
 
     for name in ("epoch", "step", "raw"):  # warm-up (and compilation of the lazy paths)
@@ -131,17 +132,17 @@ def main() -> int:
     seconds, together = {}, {}
     for how in ("vmap", "unroll"):
         t0 = time.perf_counter()
-        cfg_k = TrainConfig(**{**rcfg.__dict__, "seeds": k, "seed_batching": how})
+        cfg_k = replace(rcfg, seeds=k, seed_batching=how)
         together[how] = fit(model, small, cfg_k, quiet=True)
         seconds[how] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    alone = [fit(model, small, TrainConfig(**{**rcfg.__dict__, "seed": s}), quiet=True) for s in range(k)]
+    alone = [fit(model, small, replace(rcfg, seed=s), quiet=True) for s in range(k)]
     t_sep = time.perf_counter() - t0
     t_vmap = seconds["vmap"]
     diff = loss_diff = param_diff = 0.0
     for tog in together.values():
         diff = max(diff, *(abs(a.test_accuracy[0] - tog.test_accuracy[s]) for s, a in enumerate(alone)))
-        loss_diff = max(loss_diff, *(abs(a.history[-1]["train_loss"][0] - tog.history[-1]["train_loss"][s])
+        loss_diff = max(loss_diff, *(abs(a.history[-1].train_loss[0] - tog.history[-1].train_loss[s])
                                      for s, a in enumerate(alone)))
         for s, a in enumerate(alone):
             for t, u in zip(jax.tree_util.tree_leaves(tog.params), jax.tree_util.tree_leaves(a.params), strict=True):

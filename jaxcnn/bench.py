@@ -22,13 +22,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxcnn import models
 from jaxcnn.core import Layer
 from jaxcnn.lowering import compile_options as xla_options
 from jaxcnn.lowering.conv import lowerings_used
 from jaxcnn.summary import summary
+from jaxcnn.train import step
+from jaxcnn.train.config import TrainConfig
+from jaxcnn.train.optimizers import make_optimizer
 from jaxcnn.transforms import mixed_precision, with_conv_impl
 
 
@@ -127,26 +129,18 @@ def peak_flops(dtype: str = "float32", *, quick: bool = False) -> dict[str, floa
     }
 
 
-def _steps(model: Layer):
-    tx = optax.sgd(0.01, momentum=0.9)
+def _steps(model: Layer, in_shape: tuple[int, ...]):
+    """The engine's own programs: ``jaxcnn.train.step.train_step`` with the default recipe's optimizer, and apply."""
+    tx = make_optimizer(TrainConfig(), 100, model)  # momentum, decoupled weight decay, cosine: what fit runs
     drop_key = jax.random.key(0)  # a fixed key: dropout masks cost the same whatever they are
 
-    def train_step(carry, x, y):
-        params, state, opt = carry
-
-        def loss_fn(p):
-            logits, new_state = model.apply(p, state, x, train=True, key=drop_key)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
-            return loss, new_state
-
-        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return (optax.apply_updates(params, updates), new_state, opt), loss
+    def train_step(carry: step.TrainState, x, y):
+        return step.train_step(model, tx, carry, x, y, drop_key)
 
     def infer_step(params, state, x):
         return model.apply(params, state, x, train=False)[0]
 
-    return tx, train_step, infer_step
+    return step.init(model, jax.random.key(0), in_shape, tx), train_step, infer_step
 
 
 def bench_model(
@@ -167,15 +161,14 @@ def bench_model(
     c = models.entry(name).input_shape[-1]
     in_shape = (input_size, input_size, c)
     macs = summary(model, in_shape).totals["macs"]
-    params, state = model.init(jax.random.key(0), in_shape)
+    carry, train_step, infer_step = _steps(model, in_shape)
     x = jax.random.normal(jax.random.key(1), (batch, *in_shape), jnp.float32)
     y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
-    tx, train_step, infer_step = _steps(model)
     reps, secs = (2, 0.1) if quick else (5, 1.0)
     if mode == "train":
-        fn, args, flops = train_step, ((params, state, tx.init(params)), x, y), 3 * 2 * macs * batch
+        fn, args, flops = train_step, (carry, x, y), 3 * 2 * macs * batch
     elif mode == "infer":
-        fn, args, flops = infer_step, (params, state, x), 2 * macs * batch
+        fn, args, flops = infer_step, (carry.params, carry.state, x), 2 * macs * batch
     else:
         raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
     with lowerings_used() as ran:  # which lowerings 'auto' (or a fallback) resolved to, for the table

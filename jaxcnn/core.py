@@ -174,6 +174,15 @@ class Layer:
         """
         return None
 
+    def torch_arrays(self) -> dict[str, tuple[str, str, str]]:
+        """The PyTorch counterpart of this layer's arrays, for :mod:`jaxcnn.storage.interop`.
+
+        ``{torch name: (tree, array name, layout)}`` with tree ``"params"`` or ``"state"`` and layout
+        ``"conv"`` (HWIO here, OIHW in torch), ``"dense"`` (in x out here, out x in there) or ``""`` (as is).
+        Empty for layers without arrays or without a torch counterpart (export then names the layer).
+        """
+        return {}
+
     # -- analytic side -------------------------------------------------------------
     def spec(self, in_shape: Shape) -> Spec:
         """Output shape, MACs and receptive field for one example of ``in_shape``."""
@@ -247,7 +256,14 @@ class Layer:
 
     # -- conveniences ----------------------------------------------------------------
     def has_arrays(self) -> bool:
-        """Whether this layer (or a descendant) owns params or state; static, no shapes needed."""
+        """Whether this layer (or a descendant) owns params or state; static, no shapes needed.
+
+        Derived from the declarations: a layer whose class defines ``param_shapes`` or
+        ``state_shapes`` owns arrays, so a custom leaf cannot declare shapes and forget this.
+        """
+        cls = type(self)
+        if cls.param_shapes is not Layer.param_shapes or cls.state_shapes is not Layer.state_shapes:
+            return True
         return any(child.has_arrays() for _, _, child in self.children())
 
     def __call__(self, params: Params, state: State, x: jax.Array, **kw: Any):

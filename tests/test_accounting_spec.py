@@ -32,8 +32,7 @@ from jaxcnn import (
     models,
 )
 from jaxcnn.models.resnet import bottleneck
-from jaxcnn.summary import summary
-from jaxcnn.train.optimizers import OPTIMIZERS
+from jaxcnn.summary import OPTIMIZER_SLOTS, summary
 from jaxcnn.transforms import fc_to_conv
 
 
@@ -470,7 +469,7 @@ def test_g_early_layers_hold_most_activations(vgg):
 @pytest.mark.parametrize("optimizer,slots", [("sgd", 0), ("momentum", 1), ("adam", 2)])
 @pytest.mark.parametrize("batch", [1, 8])
 def test_g_training_memory_formula(optimizer, slots, batch):
-    assert OPTIMIZERS[optimizer] == slots
+    assert OPTIMIZER_SLOTS[optimizer] == slots
     t = summary(models.get("vgg16"), (224, 224, 3), batch=batch, optimizer=optimizer).totals
     expected = VGG_PARAMS * (2 + slots) * 4 + batch * CS231N_ACTIVATIONS * 4
     assert t["train_memory_bytes"] == expected

@@ -38,8 +38,8 @@ from jaxcnn import (
     Softmax,
     Tanh,
     mixed_precision,
-    native,
 )
+from jaxcnn.lowering import native
 from jaxcnn.lowering.conv import IMPLS, choose, conv2d
 
 KEY = jax.random.key(0)

@@ -216,9 +216,6 @@ def test_a_custom_layer_is_accounted_converted_and_decayed_by_its_traits():
         def init_param(self, name, key, shape, in_shape):
             return jnp.ones(shape) if name == "g" else jnp.zeros(shape)
 
-        def has_arrays(self):
-            return True
-
         def forward(self, params, state, x, *, train, key):
             return x * params["g"] + params["o"], state
 
@@ -273,9 +270,6 @@ def test_a_new_conv_like_layer_is_width_scaled_accounted_decayed_and_lowered_by_
         def init_param(self, name, key, shape, in_shape):
             return jax.random.normal(key, shape) if name == "kernel" else jnp.zeros(shape)
 
-        def has_arrays(self):
-            return True
-
         def width_fields(self):
             return {} if self.keep_width else {"features": 1}
 
@@ -284,6 +278,9 @@ def test_a_new_conv_like_layer_is_width_scaled_accounted_decayed_and_lowered_by_
 
         def conv_lowering(self):
             return "dense"
+
+        def torch_arrays(self):
+            return {"weight": ("params", "kernel", "conv"), "bias": ("params", "shift", "")}
 
         def forward(self, params, state, x, *, train, key):
             y = conv2d(x, params["kernel"].astype(self.compute_dtype or x.dtype), (1, 1), ((0, 0), (0, 0)),
@@ -317,3 +314,13 @@ def test_a_new_conv_like_layer_is_width_scaled_accounted_decayed_and_lowered_by_
         np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-4, atol=1e-4)
     assert jc.with_conv_impl(half, "shift", depthwise_only=True).layers[0].impl == "auto"  # dense: untouched
     assert jc.mixed_precision(half).layers[0].compute_dtype == "bfloat16"
+
+    from jaxcnn.storage.interop import from_torch, to_torch  # interop: exported by its torch_arrays trait
+    sd = to_torch(half, params, state, in_shape)
+    assert list(sd) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    assert sd["0.weight"].shape == (4, 2, 3, 3)                  # OIHW, as torch's Conv2d holds it
+    np.testing.assert_array_equal(sd["0.weight"], np.asarray(params["a"]["kernel"]).transpose(3, 2, 0, 1))
+    back, _ = from_torch(half, sd, in_shape)
+    for name in ("a", "b", "fc"):
+        for leaf, arr in params[name].items():
+            np.testing.assert_array_equal(np.asarray(back[name][leaf]), np.asarray(arr))

@@ -68,8 +68,8 @@ def test_fit_with_custom_optimizer_and_loss_equals_raw_jax_steps():
 
     for e in range(epochs):
         params, state, opt, loss, sq = raw_step(params, state, opt)
-        np.testing.assert_allclose(res.history[e]["train_loss"][0], loss, rtol=1e-5)
-        np.testing.assert_allclose(res.history[e]["train_logit_sq"][0], sq, rtol=1e-4)
+        np.testing.assert_allclose(res.history[e].train_loss[0], loss, rtol=1e-5)
+        np.testing.assert_allclose(res.history[e].metrics["logit_sq"][0], sq, rtol=1e-4)
     got = jax.tree_util.tree_map(lambda a: a[0], (res.params, res.state))
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), got, (params, state))
     assert res.identity["custom.loss"].endswith("custom_loss")
@@ -121,9 +121,6 @@ def test_decay_mask_comes_from_layer_traits():
 
         def init_param(self, name, key, shape, in_shape):
             return jnp.ones(shape)
-
-        def has_arrays(self):
-            return True
 
         def forward(self, params, state, x, *, train, key):
             return x * params["gain"] + params["shift"], state

@@ -178,6 +178,7 @@ def test_table_and_figures_mark_members_still_improving(tmp_path):
     drawn = json.loads((tmp_path / "acc.points.json").read_text())["points"]
     assert [p["still_improving"] for p in drawn] == [False, True]
     assert (tmp_path / "acc.png").stat().st_size > 0
+    assert plot.training_curves(recs, tmp_path / "curves")[0].exists()
 
 
 def test_still_improving_points_are_drawn_hollow_and_nothing_filled_covers_them(tmp_path, monkeypatch):
@@ -206,7 +207,6 @@ def test_still_improving_points_are_drawn_hollow_and_nothing_filled_covers_them(
     assert top[0] == to_rgba("white")  # the marker on top is hollow (white face)
     filled = at[(557_386.0, round(95.5, 6))]
     assert all(face != to_rgba("white") for face, _ in filled)
-    assert plot.training_curves(recs, tmp_path / "curves")[0].exists()
 
 
 def test_pareto_front_by_brute_force():
@@ -240,7 +240,7 @@ def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
     # the raw rcParams entry: matplotlib.get_backend() would itself import pyplot to resolve "auto"
     code = ("import sys, matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend')\n"
             "before = raw()\n"
-            "from jaxcnn import plot\n"
+            "from jaxcnn.study import plot\n"
             "from jaxcnn.study.record import StudyRecord\n"
             "r = StudyRecord('f', 'a', 'a', 10, 5, [8, 8, 1], [0.9], 0.9, 0.01, [[0.5], [0.9]], 1.0,"
             " train_loss_per_epoch=[[1.0], [0.5]])\n"

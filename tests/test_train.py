@@ -48,13 +48,13 @@ def test_compiled_epoch_equals_per_step_path():
     b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, mode="step"), quiet=True)
     for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(a.history[-1]["train_loss"], b.history[-1]["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(a.history[-1].train_loss, b.history[-1].train_loss, rtol=1e-4)
 
 
 def test_training_reduces_loss_and_checkpoints(tmp_path):
     data = tiny_data()
     r = fit(tiny_model(), data, TrainConfig(epochs=4, batch=32, lr=0.1), out_dir=tmp_path, quiet=True)
-    assert r.history[-1]["train_loss"][0] < r.history[0]["train_loss"][0]
+    assert r.history[-1].train_loss[0] < r.history[0].train_loss[0]
     assert r.test_accuracy[0] > 0.5  # 4 classes: chance is 0.25
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
@@ -109,7 +109,7 @@ _DRIVER = textwrap.dedent("""
     r = fit(tiny_model(), tiny_data(n=8192, size=16), TrainConfig(epochs=epochs, batch=64),
             out_dir=out, resume=resume, quiet=True)
     np.savez(out + "/final.npz", *[np.asarray(a) for a in jax.tree_util.tree_leaves(r.params)])
-    print(r.history[-1]["train_loss"])
+    print(r.history[-1].train_loss)
 """)
 
 
@@ -159,7 +159,7 @@ def test_four_host_devices_match_one_device(tmp_path):
         from train_helpers import tiny_data, tiny_model
         from jaxcnn.train import TrainConfig, fit
         r = fit(tiny_model(), tiny_data(n=512), TrainConfig(epochs=3, batch=64, lr=0.05), quiet=True)
-        print(json.dumps({{"devices": jax.device_count(), "loss": [h["train_loss"][0] for h in r.history]}}))
+        print(json.dumps({{"devices": jax.device_count(), "loss": [h.train_loss[0] for h in r.history]}}))
     """)
     procs = {}  # both at once: they share no compiled program (another device count), and CI has 2 cores
     for n in (1, 4):

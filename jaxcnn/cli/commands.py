@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 from jaxcnn import models
 from jaxcnn.cli.args import UsageError, parse_options, recipe_from_args
@@ -81,7 +82,7 @@ def _train(args: argparse.Namespace, options: dict) -> int:
         print(f"jaxcnn train: warning: the training data ({args.data}) holds only one class, so every "
               "prediction is that class and accuracy is trivially 100%", file=sys.stderr)
     model = models.get(args.model, num_classes=data.num_classes, **options)
-    cfg = recipe_from_args(args, TrainConfig(**augmentation(args.data, data.x_train.shape[1]))).check()
+    cfg = recipe_from_args(args, TrainConfig(**augmentation(args.data, data.x_train.shape[1])))  # fit checks it
     meta = {"model": args.model, "options": options, "data": args.data, "input_size": args.input_size,
             "test_fraction": None if prepared.official_test else args.test_fraction}
     result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta,
@@ -95,7 +96,7 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     record = {"model": args.model, "options": options, "data": args.data, "seeds": result.seeds,
               "test_accuracy": result.test_accuracy, "mean": result.mean_accuracy, "std": result.std_accuracy,
               "train_seconds": result.train_seconds, "compile_seconds": result.compile_seconds,
-              "config": cfg.__dict__, "final_train_loss": float(np.mean(result.history[-1]["train_loss"])),
+              "config": asdict(cfg), "final_train_loss": float(np.mean(result.history[-1].train_loss)),
               "identity": result.identity}
     atomic_write_text(args.out / "result.json", json.dumps(record, indent=1))
     return 0

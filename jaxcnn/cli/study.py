@@ -53,6 +53,7 @@ from jaxcnn.study.plan import (
     PlanError,
     axis_value,
     check_members,
+    in_window,
     neighbour_pairs,
     numeric_axes,
     parse_axis,
@@ -79,6 +80,14 @@ def add_study_parser(sub: Any) -> argparse.ArgumentParser:
                    help="builder option for every model (repeatable)")
     p.add_argument("--pad-to", type=positive(int), default=None, metavar="N",
                    help="zero-pad smaller inputs to N x N for every model (as LeNet-5 fed MNIST)")
+    p.add_argument("--sample", type=positive(int), default=None, metavar="N",
+                   help="draw N distinct members at random instead of the grid: each axis from its list, an "
+                        "integer range LO:HI or a log-uniform range log:LO:HI (deterministic from --sample-seed)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the --sample draws (default 0)")
+    p.add_argument("--params-range", type=_window, default=None, metavar="LO:HI",
+                   help="with --sample: keep only members with LO <= learnable parameters <= HI (others never train)")
+    p.add_argument("--macs-range", type=_window, default=None, metavar="LO:HI",
+                   help="with --sample: keep only members with LO <= multiply-adds per image <= HI")
     p.add_argument("--out", type=Path, required=True, help="results folder (resumable)")
     p.add_argument("--only", default=None, metavar="A,B,...", help="comma-separated variants to run (default: all)")
     p.add_argument("--shard", default=None, metavar="I/N",
@@ -92,6 +101,18 @@ def add_study_parser(sub: Any) -> argparse.ArgumentParser:
     add_recipe_flags(p)
     add_models_from(p)
     return p
+
+
+def _window(text: str) -> tuple[float, float]:
+    """``LO:HI`` (numbers, 1e6 or 2.5e5 style allowed) as a closed window."""
+    lo, sep, hi = text.partition(":")
+    try:
+        window = (float(lo), float(hi))
+    except ValueError:
+        window = None
+    if not sep or window is None or not 0 <= window[0] <= window[1]:
+        raise argparse.ArgumentTypeError(f"expected LO:HI with 0 <= LO <= HI, got {text!r}")
+    return window
 
 
 def read_study_file(path: Path) -> dict[str, Any]:
@@ -168,8 +189,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         except TypeError as e:
             raise UsageError(f"study file {args.file}: [recipe] {e}") from None
         plan = _plan(args, doc, recipe)
-        members = plan.members()
-        if args.only:
+        if (args.params_range or args.macs_range) and not args.sample:
+            raise UsageError("--params-range and --macs-range select sampled members; add --sample N")
+        members = plan.members() if not args.sample else None
+        if args.only and members is not None:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
             known = {m.variant for m in members}
             unknown = [w for w in wanted if w not in known]
@@ -181,11 +204,15 @@ def cmd_study(args: argparse.Namespace) -> int:
         if args.plot_only:
             if not out.is_dir():
                 raise UsageError(f"--plot-only: {out} is not a study folder; run the study first")
-            records = merge_results(out, members)
+            records = merge_results(out, members or ())
         else:
             prepared = prepare(spec, size=size, test_fraction=test_fraction)
             task = _task(prepared, spec, size, test_fraction, prepare)
             in_shape = task.in_shape
+            if members is None:  # --sample: drawn now, since the windows need the data's classes and shape
+                k = task.data.num_classes
+                members = plan.sample(args.sample, seed=args.sample_seed, accept=lambda m: in_window(
+                    m, k, in_shape, params=args.params_range, macs=args.macs_range))
             bad = check_members(members, task.data.num_classes, in_shape)
             if bad:
                 raise UsageError("invalid member(s), nothing trained:\n" + "\n".join(f"  {b}" for b in bad))
@@ -201,7 +228,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         grid_axes = numeric_axes(plan.varied, records)
         text, compared, paths = write_report(
             out, records, pairs=lambda rs: neighbour_pairs(plan.varied, rs),
-            grid=tuple(grid_axes[:2]) if len(grid_axes) >= 2 else None, axis_value=axis_value)
+            grid=tuple(grid_axes[:2]) if len(grid_axes) >= 2 and not args.sample else None, axis_value=axis_value,
+            edf=bool(args.sample))
     except (PlanError, StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ShardError,
             ValueError, OSError) as e:
         raise UsageError(str(e)) from None

@@ -34,6 +34,11 @@ def convolve(layer: Any, params: dict, x: jax.Array, pads: tuple[Pair, Pair], gr
 # -- convolutions ----------------------------------------------------------------------
 
 
+def _torch_kernel(layer: Layer, layout: str) -> dict[str, tuple[str, str, str]]:
+    """torch's ``weight`` (+ ``bias``) for a kernel layer of this layout."""
+    return {"weight": ("params", "w", layout), **({"bias": ("params", "b", "")} if layer.use_bias else {})}
+
+
 @dataclass(frozen=True)
 class Conv(Layer):
     """2-D convolution, HWIO kernel ``(kh, kw, C/groups, features)``.
@@ -107,9 +112,9 @@ class Conv(Layer):
         fan_out = self.kernel[0] * self.kernel[1] * self.features // self.groups
         return initializers.weight(self.kernel_init, key, shape, fan_in, fan_out)
 
-    def has_arrays(self) -> bool:
-        """Convolutions own a kernel."""
-        return True
+    def torch_arrays(self) -> dict[str, tuple[str, str, str]]:
+        """``weight`` (OIHW in torch) and ``bias``."""
+        return _torch_kernel(self, "conv")
 
     def width_fields(self) -> dict[str, int]:
         """``features`` (a multiple of ``groups``) unless ``keep_width``."""
@@ -183,9 +188,9 @@ class DepthwiseConv(Layer):
             return initializers.bias(self.kernel_init, key, shape, fan_in)
         return initializers.weight(self.kernel_init, key, shape, fan_in, fan_in * self.multiplier)
 
-    def has_arrays(self) -> bool:
-        """Depthwise convolutions own a kernel."""
-        return True
+    def torch_arrays(self) -> dict[str, tuple[str, str, str]]:
+        """``weight`` (OIHW in torch) and ``bias``."""
+        return _torch_kernel(self, "conv")
 
     def channel_groups(self, in_shape: Shape) -> int | None:
         """One group per input channel."""
@@ -249,9 +254,9 @@ class Dense(Layer):
             return initializers.bias(self.kernel_init, key, shape, in_shape[0])
         return initializers.weight(self.kernel_init, key, shape, in_shape[0], self.features)
 
-    def has_arrays(self) -> bool:
-        """Dense layers own a weight matrix."""
-        return True
+    def torch_arrays(self) -> dict[str, tuple[str, str, str]]:
+        """``weight`` (out x in in torch) and ``bias``."""
+        return _torch_kernel(self, "dense")
 
     def width_fields(self) -> dict[str, int]:
         """``features`` unless ``keep_width``."""

@@ -69,9 +69,11 @@ class BatchNorm(Layer):
         """mean = 0, var = 1."""
         return jnp.ones(shape, jnp.float32) if name == "var" else jnp.zeros(shape, jnp.float32)
 
-    def has_arrays(self) -> bool:
-        """BatchNorm owns running statistics."""
-        return True
+    def torch_arrays(self) -> dict[str, tuple[str, str, str]]:
+        """``weight``/``bias`` (scale/offset) and the running statistics, as torch's BatchNorm2d names them."""
+        return {**({"weight": ("params", "scale", "")} if self.use_scale else {}),
+                **({"bias": ("params", "offset", "")} if self.use_offset else {}),
+                "running_mean": ("state", "mean", ""), "running_var": ("state", "var", "")}
 
     def forward(
         self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None

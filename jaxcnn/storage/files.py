@@ -16,14 +16,16 @@ the figure instead of a MemoryError traceback (or the machine swapping).
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "FileProblem", "atomic_write_bytes", "atomic_write_text", "available_memory", "check_memory", "code_version",
-    "open_regular",
+    "differing", "json_form", "open_regular",
     "read_regular", "versions",
 ]
 
@@ -116,6 +118,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_form(v: Any) -> Any:
+    """``v`` as it reads back from JSON (tuples become lists, other objects their ``str``)."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def differing(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between a recorded run and this one, compared as JSON reads them back.
+
+    The one "is it the same run?" test: checkpoints on resume and study records on rerun both use it.
+    """
+    a, b = json_form(saved), json_form(now)
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def code_version() -> dict[str, object]:

@@ -1,7 +1,8 @@
 """PyTorch weights in and out: torchvision's VGG-16 (BN), ResNet-50, ResNeXt-50 32x4d, DenseNet-121.
 
 :func:`from_torch` loads a PyTorch ``state_dict`` into the matching jaxcnn model; it works for any
-model whose array-owning layers (Conv, DepthwiseConv, Dense, BatchNorm) come in the same order as the
+model whose array-owning layers (by their ``torch_arrays`` trait: Conv, DepthwiseConv, Dense, BatchNorm,
+or a layer of one's own) come in the same order as the
 torch modules in the ``state_dict`` (registration order, which for these models and for an
 ``nn.Sequential`` is execution order). Layouts are converted: conv kernels OIHW -> HWIO, dense
 ``(out, in)`` -> ``(in, out)``, and a dense layer after ``Flatten`` of an ``(H, W, C)`` map has its
@@ -25,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.core import Layer, Node, Shape, walk
-from jaxcnn.layers import BatchNorm, Conv, Dense, DepthwiseConv, Flatten
 from jaxcnn.storage import safetensors
 from jaxcnn.storage.files import FileProblem, read_regular
 
@@ -87,13 +87,24 @@ ARCHS = ("vgg16", "vgg16_bn", "resnet50", "resnext50_32x4d", "densenet121")
 # -- layout conversion -------------------------------------------------------------------
 
 
+def _flattens(node: Node) -> bool:
+    """Whether the layer turns an (H, W, C) map into a vector of the same values (a Flatten, by its spec)."""
+    return (len(node.in_shape) == 3 and len(node.spec.out_shape) == 1 and not node.layer.has_arrays()
+            and node.spec.out_shape[0] == int(np.prod(node.in_shape)))
+
+
+def _layout(layer: Layer, tname: str) -> str:
+    return layer.torch_arrays()[tname][2]
+
+
 def _owners(model: Layer, in_shape: Shape) -> list[tuple[Node, Shape | None]]:
     """Array-owning leaves in execution order, each with the (H, W, C) a preceding Flatten flattened (or None)."""
     out, flat = [], None
     for node in walk(model, in_shape, leaves_only=True):
         if node.layer.has_arrays():
-            out.append((node, flat if isinstance(node.layer, Dense) else None))
-        if isinstance(node.layer, Flatten) and len(node.in_shape) == 3:
+            dense = any(layout == "dense" for _, _, layout in node.layer.torch_arrays().values())
+            out.append((node, flat if dense else None))
+        if _flattens(node):
             flat = node.in_shape
         elif node.layer.has_arrays() or node.spec.out_shape != node.in_shape:
             flat = None  # a Dropout or activation between Flatten and Dense keeps the flattening order
@@ -101,23 +112,21 @@ def _owners(model: Layer, in_shape: Shape) -> list[tuple[Node, Shape | None]]:
 
 
 def _torch_params(layer: Layer) -> dict[str, tuple[str, str]]:
-    """torch param name -> (jaxcnn tree ("params"/"state"), jaxcnn name) for one layer."""
-    if isinstance(layer, (Conv, DepthwiseConv, Dense)):
-        return {"weight": ("params", "w"), **({"bias": ("params", "b")} if layer.use_bias else {})}
-    if isinstance(layer, BatchNorm):
-        return {**({"weight": ("params", "scale")} if layer.use_scale else {}),
-                **({"bias": ("params", "offset")} if layer.use_offset else {}),
-                "running_mean": ("state", "mean"), "running_var": ("state", "var")}
-    raise InteropError(f"{type(layer).__name__} has arrays but no torch counterpart here; only Conv, "
-                       "DepthwiseConv, Dense and BatchNorm are converted")
+    """torch param name -> (jaxcnn tree ("params"/"state"), jaxcnn name) for one layer (its ``torch_arrays``)."""
+    arrays = layer.torch_arrays()
+    if not arrays:
+        raise InteropError(f"{type(layer).__name__} has arrays but declares no torch counterpart (its "
+                           "`torch_arrays` trait is empty), so it cannot be converted")
+    return {t: (tree, name) for t, (tree, name, _) in arrays.items()}
 
 
 def _to_jax(layer: Layer, name: str, a: np.ndarray, flat: Shape | None) -> tuple[np.ndarray, Shape]:
     """A (strided) view of ``a`` in jaxcnn's axis order and the shape it takes once copied."""
-    if name == "weight" and isinstance(layer, (Conv, DepthwiseConv)):
+    layout = _layout(layer, name)
+    if layout == "conv":
         view = a.transpose(2, 3, 1, 0)  # (O, I/groups, kh, kw) -> (kh, kw, I/groups, O)
         return view, view.shape
-    if name == "weight" and isinstance(layer, Dense):
+    if layout == "dense":
         if flat is not None:
             h, w, c = flat  # torch flattened C, H, W; jaxcnn flattens H, W, C
             return a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0), (h * w * c, a.shape[0])
@@ -127,10 +136,11 @@ def _to_jax(layer: Layer, name: str, a: np.ndarray, flat: Shape | None) -> tuple
 
 def _to_torch(layer: Layer, name: str, a: np.ndarray, flat: Shape | None) -> tuple[np.ndarray, Shape]:
     """A (strided) view of ``a`` in torch's axis order and the shape it takes once copied."""
-    if name == "weight" and isinstance(layer, (Conv, DepthwiseConv)):
+    layout = _layout(layer, name)
+    if layout == "conv":
         view = a.transpose(3, 2, 0, 1)
         return view, view.shape
-    if name == "weight" and isinstance(layer, Dense):
+    if layout == "dense":
         if flat is not None:
             h, w, c = flat
             return a.reshape(h, w, c, a.shape[1]).transpose(3, 2, 0, 1), (a.shape[1], c * h * w)

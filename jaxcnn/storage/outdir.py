@@ -5,19 +5,21 @@
 second run into the same folder is refused at once instead of silently overwriting the first one's
 checkpoints and results. The kernel drops the lock when its process dies, however it dies (SIGKILL
 included), so a lock left by a killed run is never stale: the next run takes it and is told that the last
-run did not finish cleanly. The lock is re-entrant within one process (``train`` holds it around ``fit``).
+run did not finish cleanly. The lock is :mod:`jaxcnn.storage.locks`'s, re-entrant within a thread (``train`` holds
+it around ``fit``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from jaxcnn.storage import locks
 
 __all__ = ["LOCK_NAME", "OutputFolderError", "RunLock", "check_writable_file", "exclusive"]
 
@@ -35,9 +37,6 @@ class RunLock:
     folder: Path
     previous: str = ""
     cleaned: tuple[str, ...] = ()
-
-
-_HELD: dict[Path, tuple[int, RunLock, list[int]]] = {}
 
 
 def _probe(folder: Path, what: str) -> None:
@@ -93,28 +92,9 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
                                 f"choose another `out_dir`") from None
     if not folder.is_dir():
         raise OutputFolderError(f"output folder {folder} is not a folder; choose another `out_dir`")
-    key = folder.resolve()
-    if key in _HELD:  # this process already holds it (train around fit)
-        _HELD[key][2][0] += 1
-        try:
-            yield _HELD[key][1]
-        finally:
-            _HELD[key][2][0] -= 1
-        return
     lock_path = folder / LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
-                     0o644)
-    except OSError as e:
-        raise OutputFolderError(f"output folder {folder} is not writable (cannot create {lock_path.name}: "
-                                f"{e.strerror or e}); fix its permissions or choose another `out_dir`") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            raise OutputFolderError(f"output folder {folder} is in use by another run ({holder}); wait for it to "
-                                    f"finish or choose another `out_dir`") from None
+
+    def take(fd: int) -> RunLock:  # once per process: record the holder, check the folder, clean up
         previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         me = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.ftruncate(fd, 0)
@@ -125,17 +105,23 @@ def exclusive(folder: str | os.PathLike, files: Sequence[str] = ()) -> Iterator[
             if p.is_symlink() or (p.exists() and not p.is_file()):
                 raise OutputFolderError(f"{p} exists and is not a regular file; the run writes its "
                                         f"{name} there, so remove it or choose another `out_dir`")
-        lock = RunLock(folder, previous, _clean_tmp(folder))
-    except BaseException:
-        os.close(fd)  # closing drops the flock too
-        raise
-    _HELD[key] = (fd, lock, [1])
-    try:
-        yield lock
-    finally:
-        del _HELD[key]
+        return RunLock(folder, previous, _clean_tmp(folder))
+
+    def release(fd: int) -> None:
         try:
             os.ftruncate(fd, 0)  # an empty lock file means the last run finished cleanly
         except OSError:
             pass
-        os.close(fd)
+
+    stack = ExitStack()  # acquired here, held around the body: errors of the run itself are not lock errors
+    try:
+        lock = stack.enter_context(locks.held(lock_path, blocking=False, on_first=take, on_last=release))
+    except locks.LockBusy as busy:
+        holder = str(busy) or "another thread of this process"
+        raise OutputFolderError(f"output folder {folder} is in use by another run ({holder}); wait for it to "
+                                f"finish or choose another `out_dir`") from None
+    except OSError as e:
+        raise OutputFolderError(f"output folder {folder} is not writable (cannot create {lock_path.name}: "
+                                f"{e.strerror or e}); fix its permissions or choose another `out_dir`") from None
+    with stack:
+        yield lock

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ from jaxcnn.study.record import StudyRecord
 from jaxcnn.summary import summary
 from jaxcnn.train.config import TrainConfig
 
-__all__ = ["Axis", "Plan", "PlanError", "axis_value", "neighbour_pairs", "parse_axis"]
+__all__ = ["Axis", "Plan", "PlanError", "axis_value", "check_members", "in_window", "neighbour_pairs",
+           "numeric_axes", "parse_axis"]
 
 SPECIAL = ("width", "input_size")  # axes that are not builder options
 
@@ -35,22 +37,56 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Axis:
-    """One varied key and its values as text (``--vary depth=8,14,20``), typed per model by its builder."""
+    """One varied key and its values as text (``--vary depth=8,14,20``), typed per model by its builder.
+
+    For sampling (:meth:`Plan.sample`) an axis may instead be a range: ``lo:hi`` (integers, uniform,
+    both ends included) or ``log:lo:hi`` (log-uniform numbers, kept to 3 significant digits).
+    """
 
     key: str
-    texts: tuple[str, ...]
+    texts: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @property
+    def is_range(self) -> bool:
+        """Whether this axis is a range to sample from rather than a list."""
+        return self.low is not None
 
 
 def parse_axis(text: str) -> Axis:
     """``KEY=V1,V2,...`` as an :class:`Axis` (PlanError naming the text if it is not one)."""
     key, sep, values = text.partition("=")
     key = key.strip()
+    if sep and key.isidentifier() and ":" in values and "," not in values:
+        return _parse_range(key, values.strip())
     texts = tuple(v.strip() for v in values.split(",") if v.strip())
     if not sep or not key.isidentifier() or not texts:
         raise PlanError(f"`vary` takes KEY=V1,V2,... (e.g. depth=8,14,20 or width=0.5,1), got {text!r}")
     if len(set(texts)) != len(texts):
         raise PlanError(f"`vary` {key}: a value is listed twice in {values!r}")
     return Axis(key, texts)
+
+
+def _parse_range(key: str, text: str) -> Axis:
+    """``lo:hi`` (integers) or ``log:lo:hi`` (log-uniform) as a range :class:`Axis`."""
+    parts = text.split(":")
+    log = parts[0] == "log"
+    try:
+        if log and len(parts) == 3:
+            lo, hi = float(parts[1]), float(parts[2])
+            ok = 0 < lo <= hi and math.isfinite(hi)
+        elif not log and len(parts) == 2:
+            lo, hi = int(parts[0]), int(parts[1])
+            ok = lo <= hi
+        else:
+            ok = False
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PlanError(f"`vary` {key}={text}: a range is LO:HI (integers, LO <= HI) or log:LO:HI (0 < LO <= HI)")
+    return Axis(key, (), lo, hi, log)
 
 
 def _number(text: str, key: str, kind: type) -> Any:
@@ -101,6 +137,9 @@ class Plan:
 
     def _values(self, model: str, axis: Axis) -> list[Any]:
         """The axis's values typed for ``model`` (its builder's annotation for an option)."""
+        if axis.is_range:
+            raise PlanError(f"`vary` {axis.key} is a range ({axis.low}:{axis.high}); ranges need `sample=N` "
+                            "(the grid of a range is not defined)")
         if axis.key == "width":
             return [_number(t, "width", float) for t in axis.texts]
         if axis.key == "input_size":
@@ -110,29 +149,92 @@ class Plan:
         except ValueError as e:
             raise PlanError(str(e)) from None
 
+    def _member(self, name: str, chosen: dict[str, Any]) -> Member:
+        """The member of model ``name`` at the axis values ``chosen``."""
+        base = models.parse_name(name)[0]
+        recipe = dataclasses.replace(self.recipe, **self.overrides.get(base, {}))
+        build = name if "width" not in chosen else f"{name}/{_fmt(chosen['width'])}"
+        opts = {**self.options.get(base, {}), **{k: v for k, v in chosen.items() if k not in SPECIAL}}
+        tail = "".join(f",{k}={_fmt(v)}" for k, v in chosen.items() if k != "width")
+        # the table shows the options beside the label, so the label holds only what options do not
+        label = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items() if k in SPECIAL)
+        return Member(family=base, variant=build + tail, label=label, options=opts, recipe=recipe,
+                      pad_to=self.pad_to.get(base), model=build if tail else "", input_size=chosen.get("input_size"))
+
     def members(self) -> list[Member]:
         """Every member: for each model, the product of the axes (first axis outermost)."""
         out: list[Member] = []
         for name in self.models:
-            base = models.parse_name(name)[0]
             grids = [self._values(name, a) for a in self.axes]
-            recipe = dataclasses.replace(self.recipe, **self.overrides.get(base, {}))
-            for combo in itertools.product(*grids):
-                chosen = dict(zip(self.varied, combo, strict=True))
-                build = name if "width" not in chosen else f"{name}/{_fmt(chosen['width'])}"
-                opts = {**self.options.get(base, {}),
-                        **{k: v for k, v in chosen.items() if k not in SPECIAL}}
-                tail = "".join(f",{k}={_fmt(v)}" for k, v in chosen.items() if k != "width")
-                label = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items()) or name
-                out.append(Member(family=base, variant=build + tail, label=label, options=opts, recipe=recipe,
-                                  pad_to=self.pad_to.get(base), model=build if tail else "",
-                                  input_size=chosen.get("input_size")))
-        seen: set[str] = set()
-        for m in out:
-            if m.variant in seen:
-                raise PlanError(f"member {m.variant} appears twice (a model is listed twice?)")
-            seen.add(m.variant)
-        return out
+            out += [self._member(name, dict(zip(self.varied, combo, strict=True)))
+                    for combo in itertools.product(*grids)]
+        return _unique(out)
+
+    def sample(self, n: int, *, seed: int = 0, accept: Callable[[Member], bool] | None = None,
+               max_draws: int | None = None) -> list[Member]:
+        """``n`` distinct members drawn at random (models in turn; each axis uniformly from its list or range).
+
+        Deterministic from ``seed``. ``accept(member)`` may refuse a draw (a parameter or MAC window):
+        refused draws never train. PlanError when ``max_draws`` (default 200 n) draws give fewer than n.
+        """
+        rng = random.Random(seed)
+        out: dict[str, Member] = {}
+        limit = max_draws or 200 * n
+        for draw in range(limit):
+            if len(out) == n:
+                break
+            name = self.models[draw % len(self.models)]
+            chosen = {a.key: self._draw(name, a, rng) for a in self.axes}
+            m = self._member(name, chosen)
+            if m.variant not in out and (accept is None or accept(m)):
+                out[m.variant] = m
+        if len(out) < n:
+            raise PlanError(f"`sample={n}`: only {len(out)} distinct members were accepted in {limit} draws; "
+                            "widen the axes or the parameter/MAC window")
+        return list(out.values())
+
+    def _draw(self, model: str, axis: Axis, rng: random.Random) -> Any:
+        """One random value of ``axis`` for ``model``."""
+        if not axis.is_range:
+            return rng.choice(self._values(model, axis))
+        if axis.log:
+            v = math.exp(rng.uniform(math.log(axis.low), math.log(axis.high)))
+            v = float(f"{v:.3g}")
+        else:
+            v = rng.randint(int(axis.low), int(axis.high))
+        if axis.key in SPECIAL:
+            return _number(str(v), axis.key, int if axis.key == "input_size" else float)
+        try:
+            return models.parse_option(model, axis.key, str(v))
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+
+
+def _unique(out: list[Member]) -> list[Member]:
+    """``out``, or PlanError naming a member that appears twice."""
+    seen: set[str] = set()
+    for m in out:
+        if m.variant in seen:
+            raise PlanError(f"member {m.variant} appears twice (a model is listed twice?)")
+        seen.add(m.variant)
+    return out
+
+
+def in_window(m: Member, num_classes: int, in_shape: Sequence[int], *, params: tuple[float, float] | None = None,
+              macs: tuple[float, float] | None = None) -> bool:
+    """Whether member ``m`` (built for ``num_classes`` at its input) has parameters and MACs inside the windows."""
+    if params is None and macs is None:
+        return True
+    h = m.input_size or in_shape[0]
+    w = m.input_size or in_shape[1]
+    if m.pad_to:
+        h, w = max(h, m.pad_to), max(w, m.pad_to)
+    try:
+        totals = summary(models.get(m.build_name, num_classes=num_classes, **m.options), (h, w, in_shape[2])).totals
+    except (ValueError, LayerError, TypeError):
+        return True  # an invalid member is not the window's to judge: check_members names it
+    return all(lo <= totals[key] <= hi for key, window in (("learnable_params", params), ("macs", macs))
+               if window is not None for lo, hi in [window])
 
 
 def check_members(members: Sequence[Member], num_classes: int, in_shape: Sequence[int]) -> list[str]:

@@ -237,3 +237,23 @@ def heatmap(results: Sequence[StudyRecord], stem: Path, *, x: str, y: str,
         {"variant": r.variant, x: vx, y: vy, "mean": r.mean_accuracy, "std": r.std_accuracy}
         for (vx, vy), r in sorted(cells.items())]}, indent=1))
     return paths + [side]
+
+
+def error_edf(results: Sequence[StudyRecord], stem: Path) -> list[Path]:
+    """Empirical distribution of test error per family (the design-space view of a sampled study).
+
+    For each family, the fraction of its members with error at most e, against e (mean over seeds):
+    a curve further left is a family whose members are better whatever was drawn.
+    """
+    fig = _figure(figsize=(7, 5))
+    ax = fig.subplots()
+    for fam in sorted({r.family for r in results}):
+        errors = np.sort([100 * (1 - r.mean_accuracy) for r in results if r.family == fam])
+        ax.step(errors, np.arange(1, len(errors) + 1) / len(errors), where="post", label=f"{fam} (n={len(errors)})")
+    ax.set_xlabel("test error (%), mean over seeds")
+    ax.set_ylabel("fraction of members with error <= e")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title("error EDF of the sampled members")
+    return _save(fig, stem)

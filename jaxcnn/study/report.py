@@ -4,7 +4,8 @@ Shared by ``jaxcnn study`` and the book's study scripts (experiments/), so every
 the same way: a table with a "converged?" column, Welch intervals for the named comparisons,
 accuracy against parameters, multiply-adds and measured training time per image (error bars,
 Pareto frontier, hollow markers for runs still improving), training curves, and, when two
-numeric axes vary, a heatmap of mean accuracy over the grid per family.
+numeric axes vary, a heatmap of mean accuracy over the grid per family, and for a sampled study
+the empirical distribution of errors (EDF) per family.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def table(records: Sequence[StudyRecord]) -> str:
     for r in records:
         seeds = " ".join(f"{100 * a:.1f}" for a in r.accuracies)
         shape = "x".join(map(str, r.input_shape[:2]))
-        opts = "".join(f", {k}={v}" for k, v in (r.options or {}).items())
-        lines.append(f"| {r.family} | {r.variant} | {r.label}{opts} | {shape} "
+        described = ", ".join([r.label] * bool(r.label) + [f"{k}={v}" for k, v in (r.options or {}).items()])
+        lines.append(f"| {r.family} | {r.variant} | {described} | {shape} "
                      f"| {len(r.test_accuracy_per_epoch)} | {r.learnable_params:,} | {r.macs:,} "
                      f"| {100 * r.mean_accuracy:.2f} +- {100 * r.std_accuracy:.2f} | {seeds} "
                      f"| {converged_cell(r)} | {r.train_seconds:.0f} |")
@@ -69,8 +70,11 @@ def _redundancy(out: Path, layers: dict[str, dict[str, Any]]) -> list[Path]:
 
 def figures(out: Path, records: list[StudyRecord], *, filters: bool = False, redundancy: bool = False,
             grid: tuple[str, str] | None = None, axis_value: Callable[[StudyRecord, str], Any] | None = None,
-            ) -> list[Path]:
-    """Draw every figure of a study next to its results; ``grid=(x, y)`` adds a heatmap per family."""
+            edf: bool = False) -> list[Path]:
+    """Draw every figure of a study next to its results.
+
+    ``grid=(x, y)`` adds a heatmap per family; ``edf`` the error distribution per family (sampled studies).
+    """
     if not records:
         raise StudyError(f"{out / 'results.jsonl'} holds no results to plot; run the study first")
     paths = plot.accuracy_vs_cost(records, out / "accuracy_vs_params", cost="learnable_params")
@@ -82,6 +86,8 @@ def figures(out: Path, records: list[StudyRecord], *, filters: bool = False, red
             rows = [r for r in records if r.family == family]
             stem = out / ("heatmap" if len({r.family for r in records}) == 1 else f"heatmap_{family}")
             paths += plot.heatmap(rows, stem, x=grid[0], y=grid[1], value=axis_value)
+    if edf:
+        paths += plot.error_edf(records, out / "error_edf")
     if filters or redundancy:
         layers = load_first_layers(out, records)
         if filters and layers:

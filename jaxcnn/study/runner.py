@@ -13,9 +13,7 @@ most one epoch of one model.
 
 from __future__ import annotations
 
-import fcntl
 import io
-import os
 import platform
 import sys
 import threading
@@ -24,14 +22,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
 from jaxcnn import models
 from jaxcnn.core import walk
-from jaxcnn.storage import files
+from jaxcnn.storage import files, locks
 from jaxcnn.study.member import Member, Task
 from jaxcnn.study.record import (
     StudyError,
@@ -55,10 +52,7 @@ def _check_same_run(rec: StudyRecord, m: Member, task: Task, out: Path) -> None:
     """A finished record only counts for this study if it used the same data, input and recipe."""
     now = {"dataset": task.name, "input_shape": list(task.in_shape), "recipe": asdict(m.recipe),
            "options": m.options}
-    old = {k: getattr(rec, k) for k in now}
-    old["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (old["recipe"] or {}).items()}
-    now["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in now["recipe"].items()}
-    differ = [k for k in now if old[k] != now[k]]
+    differ = files.differing({k: getattr(rec, k) for k in now}, now)
     if differ:
         raise StudyError(
             f"{out / 'results.jsonl'} already holds {m.variant} from a run with another {', '.join(differ)}; "
@@ -94,8 +88,8 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
     # first-layer filters, trained and at initialisation (seed 0), for the filter figures
     k_trained = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.params), task.in_shape)
     k_init = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.initial_params), task.in_shape)
-    accuracy_curve = [h["test_accuracy"] for h in res.history]
-    loss_curve = [h["train_loss"] for h in res.history]
+    accuracy_curve = [h.test_accuracy for h in res.history]
+    loss_curve = [h.train_loss for h in res.history]
     if k_trained is not None:
         buf = io.BytesIO()
         np.savez(buf, trained=k_trained, init=k_init)
@@ -135,40 +129,20 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
 
 RECORD_NAME = "record.json"  # OUT/runs/<variant>/record.json: one finished member
 LOCK_NAME = ".results.lock"
-_LOCKS: dict[Path, list[Any]] = {}  # folder -> [RLock, depth, fd]: re-entrant, and shared by this process's threads
-_LOCKS_GUARD = threading.Lock()
 
 
 @contextmanager
 def results_lock(out: str | Path) -> Iterator[None]:
-    """Hold ``OUT/.results.lock`` (blocking ``flock``): one writer of the merged results and figures at a time.
+    """Hold ``OUT/.results.lock`` (blocking): one writer of the merged results and figures at a time.
 
     Across processes (shards of a job array, on one host or on a shared file system whose ``flock``
     reaches every client, as NFSv4 and Lustre mounted with ``-o flock`` do) and across the threads of
-    one process; re-entrant within a thread. The kernel drops it when its holder dies.
+    one process; re-entrant within a thread (:mod:`jaxcnn.storage.locks`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    key = out.resolve()
-    with _LOCKS_GUARD:
-        entry = _LOCKS.setdefault(key, [threading.RLock(), 0, None])
-    with entry[0]:
-        if entry[1] == 0:
-            fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                raise
-            entry[2] = fd
-        entry[1] += 1
-        try:
-            yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                os.close(entry[2])  # closing drops the flock
-                entry[2] = None
+    with locks.held(out / LOCK_NAME, blocking=True):
+        yield
 
 
 def _merged(out: Path, members: Sequence[Member]) -> tuple[list[StudyRecord], bool]:

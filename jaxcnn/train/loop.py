@@ -23,7 +23,45 @@ from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` ar
 from jaxcnn.train import step
 from jaxcnn.train.config import TrainConfig, TrainingError
 from jaxcnn.train.inputs import TrainData
-from jaxcnn.train.trainer import Trainer
+from jaxcnn.train.trainer import EpochOut, Trainer
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of a run; every list has one entry per seed (the seed order of ``FitResult.seeds``)."""
+
+    epoch: int  # counted from 0
+    step: int  # optimizer steps taken by the end of this epoch
+    train_loss: list[float]  # mean over the epoch's steps
+    train_accuracy: list[float]
+    test_loss: list[float]
+    test_accuracy: list[float]
+    test_top5: list[float]
+    seconds: float  # training time of the epoch (evaluation and checkpointing excluded)
+    images_per_second: float  # all seeds together
+    metrics: dict[str, list[float]] = field(default_factory=dict)  # fit(metrics=...) by name, averaged per epoch
+
+    _PER_SEED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5")
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as metrics.jsonl and checkpoints hold it (custom metrics as ``train_<name>``)."""
+        out = {f: getattr(self, f) for f in ("epoch", "step", *self._PER_SEED)}
+        out.update({f"train_{k}": v for k, v in self.metrics.items()})
+        return {**out, "seconds": self.seconds, "images_per_second": self.images_per_second}
+
+    @classmethod
+    def from_json(cls, value: Any, seeds: int) -> EpochRecord | None:
+        """The record of a decoded JSON value with ``seeds`` entries per list, or None if it is not one."""
+        if not isinstance(value, dict) or not all(isinstance(value.get(k), (int, float)) and not isinstance(
+                value.get(k), bool) for k in ("epoch", "step", "seconds", "images_per_second")):
+            return None
+        per_seed = {k: value.get(k) for k in cls._PER_SEED}
+        if not all(isinstance(v, list) and len(v) == seeds for v in per_seed.values()):
+            return None
+        metrics = {k[len("train_"):]: v for k, v in value.items()
+                   if k.startswith("train_") and k not in cls._PER_SEED and isinstance(v, list)}
+        return cls(epoch=int(value["epoch"]), step=int(value["step"]), seconds=float(value["seconds"]),
+                   images_per_second=float(value["images_per_second"]), metrics=metrics, **per_seed)
 
 
 @dataclass
@@ -32,7 +70,7 @@ class FitResult:
 
     params: Any
     state: Any
-    history: list[dict[str, Any]]
+    history: list[EpochRecord]
     test_accuracy: list[float]
     train_seconds: float
     compile_seconds: float
@@ -52,24 +90,19 @@ class FitResult:
         return float(np.std(self.test_accuracy))
 
 
-def _progress(epoch: int, epochs: int, rec: dict[str, Any], elapsed: float) -> str:
-    done = epoch + 1
+def _progress(rec: EpochRecord, epochs: int, done_in_run: int, elapsed: float) -> str:
+    done = rec.epoch + 1
     bar = "=" * int(20 * done / epochs)
-    eta = elapsed / done * (epochs - done)
+    eta = elapsed / done_in_run * (epochs - done)
     return (
-        f"epoch {done:>3}/{epochs} [{bar:<20}] loss {np.mean(rec['train_loss']):.4f} "
-        f"train {100 * np.mean(rec['train_accuracy']):5.1f}% test {100 * np.mean(rec['test_accuracy']):5.1f}% "
-        f"{rec['images_per_second']:,.0f} img/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        f"epoch {done:>3}/{epochs} [{bar:<20}] loss {np.mean(rec.train_loss):.4f} "
+        f"train {100 * np.mean(rec.train_accuracy):5.1f}% test {100 * np.mean(rec.test_accuracy):5.1f}% "
+        f"{rec.images_per_second:,.0f} img/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
     )
 
 
 # options that may change when a run is resumed: more epochs extend it, the rest would change its meaning
 _RESUMABLE_CHANGES = {"epochs", "seed_batching", "compile_options"}  # the last two change how, not what
-
-
-def _json(v: Any) -> Any:
-    """``v`` as it reads back from JSON (tuples become lists), so saved and current values compare equal."""
-    return json.loads(json.dumps(v, default=str))
 
 
 def run_identity(model: Layer, data: TrainData, cfg: TrainConfig, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -85,7 +118,7 @@ def run_identity(model: Layer, data: TrainData, cfg: TrainConfig, meta: dict[str
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.data)
     config = {f"config.{k}": v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
-    return _json({
+    return files.json_form({
         **(meta or {}), **config,
         "model_sha256": hashlib.sha256(repr(model).encode()).hexdigest(),
         "input_shape": list(np.shape(data.x_train)[1:]), "num_classes": int(data.num_classes),
@@ -98,11 +131,11 @@ def _check_same_run(ck: Path, saved: Any, now: dict[str, Any], legacy_config: An
     if saved is None:  # written before identities were recorded: only its recipe can be compared
         print(f"note: {ck} predates run identities; only its training options are checked", file=sys.stderr)
         saved = dict(now)
-        saved.update({f"config.{k}": v for k, v in _json(legacy_config).items() if f"config.{k}" in now})
+        saved.update({f"config.{k}": v for k, v in files.json_form(legacy_config).items() if f"config.{k}" in now})
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{ck} has no valid record of the run that wrote it ('identity'); "
                                          "resume cannot check it is the same run: use another folder")
-    differ = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    differ = files.differing(saved, now)
     if saved.get("data_sha256") == now["data_sha256"] and "data" in differ:
         differ.remove("data")  # the same data found at another path (a moved folder) is the same run
     if differ:
@@ -112,18 +145,18 @@ def _check_same_run(ck: Path, saved: Any, now: dict[str, Any], legacy_config: An
             "data and recipe, or use another output folder")
 
 
-def _resume_point(ck: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[int, list[dict[str, Any]]]:
+def _resume_point(ck: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[int, list[EpochRecord]]:
     """(next epoch, history) from a checkpoint's metadata, with one-line errors for edited or foreign files."""
-    epoch, history = meta.get("epoch"), meta.get("history")
-    bad = None
+    epoch, raw = meta.get("epoch"), meta.get("history")
+    bad, history = None, []
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         bad = f"'epoch' is {str(epoch)[:30]}, not an epoch number"
-    elif not isinstance(history, list) or len(history) != epoch + 1:
+    elif not isinstance(raw, list) or len(raw) != epoch + 1:
         bad = f"'history' is not a list of {epoch + 1} epoch records"
-    elif not all(isinstance(h, dict) and isinstance(h.get("seconds"), (int, float))
-                 and isinstance(h.get("test_accuracy"), list) and len(h["test_accuracy"]) == cfg.seeds
-                 for h in history):
-        bad = f"an entry of 'history' is not an epoch record of {cfg.seeds} seed(s)"
+    else:
+        history = [EpochRecord.from_json(h, cfg.seeds) for h in raw]
+        if any(h is None for h in history):
+            bad = f"an entry of 'history' is not an epoch record of {cfg.seeds} seed(s)"
     if bad:
         raise checkpoint.CheckpointError(f"checkpoint {ck} is invalid: {bad}; delete it or restore a copy")
     if epoch + 1 > cfg.epochs:
@@ -154,7 +187,7 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     meta: dict[str, Any] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
     keep_initial: bool = False,
     optimizer: step.OptimizerLike | None = None,
     loss: step.LossFn | None = None,
@@ -165,149 +198,197 @@ def fit(
 ) -> FitResult:
     """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
 
-    ``optimizer`` is any ``optax.GradientTransformation`` or a function of the steps per epoch returning one
-    (then ``cfg``'s optimizer, lr, momentum, weight_decay, schedule and warm-up are unused; use
-    :func:`jaxcnn.train.step.decay_mask` for weight decay); ``loss`` is ``(logits, labels, batch) -> scalar`` in
-    place of cross-entropy with ``cfg.label_smoothing``; each of ``metrics`` (same signature) is averaged
-    per epoch into the history as ``train_<name>``. The test loss stays cross-entropy. See
-    :mod:`jaxcnn.train.step`. ``checkpoint_format`` is "npz" or "safetensors" (:func:`jaxcnn.storage.checkpoint.save`).
+    Args:
+        model: the network (any :class:`~jaxcnn.core.Layer`).
+        data: training and test arrays with their normalisation (:class:`~jaxcnn.train.TrainData`).
+        cfg: the recipe (:class:`~jaxcnn.train.TrainConfig`); checked before anything is compiled.
+        out_dir: folder for ``ckpt-*`` checkpoints and ``metrics.jsonl``, held exclusively for the whole call
+            (:func:`jaxcnn.storage.outdir.exclusive`); None writes nothing.
+        resume: continue from the newest valid checkpoint in ``out_dir``, exactly where it stopped (same
+            keys, same data order). It must have been written by the same run (:func:`run_identity`);
+            checkpoints skipped as corrupt are reported.
+        quiet: no progress lines.
+        meta: JSON-able facts recorded in every checkpoint and compared on resume (the CLI's model name,
+            options, data spec).
+        on_epoch: called with each epoch's :class:`EpochRecord` after its checkpoint is written.
+        keep_initial: also return the parameters at initialisation (``FitResult.initial_params``).
+        optimizer: an ``optax.GradientTransformation`` or a function of the steps per epoch returning one, in
+            place of ``cfg``'s optimizer, lr, momentum, weight_decay, schedule and warm-up (use
+            :func:`jaxcnn.train.step.decay_mask` for weight decay).
+        loss: ``(logits, labels, batch) -> scalar`` in place of cross-entropy with ``cfg.label_smoothing``
+            (the test loss stays cross-entropy).
+        metrics: name -> function of the same signature, averaged per epoch into ``EpochRecord.metrics``.
+        checkpoint_format: "npz" or "safetensors" (:func:`jaxcnn.storage.checkpoint.save`).
+        distributed: True (or a :class:`jaxcnn.train.distributed.Cluster`) first joins a multi-process run
+            (:func:`jaxcnn.train.distributed.initialize`; before any JAX computation). Every process calls
+            ``fit`` with the same arguments and data; ``cfg.batch`` is the global batch, split over all
+            processes' devices; only process 0 writes to ``out_dir`` (which every process must see).
+        devices: restrict the run to these devices (default: all of them, of every process).
 
-    With ``resume=True`` the newest valid checkpoint in ``out_dir`` is loaded and the
-    run continues exactly where it stopped (same keys, same data order); it must have been written by the
-    same run (:func:`run_identity`), and checkpoints skipped as corrupt are reported. ``out_dir`` is held
-    exclusively (:func:`jaxcnn.storage.outdir.exclusive`) for the whole call. ``keep_initial``
-    returns the parameters at initialisation too (``FitResult.initial_params``).
-
-    ``distributed=True`` (or a :class:`jaxcnn.train.distributed.Cluster`) first joins a multi-process run
-    (:func:`jaxcnn.train.distributed.initialize`; call it before any JAX computation): every process calls
-    ``fit`` with the same arguments and data, ``cfg.batch`` is the global batch, split over all
-    processes' devices, and only process 0 writes to ``out_dir`` (which every process must see).
-    ``devices`` restricts the run to these local devices (default: all of them, of every process).
+    Returns:
+        :class:`FitResult`: final parameters and state per seed, the history, accuracies and timings.
     """
     if checkpoint_format not in checkpoint.FORMATS:
         raise ValueError(f"checkpoint_format must be one of {', '.join(checkpoint.FORMATS)}, got {checkpoint_format!r}")
     if distributed:
         _distributed.initialize(distributed if isinstance(distributed, _distributed.Cluster) else None)
     trainer = Trainer(model, cfg, data, devices, optimizer=optimizer, loss=loss, metrics=metrics)
-    trainer.checkpoint_format = checkpoint_format
     custom = {f"custom.{k}": _describe(v) for k, v in (("optimizer", optimizer), ("loss", loss)) if v is not None}
     if metrics:
         custom["custom.metrics"] = sorted(metrics)
-    meta = {**(meta or {}), **custom} if custom else meta  # a resumed run must bring the same custom parts
-    if out_dir is None:
-        return _fit(trainer, model, data, cfg, None, resume, quiet, meta, on_epoch, keep_initial)
-    with _distributed.exclusive(out_dir, files=("metrics.jsonl",)) as lock:
+    meta = {**(meta or {}), **custom}  # a resumed run must bring the same custom parts
+    run = _Run(out=Path(out_dir) if out_dir is not None else None, resume=resume,
+               quiet=quiet or not _distributed.is_primary(), meta=meta, on_epoch=on_epoch, keep_initial=keep_initial,
+               checkpoint_format=checkpoint_format, identity=run_identity(model, data, cfg, meta))
+    if run.out is None:
+        return _fit(trainer, run)
+    with _distributed.exclusive(run.out, files=("metrics.jsonl",)) as lock:
         if lock.previous and not quiet:
-            print(f"note: the last run in {out_dir} ({lock.previous}) did not finish cleanly"
+            print(f"note: the last run in {run.out} ({lock.previous}) did not finish cleanly"
                   + (f"; removed its unfinished writes {', '.join(lock.cleaned)}" if lock.cleaned else ""),
                   file=sys.stderr)
-        return _fit(trainer, model, data, cfg, Path(out_dir), resume, quiet, meta, on_epoch, keep_initial)
+        return _fit(trainer, run)
 
 
-def _fit(trainer: Trainer, model: Layer, data: TrainData, cfg: TrainConfig, out: Path | None, resume: bool,
-         quiet: bool, meta: dict[str, Any] | None, on_epoch: Callable[[dict[str, Any]], None] | None,
-         keep_initial: bool) -> FitResult:
-    """The body of :func:`fit`, with ``out`` (if any) already held."""
-    identity = run_identity(model, data, cfg, meta)
-    primary = _distributed.is_primary()
-    quiet = quiet or not primary  # one progress report, not one per process
-    if out is not None and not resume and any(out.glob("ckpt-*.json")):
+@dataclass(frozen=True)
+class _Run:
+    """What one :func:`fit` call does besides training: where it writes, what it reports, what it is."""
+
+    out: Path | None  # held exclusively while the run lasts
+    resume: bool
+    quiet: bool  # also True on every process but 0
+    meta: dict[str, Any]
+    on_epoch: Callable[[EpochRecord], None] | None
+    keep_initial: bool
+    checkpoint_format: str
+    identity: dict[str, Any]  # run_identity: compared with a checkpoint's on resume
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints and metrics (process 0 of a run with an output folder)."""
+        return self.out is not None and _distributed.is_primary()
+
+
+def _restore(trainer: Trainer, run: _Run, carry: step.TrainState
+             ) -> tuple[int, list[EpochRecord], step.TrainState]:
+    """(first epoch to train, history so far, state): from the newest valid checkpoint when resuming."""
+    out, cfg = run.out, trainer.cfg
+    if out is not None and not run.resume and any(out.glob("ckpt-*.json")):
         raise checkpoint.CheckpointError(
             f"{out} already holds checkpoints of another run; pass `resume=True` to continue it "
             "or choose another output folder"
         )
-    carry = trainer.init()
-    initial = jax.tree_util.tree_map(jnp.copy, carry.params) if keep_initial else None  # before donation
-    start, history = 0, []
-    ck, skipped = (None, []) if not (resume and out is not None) else checkpoint.find_latest(out)
+    ck, skipped = (None, []) if not (run.resume and out is not None) else checkpoint.find_latest(out)
     for path, why in skipped:  # always said: a silently skipped checkpoint is a silently lost epoch
         print(f"skipped checkpoint {path.name}: {why}", file=sys.stderr)
-    if resume and ck is None and skipped:
+    if run.resume and ck is None and skipped:
         raise checkpoint.CheckpointError(
             f"`resume=True`: none of the {len(skipped)} checkpoint(s) in {out} is valid (newest: {skipped[0][1]}); "
             "restore a copy, or delete the ckpt-* files to start over")
     # every process must restore the same checkpoint: process 0 wrote it, all read it from the shared folder
     _distributed.agree(-1 if ck is None else int(ck.stem.split("-")[1]), f"the checkpoint to resume from in {out}")
-    if ck is not None:
-        ck_meta = checkpoint.read_meta(ck)
-        legacy = ck_meta.get("config") if isinstance(ck_meta.get("config"), dict) else {}
-        _check_same_run(ck, ck_meta.get("identity"), identity, legacy)
-        start, history = _resume_point(ck, ck_meta, cfg)
-        tree, _ = checkpoint.load(ck, _saved(carry))
-        # the step count is not saved (checkpoints keep the three trees they always had): it is the epochs' steps
-        done = np.full(np.shape(carry.step), start * trainer.steps, np.int32)
-        carry = trainer.put(step.TrainState(tree["params"], tree["state"], tree["opt_state"], done))
-        if not quiet or skipped:
-            print(f"resumed from {ck} after epoch {start} of {cfg.epochs}", file=sys.stderr)
+    if ck is None:
+        return 0, [], carry
+    ck_meta = checkpoint.read_meta(ck)
+    legacy = ck_meta.get("config") if isinstance(ck_meta.get("config"), dict) else {}
+    _check_same_run(ck, ck_meta.get("identity"), run.identity, legacy)
+    start, history = _resume_point(ck, ck_meta, cfg)
+    tree, _ = checkpoint.load(ck, _saved(carry))
+    # the step count is not saved (checkpoints keep the three trees they always had): it is the epochs' steps
+    done = np.full(np.shape(carry.step), start * trainer.steps, np.int32)
+    carry = trainer.put(step.TrainState(tree["params"], tree["state"], tree["opt_state"], done))
+    if not run.quiet or skipped:
+        print(f"resumed from {ck} after epoch {start} of {cfg.epochs}", file=sys.stderr)
+    return start, history, carry
+
+
+def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y_dev: Any
+              ) -> tuple[Trainer, float]:
+    """The trainer with its compile options chosen and every chunk compiled, and the seconds that took."""
+    t0 = time.perf_counter()
+    trainer = trainer.with_compile_options(carry)
+    choice, cfg = trainer.choice, trainer.cfg
+    if not run.quiet and cfg.compile_options == "auto" and choice.seconds:
+        print(f"compile options: {choice.name} ({'cached' if choice.cached else 'measured'}: "
+              + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
+              + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    if cfg.mode == "epoch":
+        seconds += trainer.compile(carry, x_dev, y_dev)
+    return trainer, seconds
+
+
+def _epoch_record(trainer: Trainer, epoch: int, out: EpochOut, seconds: float, run: _Run) -> EpochRecord:
+    """The epoch's record (test set evaluated), or TrainingError at the first non-finite loss."""
+    cfg = trainer.cfg
+    bad = ~np.isfinite(out.losses)
+    if bad.any():
+        s, i = np.argwhere(bad)[0]
+        last = checkpoint.latest(run.out) if run.out is not None else None
+        raise TrainingError(
+            f"loss became {out.losses[s, i]} at step {epoch * trainer.steps + i} (epoch {epoch}, step {i} of the "
+            f"epoch, seed {trainer.seeds[s]}); "
+            + (f"the last good checkpoint is {last}" if last else "no checkpoint was written")
+            + ". Lower the learning rate or check the data for NaN/Inf"
+        )
+    ev = trainer.evaluate(out.carry)
+    return EpochRecord(
+        epoch=epoch, step=(epoch + 1) * trainer.steps, train_loss=out.losses.mean(axis=1).tolist(),
+        train_accuracy=(out.correct.sum(axis=1) / (trainer.steps * cfg.batch)).tolist(),
+        test_loss=ev["loss"].tolist(), test_accuracy=ev["accuracy"].tolist(), test_top5=ev["top5"].tolist(),
+        seconds=seconds, images_per_second=cfg.seeds * trainer.steps * cfg.batch / seconds,
+        metrics={k: v.mean(axis=1).tolist() for k, v in out.metrics.items()},
+    )
+
+
+def _write_epoch(run: _Run, carry: step.TrainState, history: list[EpochRecord], base: dict[str, Any]) -> None:
+    """Checkpoint and metrics.jsonl after an epoch (process 0), then wait until every process is there."""
+    if run.out is None:
+        return
+    rec = history[-1]
+    if run.writes:
+        checkpoint.save(run.out, f"ckpt-{rec.epoch + 1:06d}", _saved(carry),
+                        {**base, "epoch": rec.epoch, "step": rec.step, "history": [h.to_json() for h in history]},
+                        format=run.checkpoint_format)
+        checkpoint.prune(run.out, keep=2)
+        files.atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(h.to_json()) + "\n" for h in history))
+    # no process runs ahead of a checkpoint that is not complete yet
+    _distributed.barrier(f"jaxcnn-checkpoint-{rec.epoch + 1}")
+
+
+def _fit(trainer: Trainer, run: _Run) -> FitResult:
+    """The body of :func:`fit`, with ``run.out`` (if any) already held."""
+    cfg, data, model = trainer.cfg, trainer.data, trainer.model
+    carry = trainer.init()
+    initial = jax.tree_util.tree_map(jnp.copy, carry.params) if run.keep_initial else None  # before donation
+    start, history, carry = _restore(trainer, run, carry)
     # epoch mode keeps the whole training set on every device; each device computes only its part of a batch
     x_dev = trainer.put(data.x_train) if cfg.mode == "epoch" else None
     y_dev = trainer.put(data.y_train) if cfg.mode == "epoch" else None
     compile_s = 0.0
     if start < cfg.epochs:
-        t0 = time.perf_counter()
-        choice = trainer.choose_options(carry)
-        compile_s = time.perf_counter() - t0
-        if not quiet and cfg.compile_options == "auto" and choice.seconds:
-            print(f"compile options: {choice.name} ({'cached' if choice.cached else 'measured'}: "
-                  + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
-                  + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
-        if cfg.mode == "epoch":
-            compile_s += trainer.compile(carry, x_dev, y_dev)
-
-    base = {
-        "model": (meta or {}).get("model"), "config": asdict(cfg), **(meta or {}), "identity": identity,
-        "summary_totals": summary(model, trainer.in_shape).totals,
-        "versions": files.versions(),
-        "compile_options": trainer.choice.record() if trainer.choice is not None else None,
-    }
+        trainer, compile_s = _compiled(trainer, run, carry, x_dev, y_dev)
+    choice = trainer.choice.record() if trainer.choice is not None else None
+    base = {"model": run.meta.get("model"), "config": asdict(cfg), **run.meta, "identity": run.identity,
+            "summary_totals": summary(model, trainer.in_shape).totals, "versions": files.versions(),
+            "compile_options": choice}
     t_start = time.perf_counter()
-    train_s = sum(h["seconds"] for h in history)
+    train_s = sum(h.seconds for h in history)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        carry, losses, correct = trainer.run_epoch(carry, x_dev, y_dev, epoch)
-        losses = np.asarray(losses)
+        out = trainer.run_epoch(carry, x_dev, y_dev, epoch)
         seconds = time.perf_counter() - t0
-        bad = ~np.isfinite(losses)
-        if bad.any():
-            s, i = np.argwhere(bad)[0]
-            last = checkpoint.latest(out) if out is not None else None
-            raise TrainingError(
-                f"loss became {losses[s, i]} at step {epoch * trainer.steps + i} (epoch {epoch}, step {i} of the "
-                f"epoch, seed {trainer.seeds[s]}); "
-                + (f"the last good checkpoint is {last}" if last else "no checkpoint was written")
-                + ". Lower the learning rate or check the data for NaN/Inf"
-            )
+        rec = _epoch_record(trainer, epoch, out, seconds, run)
+        carry = out.carry
         train_s += seconds
-        ev = trainer.evaluate(carry)
-        rec = {
-            "epoch": epoch,
-            "step": (epoch + 1) * trainer.steps,
-            "train_loss": losses.mean(axis=1).tolist(),
-            "train_accuracy": (np.asarray(correct).sum(axis=1) / (trainer.steps * cfg.batch)).tolist(),
-            "test_loss": ev["loss"].tolist(),
-            "test_accuracy": ev["accuracy"].tolist(),
-            "test_top5": ev["top5"].tolist(),
-            **{f"train_{k}": v.mean(axis=1).tolist() for k, v in trainer.epoch_metrics.items()},
-            "seconds": seconds,
-            "images_per_second": cfg.seeds * trainer.steps * cfg.batch / seconds,
-        }
         history.append(rec)
-        if out is not None and primary:
-            checkpoint.save(out, f"ckpt-{epoch + 1:06d}", _saved(carry),
-                            {**base, "epoch": epoch, "step": rec["step"], "history": history},
-                            format=trainer.checkpoint_format)
-            checkpoint.prune(out, keep=2)
-            lines = "".join(json.dumps(h) + "\n" for h in history)
-            files.atomic_write_text(out / "metrics.jsonl", lines)
-        if out is not None:  # no process runs ahead of a checkpoint that is not complete yet
-            _distributed.barrier(f"jaxcnn-checkpoint-{epoch + 1}")
-        if on_epoch is not None:
-            on_epoch(rec)
-        if not quiet:
-            print(_progress(epoch, cfg.epochs, rec, time.perf_counter() - t_start), file=sys.stderr)
+        _write_epoch(run, carry, history, base)
+        if run.on_epoch is not None:
+            run.on_epoch(rec)
+        if not run.quiet:
+            print(_progress(rec, cfg.epochs, epoch + 1 - start, time.perf_counter() - t_start), file=sys.stderr)
     return FitResult(
-        params=carry.params, state=carry.state, history=history, test_accuracy=list(history[-1]["test_accuracy"]),
+        params=carry.params, state=carry.state, history=history, test_accuracy=list(history[-1].test_accuracy),
         train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds, initial_params=initial,
-        compile_choice=trainer.choice.record() if trainer.choice is not None else None,
-        identity=identity,
+        compile_choice=choice, identity=run.identity,
     )

@@ -33,8 +33,8 @@ import optax
 from jaxcnn.core import Layer, Params, Shape, State
 
 __all__ = [
-    "Carry", "LossFn", "TrainState", "cross_entropy", "decay_mask", "evaluate", "eval_sums", "init", "loss_and_grads",
-    "resolve_optimizer", "train_step",
+    "LossFn", "TrainState", "cross_entropy", "decay_mask", "evaluate", "eval_sums", "init", "loss_and_grads",
+    "pad_batches", "resolve_optimizer", "train_step",
 ]
 
 
@@ -48,7 +48,6 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32: optimizer steps taken
 
 
-Carry = TrainState  # the name this module used before TrainState had one
 LossFn = Callable[[jax.Array, jax.Array, dict[str, Any]], jax.Array]
 OptimizerLike = optax.GradientTransformation | Callable[[int], optax.GradientTransformation]
 
@@ -181,6 +180,20 @@ def _eval_sums_jit(model, params, state, x, y, mask):
     return eval_sums(model, params, state, x, y, mask)
 
 
+def pad_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y)`` as ``(nb, b, ...)`` batches of one shape, the last padded with zeros, and the 0/1 mask of real rows.
+
+    ``b = min(batch_size, len(x))``: every batch compiles once, and sums over ``mask`` count each example once.
+    """
+    b = min(batch_size, len(x))
+    nb = -(-len(x) // b)
+    pad = nb * b - len(x)
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(nb, b, *x.shape[1:])
+    yp = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, b)
+    mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)]).reshape(nb, b)
+    return xp, yp, mask
+
+
 def evaluate(model: Layer, params: Params, state: State, x: Any, y: Any, *, batch_size: int = 500
              ) -> dict[str, float]:
     """Mean cross-entropy ``loss``, top-1 ``accuracy`` and ``top5`` of ``model`` on ``(x, y)`` in eval mode.
@@ -191,16 +204,8 @@ def evaluate(model: Layer, params: Params, state: State, x: Any, y: Any, *, batc
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or not len(x):
         raise ValueError(f"evaluate: x has {len(x)} examples and y {len(y)}; give the same positive number")
-    b = min(batch_size, len(x))
     totals = np.zeros(3)
-    for i in range(0, len(x), b):
-        xb, yb = x[i:i + b], y[i:i + b]
-        n = len(xb)
-        mask = np.zeros(b, np.float32)
-        mask[:n] = 1
-        if n < b:
-            xb = np.concatenate([xb, np.zeros((b - n, *xb.shape[1:]), xb.dtype)])
-            yb = np.concatenate([yb, np.zeros(b - n, yb.dtype)])
+    for xb, yb, mask in zip(*pad_batches(x, y, batch_size), strict=True):
         totals += [float(v) for v in _eval_sums_jit(model, params, state, xb, yb, mask)]
     loss, top1, top5 = totals / len(x)
     return {"loss": float(loss), "accuracy": float(top1), "top5": float(top5)}

@@ -1,14 +1,18 @@
 """The compiled side of training: :class:`Trainer` builds the step, chunk and evaluation programs.
 
-See :mod:`jaxcnn.train` for how epochs, seeds and devices map onto programs.
+A Trainer is a compiled program and nothing else: built once for a model, config, data shape,
+devices and XLA compile options, it holds no results (an epoch returns :class:`EpochOut`) and no
+I/O settings; :meth:`Trainer.with_compile_options` returns a new one. See :mod:`jaxcnn.train` for how
+epochs, seeds and devices map onto programs.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +41,15 @@ def _stack_seeds(per_seed: list[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *vs: jnp.stack(vs), *per_seed)
 
 
+class EpochOut(NamedTuple):
+    """What one epoch returns: the new state and its per-step losses, top-1 hits and custom metrics, (K, steps)."""
+
+    carry: step.TrainState
+    losses: np.ndarray
+    correct: np.ndarray
+    metrics: dict[str, np.ndarray]
+
+
 class Trainer:
     """Compiled train/eval functions for one model, config and data shape (K seeds).
 
@@ -63,9 +76,8 @@ class Trainer:
         if bad:
             raise ValueError(f"metrics: {bad[0]!r} must be a name other than 'loss'/'correct' mapped to a function "
                              "(logits, labels, batch) -> scalar")
-        self.epoch_metrics: dict[str, np.ndarray] = {}  # the last epoch's extra metrics, (K, steps) each
-        self.checkpoint_format = "npz"  # what fit writes: "npz" or "safetensors"
         self.devices = list(devices) if devices else jax.devices()
+        self.on_cpu = self.devices[0].platform == "cpu"
         self.multiprocess = any(d.process_index != jax.process_index() for d in self.devices)
         if self.multiprocess and cfg.batch % len(self.devices):
             raise ValueError(f"TrainConfig: batch={cfg.batch} must be a multiple of the {len(self.devices)} devices "
@@ -91,11 +103,11 @@ class Trainer:
         self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
         if self.multiprocess:  # every input of a multi-process program is a global array
             self.keys = _distributed.put(self.keys, self.replicated)
-        on_cpu = self.devices[0].platform == "cpu"
-        self.seed_batching = cfg.seed_batching if cfg.seed_batching != "auto" else ("unroll" if on_cpu else "vmap")
+        self.seed_batching = cfg.seed_batching if cfg.seed_batching != "auto" else (
+            "unroll" if self.on_cpu else "vmap")
         # K unrolled seeds already give each call K steps of work; longer chunks then only add compile
         # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast)
-        if not on_cpu:
+        if not self.on_cpu:
             auto = self.steps
         elif self.seed_batching == "unroll" and cfg.seeds > 1:
             auto = 1
@@ -118,14 +130,21 @@ class Trainer:
         self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options,
                                 **self._out)
 
-    def choose_options(self, carry) -> compile_options.Choice:
-        """Resolve ``cfg.compile_options`` (tuning on one seed's step when "auto") and rebuild the programs."""
+    def with_compile_options(self, carry: step.TrainState) -> Trainer:
+        """A Trainer whose programs use ``cfg.compile_options`` (tuned on one seed's step when "auto").
+
+        The returned Trainer's ``choice`` says which options and the measurements behind them.
+        """
+        new = copy.copy(self)
+        new.choice = self._choose(carry)
+        new._use_options(new.choice.options)
+        return new
+
+    def _choose(self, carry: step.TrainState) -> compile_options.Choice:
         if self.multiprocess and self.cfg.compile_options == "auto":
             # each process would time the candidates on its own and could pick differently; every process
             # must compile the same program, so "auto" means XLA's default here
-            self.choice = compile_options.Choice("xla", {})
-            self._use_options(self.choice.options)
-            return self.choice
+            return compile_options.Choice("xla", {})
         first = jax.tree_util.tree_map(lambda v: v[0], carry)
         params, state = first.params, first.state
         b = self.cfg.batch
@@ -137,9 +156,7 @@ class Trainer:
             (loss, (new_state, _, _)), grads = step.loss_and_grads(self.model, params, state, x, y, key, self.loss)
             return loss, grads, new_state
 
-        self.choice = compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
-        self._use_options(self.choice.options)
-        return self.choice
+        return compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
 
     def _seedwise(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
         """Map ``fn`` over the leading seed axis of the arguments whose ``in_axes`` entry is 0.
@@ -204,7 +221,7 @@ class Trainer:
         if idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop (jax issue #25330)
             carry, out = body(carry, (idx[0], keys[0]))
             return carry, jax.tree_util.tree_map(lambda v: v[None], out)
-        unroll = idx.shape[0] if self.devices[0].platform == "cpu" else 1
+        unroll = idx.shape[0] if self.on_cpu else 1
         return jax.lax.scan(body, carry, (idx, keys), unroll=unroll)
 
     def chunk_fn(self, length: int):
@@ -233,7 +250,7 @@ class Trainer:
 
         zero = jnp.zeros((), jnp.float32)
         # unrolled on CPU for the same reason as the training chunks (convolutions in a loop are slow)
-        unroll = x.shape[0] if self.devices[0].platform == "cpu" else 1
+        unroll = x.shape[0] if self.on_cpu else 1
         return jax.lax.scan(body, (zero, zero, zero), (x, y, mask), unroll=unroll)[0]
 
     # host-side drivers
@@ -241,26 +258,28 @@ class Trainer:
         """Per-seed keys of epoch ``epoch``."""
         return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(self.keys)
 
-    def run_epoch(self, carry, x_dev, y_dev, epoch: int):
-        """One epoch; returns (carry, losses (K, steps), correct (K, steps)); extra metrics in ``epoch_metrics``."""
-        keys = self.epoch_keys(epoch)
-        extras: list[dict[str, jax.Array]] = []
+    def run_epoch(self, carry: step.TrainState, x_dev: Any, y_dev: Any, epoch: int) -> EpochOut:
+        """One epoch of every seed: on the device (``mode="epoch"``) or streaming host batches (``mode="step"``)."""
         if self.cfg.mode == "epoch":
-            perm, step_keys = self._perm_fn(keys)
-            losses, correct = [], []
-            for i in range(0, self.steps, self.chunk):
-                j = min(i + self.chunk, self.steps)
-                carry, (loss, corr, ext) = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
-                losses.append(loss)
-                correct.append(corr)
-                extras.append(ext)
-            self.epoch_metrics = {k: np.concatenate([np.asarray(e[k]) for e in extras], 1) for k in self.metrics}
-            return carry, jnp.concatenate(losses, 1), jnp.concatenate(correct, 1)
-        # streaming: the same permutation, batches gathered on the host, one step prefetched
-        perms, step_keys = self._perm_fn(keys)
+            return self._epoch_on_device(carry, x_dev, y_dev, epoch)
+        return self._epoch_streaming(carry, epoch)
+
+    def _epoch_on_device(self, carry: step.TrainState, x_dev: Any, y_dev: Any, epoch: int) -> EpochOut:
+        perm, step_keys = self._perm_fn(self.epoch_keys(epoch))
+        outs = []
+        for i in range(0, self.steps, self.chunk):
+            j = min(i + self.chunk, self.steps)
+            carry, out = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
+            outs.append(out)
+        return EpochOut(carry, np.concatenate([np.asarray(o[0]) for o in outs], 1),
+                        np.concatenate([np.asarray(o[1]) for o in outs], 1),
+                        {k: np.concatenate([np.asarray(o[2][k]) for o in outs], 1) for k in self.metrics})
+
+    def _epoch_streaming(self, carry: step.TrainState, epoch: int) -> EpochOut:
+        # the same permutation as on the device; batches gathered on the host, one step prefetched
+        perms, step_keys = self._perm_fn(self.epoch_keys(epoch))
         perms = np.asarray(perms)
         x_host, y_host = self.data.x_train, self.data.y_train
-        losses, correct = [], []
 
         def put(i):
             if self.multiprocess:  # each process gathers only the rows of its own devices
@@ -268,28 +287,23 @@ class Trainer:
                         _distributed.put_rows(y_host, perms[:, i], self.batch_sharding))
             return jax.device_put(x_host[perms[:, i]]), jax.device_put(y_host[perms[:, i]])
 
+        outs = []
         nxt = put(0)
         for i in range(self.steps):
             xb, yb = nxt
             if i + 1 < self.steps:
                 nxt = put(i + 1)  # async transfer overlaps with this step's compute
-            carry, (loss, corr, ext) = self._step_fn(carry, xb, yb, step_keys[:, i])
-            losses.append(loss)
-            correct.append(corr)
-            extras.append(ext)
-        self.epoch_metrics = {k: np.stack([np.asarray(e[k]) for e in extras], 1) for k in self.metrics}
-        return carry, jnp.stack(losses, 1), jnp.stack(correct, 1)
+            carry, out = self._step_fn(carry, xb, yb, step_keys[:, i])
+            outs.append(out)
+        return EpochOut(carry, np.stack([np.asarray(o[0]) for o in outs], 1),
+                        np.stack([np.asarray(o[1]) for o in outs], 1),
+                        {k: np.stack([np.asarray(o[2][k]) for o in outs], 1) for k in self.metrics})
 
     def evaluate(self, carry, x_test=None, y_test=None) -> dict[str, np.ndarray]:
         """Test loss, top-1 and top-5 accuracy per seed."""
         x = self.data.x_test if x_test is None else x_test
         y = self.data.y_test if y_test is None else y_test
-        eb = min(self.cfg.eval_batch, len(x))
-        nb = -(-len(x) // eb)
-        pad = nb * eb - len(x)
-        xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(nb, eb, *x.shape[1:])
-        yp = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, eb)
-        mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)]).reshape(nb, eb)
+        xp, yp, mask = step.pad_batches(x, y, self.cfg.eval_batch)
         params, state = carry.params, carry.state
         if self.multiprocess:
             xp, yp, mask = self.put((xp, yp, mask))
