@@ -22,6 +22,7 @@ from jaxcnn.layers import (
     Dense,
     DepthwiseConv,
     Dropout,
+    DropPath,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
@@ -32,7 +33,10 @@ from jaxcnn.layers import (
     ReLU,
     ReLU6,
     Sigmoid,
+    SiLU,
     Softmax,
+    SqueezeExcite,
+    SubsamplePad,
     Tanh,
 )
 from jaxcnn.transforms import mixed_precision, with_conv_impl
@@ -41,9 +45,9 @@ from jaxcnn.width import round_channels, scale_width
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool", "BatchNorm", "CReLU", "Conv", "Dense", "DepthwiseConv", "Dropout", "Flatten", "GELU",
+    "AvgPool", "BatchNorm", "CReLU", "Conv", "Dense", "DepthwiseConv", "DropPath", "Dropout", "Flatten", "GELU",
     "GlobalAvgPool", "GlobalMaxPool", "Identity", "L2Pool", "Layer", "LayerError", "LeakyReLU", "MaxPool",
     "Node", "Parallel", "ParamsError", "ReLU", "ReLU6", "Residual", "Sequential", "ShapeError", "Sigmoid",
-    "Softmax", "Spec", "Tanh", "count_params", "map_layers", "mixed_precision", "round_channels",
-    "scale_width", "tree_shapes", "walk", "with_conv_impl",
+    "SiLU", "Softmax", "Spec", "SqueezeExcite", "SubsamplePad", "Tanh", "count_params", "map_layers",
+    "mixed_precision", "round_channels", "scale_width", "tree_shapes", "walk", "with_conv_impl",
 ]
