@@ -96,6 +96,9 @@ def _check_same_run(rec: StudyRecord, m: Member, task: Task, out: Path) -> None:
            "options": m.options}
     old = {k: getattr(rec, k) for k in now}
     old["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (old["recipe"] or {}).items()}
+    if old["recipe"]:  # a TrainConfig field added since the record was written counts at its default value
+        defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(TrainConfig()).items()}
+        old["recipe"] = {**{k: v for k, v in defaults.items() if k not in old["recipe"]}, **old["recipe"]}
     now["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in now["recipe"].items()}
     differ = [k for k in now if old[k] != now[k]]
     if differ:

@@ -26,7 +26,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4  # applied to conv/dense weights only, never to BN or biases
     schedule: str = "cosine"  # constant | cosine | step
-    step_epochs: tuple[int, ...] = ()  # 'step' schedule: lr x 0.1 at each of these epochs
+    step_epochs: tuple[int, ...] = ()  # 'step' schedule: lr x step_factor at each of these epochs
+    step_factor: float = 0.1  # e.g. 0.2 at (60, 120, 160) of 200 for Wide ResNets
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     crop_pad: int = 0  # random crop after padding by this many pixels (0 = off)
@@ -52,6 +53,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (math.isfinite(self.step_factor) and self.step_factor > 0, "step_factor must be a positive number"),
+            (all(isinstance(e, int) and e >= 1 for e in self.step_epochs), "step_epochs must be positive ints"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.crop_pad >= 0, "crop_pad must be >= 0"),
