@@ -126,7 +126,7 @@ def load_models_from(spec: str) -> list[str]:
             module_spec.loader.exec_module(module)
         else:
             importlib.import_module(spec)
-    except BaseException as e:  # noqa: BLE001 - a user file may raise anything, even SystemExit
+    except BaseException as e:  # a user file may raise anything, even SystemExit
         REGISTRY.clear()
         REGISTRY.update(before)
         if module_name is not None:
