@@ -1,6 +1,6 @@
 """jaxcnn: pure-function CNN layers in JAX with exact accounting of every model."""
 
-from jaxcnn.combinators import Parallel, Residual, Sequential
+from jaxcnn.combinators import Parallel, PreActResidual, Residual, Sequential
 from jaxcnn.core import (
     Layer,
     LayerError,
@@ -30,6 +30,7 @@ from jaxcnn.layers import (
     L2Pool,
     LeakyReLU,
     MaxPool,
+    Projection,
     ReLU,
     ReLU6,
     Sigmoid,
@@ -46,8 +47,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvgPool", "BatchNorm", "CReLU", "Conv", "Dense", "DepthwiseConv", "DropPath", "Dropout", "Flatten", "GELU",
-    "GlobalAvgPool", "GlobalMaxPool", "Identity", "L2Pool", "Layer", "LayerError", "LeakyReLU", "MaxPool",
-    "Node", "Parallel", "ParamsError", "ReLU", "ReLU6", "Residual", "Sequential", "ShapeError", "Sigmoid",
-    "SiLU", "Softmax", "Spec", "SqueezeExcite", "SubsamplePad", "Tanh", "count_params", "map_layers",
-    "mixed_precision", "round_channels", "scale_width", "tree_shapes", "walk", "with_conv_impl",
+    "GlobalAvgPool", "GlobalMaxPool", "Identity", "L2Pool", "Layer", "LayerError", "LeakyReLU", "MaxPool", "Node",
+    "Parallel", "ParamsError", "PreActResidual", "Projection", "ReLU", "ReLU6", "Residual", "Sequential",
+    "ShapeError", "Sigmoid", "SiLU", "Softmax", "Spec", "SqueezeExcite", "SubsamplePad", "Tanh", "count_params",
+    "map_layers", "mixed_precision", "round_channels", "scale_width", "tree_shapes", "walk", "with_conv_impl",
 ]

@@ -1,6 +1,7 @@
 """The scaling families' layers (jaxcnn.layers.blocks) against NumPy references, their accounting and traits.
 
-SiLU, squeeze-excitation, drop path (stochastic depth) and the option-A shortcut (subsample + zero pad).
+SiLU, squeeze-excitation, drop path (stochastic depth), the option-A shortcut (subsample + zero pad), and
+the shape-aware Projection shortcut of PreActResidual (WRN and PreAct ResNet blocks).
 The generic invariants (jit = eager, state handling, errors) run on them through tests/zoo.py.
 """
 
@@ -13,7 +14,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import Conv, DropPath, Residual, Sequential, SiLU, SqueezeExcite, SubsamplePad, scale_width
+from jaxcnn import (
+    BatchNorm,
+    Conv,
+    Dense,
+    DropPath,
+    GlobalAvgPool,
+    PreActResidual,
+    Projection,
+    ReLU,
+    Residual,
+    Sequential,
+    SiLU,
+    SqueezeExcite,
+    SubsamplePad,
+    scale_width,
+)
 from jaxcnn.core import ParamsError, ShapeError
 from jaxcnn.summary import summary
 
@@ -122,6 +138,20 @@ def test_drop_path_under_vmap_over_seeds_matches_each_seed_alone():
     masks = [body(jax.random.fold_in(jax.random.fold_in(k, i), 1)) for k in keys for i in (0, 1)]
     assert len({m.tobytes() for m in masks}) == len(masks)
     assert not np.array_equal(np.asarray(batched[0]), np.asarray(batched[1]))
+    # and a training step's gradients, jitted and vmapped over the seeds' keys as the trainer batches them
+    se_model = Sequential([Conv(4, 3), Residual(Sequential([Conv(4, 3), SiLU(), SqueezeExcite(2), DropPath(0.5)])),
+                           GlobalAvgPool(), Dense(3)])
+    p0, s0 = se_model.init(jax.random.key(1), (4, 4, 2))
+
+    def loss(p, k):
+        return jnp.mean(se_model.apply(p, s0, x, train=True, key=k)[0] ** 2)
+
+    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(p0, keys)
+    one = jax.jit(jax.grad(loss))
+    alone = [one(p0, k) for k in keys]
+    for i in range(3):
+        for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(alone[i]), strict=True):
+            np.testing.assert_allclose(np.asarray(g[i]), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
 # -- option-A shortcut ---------------------------------------------------------------------------------
@@ -158,3 +188,55 @@ def test_subsample_pad_is_the_papers_option_a_and_follows_scaled_widths():
         9 * 32 * 32 + 32)
     with pytest.raises(ShapeError, match="exceed features"):
         SubsamplePad(4).spec((8, 8, 8))
+
+
+# -- pre-activation blocks ------------------------------------------------------------------------------
+
+
+def _bn_relu():
+    return Sequential([BatchNorm(), ReLU()])
+
+
+@pytest.mark.parametrize("in_shape,features,stride", [((6, 6, 4), 8, 2), ((6, 6, 4), 8, 1), ((6, 6, 4), 4, 1)])
+def test_preact_residual_projects_the_preactivated_input_and_adds_the_raw_one_otherwise(in_shape, features, stride):
+    block = PreActResidual(_bn_relu(), Conv(features, 3, stride, 1, use_bias=False), Projection(features, stride))
+    params, state = block.init(jax.random.key(0), in_shape)
+    params = jax.tree.map(lambda a: _x(a.shape, seed=a.size), params)
+    x = _x((2, *in_shape))
+    y, _ = block.apply(params, state, x)
+    a, _ = _bn_relu().apply(params["preact"], state["preact"], x)
+    body, _ = Conv(features, 3, stride, 1, use_bias=False).apply(params["body"], {}, a)
+    projects = features != in_shape[-1] or stride != 1
+    assert block.shortcut.projects(in_shape) == projects
+    if projects:
+        w = np.asarray(params["shortcut"]["w"])[0, 0]  # (C, F)
+        short = np.einsum("nhwc,cf->nhwf", np.asarray(a)[:, ::stride, ::stride, :], w)
+        assert Projection(features, stride).param_shapes(in_shape) == {"w": (1, 1, in_shape[-1], features)}
+    else:
+        short = np.asarray(x)  # the raw input, not the pre-activated one
+        assert params["shortcut"] == {} and Projection(features).spec(in_shape).macs == 0
+    np.testing.assert_allclose(np.asarray(y), np.asarray(body) + short, rtol=1e-5, atol=1e-5)
+    s = block.spec(in_shape)
+    proj_macs = s.out_shape[0] * s.out_shape[1] * features * in_shape[-1] if projects else 0
+    assert s.macs == s.out_shape[0] * s.out_shape[1] * features * 9 * in_shape[-1] + proj_macs
+
+
+def test_projection_follows_scale_width_and_trains_with_decay_mask():
+    from jaxcnn import step
+
+    model = Sequential([Conv(16, 3, keep_width=True),
+                        PreActResidual(_bn_relu(), Conv(16, 3, use_bias=False), Projection(16)),
+                        GlobalAvgPool(), Dense(3, keep_width=True)])
+    shape = (6, 6, 3)
+    assert summary(model, shape).totals["learnable_params"] == summary(
+        Sequential([Conv(16, 3), BatchNorm(), Conv(16, 3, use_bias=False), GlobalAvgPool(), Dense(3)]),
+        shape).totals["learnable_params"]  # the identity Projection owns nothing
+    wide = scale_width(model, 2)  # 16 -> 32 after a fixed 16-channel stem: now it must project
+    assert wide.spec(shape).out_shape == (3,)
+    assert wide.layers[1].shortcut.projects((6, 6, 16))
+    params, state = wide.init(jax.random.key(0), shape)
+    assert params["01_preact_residual"]["shortcut"]["w"].shape == (1, 1, 16, 32)
+    mask = step.decay_mask(wide)(params)
+    assert mask["01_preact_residual"]["shortcut"] == {"w": True}
+    narrow_params, _ = model.init(jax.random.key(0), shape)
+    assert step.decay_mask(model)(narrow_params)["01_preact_residual"]["shortcut"] == {}

@@ -16,7 +16,18 @@ import math
 
 import pytest
 
-from jaxcnn import BatchNorm, Conv, DepthwiseConv, DropPath, Residual, SqueezeExcite, models, scale_width, walk
+from jaxcnn import (
+    BatchNorm,
+    Conv,
+    DepthwiseConv,
+    DropPath,
+    PreActResidual,
+    Projection,
+    SqueezeExcite,
+    models,
+    scale_width,
+    walk,
+)
 from jaxcnn.models.cifar_resnets import resnet18k, resnet_cifar, wrn
 from jaxcnn.models.efficientnet import VARIANTS, compound_coefficients, efficientnet
 from jaxcnn.summary import summary
@@ -132,18 +143,17 @@ def test_other_options_are_checked():
 
 def test_wrn_projection_only_where_widths_differ_and_it_takes_the_preactivated_input():
     def projections(model):
-        return [n for n in walk(model, CIFAR) if isinstance(n.layer, Residual) and n.layer.shortcut is not None]
+        return [n for n in walk(model, CIFAR) if isinstance(n.layer, Projection) and n.layer.projects(n.in_shape)]
 
     assert len(projections(wrn(depth=40, width=1))) == 2  # WRN-40-1: group 1 is 16 -> 16
-    projs = projections(wrn(depth=16, width=8))
-    assert len(projs) == 3
-    for p in projs:
-        assert p.layer.shortcut == Conv(p.layer.shortcut.features, 1, p.layer.shortcut.stride, "VALID",
-                                        use_bias=False)
-    block = wrn(depth=16, width=8).layers[1].layers[0]  # group1.block1: 16 -> 128, shared BN-ReLU first
-    assert list(block.names) == ["bn1", "relu1", "residual"]
-    drop = wrn(depth=16, width=8, dropout=0.3).layers[1].layers[1]  # an identity block
-    assert list(drop.body.names) == ["bn1", "relu1", "conv1", "bn2", "relu2", "dropout", "conv2"]
+    assert len(projections(wrn(depth=16, width=8))) == 3
+    assert len(projections(scale_width(wrn(depth=40, width=1), 2))) == 3  # scaled, group 1 is 16 -> 32
+    for n in projections(wrn(depth=16, width=8)):
+        assert n.layer.param_shapes(n.in_shape) == {"w": (1, 1, n.in_shape[-1], n.layer.features)}  # no bias
+    block = wrn(depth=16, width=8).layers[1].layers[0]  # group1.block1: 16 -> 128
+    assert isinstance(block, PreActResidual) and list(block.preact.names) == ["bn1", "relu1"]
+    drop = wrn(depth=16, width=8, dropout=0.3).layers[1].layers[1]
+    assert list(drop.body.names) == ["conv1", "bn2", "relu2", "dropout", "conv2"]
     assert wrn(depth=28, width=10).layers[0] == Conv(16, 3, 1, 1, use_bias=False, keep_width=True)
 
 
@@ -198,6 +208,8 @@ def test_scale_width_equals_building_with_the_scaled_widths():
     assert scale_width(resnet_cifar(depth=8), 0.75) == resnet_cifar(depth=8, widths=(12, 24, 48))
     assert scale_width(wrn(width=2, depth=16), 1.5) == wrn(width=3, depth=16)
     assert scale_width(wrn(width=4, depth=10), 0.5) == wrn(width=2, depth=10)
+    assert scale_width(wrn(width=1, depth=16), 2) == wrn(width=2, depth=16)  # k = 1 too: Projection decides
+    assert params_of(scale_width(wrn(width=1, depth=28), 10)) == 36_479_194  # WRN-28-1 widened is WRN-28-10
     assert models.get("resnet18k/0.5") == resnet18k(k=32)
     assert scale_width(resnet18k(k=12), 2) == resnet18k(k=24)
     # EfficientNet's own width rounds to multiples of 8; an integer multiplier needs no rounding
@@ -211,7 +223,8 @@ def test_scale_width_equals_building_with_the_scaled_widths():
 
 
 @pytest.mark.parametrize("name,options", [("resnet_cifar", {"shortcut": "A"}), ("resnet_cifar", {"shortcut": "B"}),
-                                          ("wrn", {"width": 2, "depth": 10}), ("resnet18k", {"k": 8, "depth": 10}),
+                                          ("wrn", {"width": 2, "depth": 10}), ("wrn", {"width": 1, "depth": 16}),
+                                          ("resnet18k", {"k": 8, "depth": 10}),
                                           ("efficientnet_b0", {})])
 @pytest.mark.parametrize("m", [0.3, 0.75, 1.7])
 def test_scale_width_keeps_every_family_consistent(name, options, m):
@@ -225,3 +238,4 @@ def test_scale_width_keeps_every_family_consistent(name, options, m):
     if name == "resnet_cifar" and options["shortcut"] == "A":
         pads = [n.layer for n in walk(scaled, shape) if n.layer.kind == "subsample_pad"]
         assert [p.features for p in pads] == [round(32 * m), round(64 * m)]
+

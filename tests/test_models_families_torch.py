@@ -158,7 +158,12 @@ def test_efficientnet_counts_equal_torchvision():
 def _copy_weights(model, in_shape, params, state, torch_model):
     """Our params/state in execution order, from the torch modules in registration order (same layout)."""
     convs = [m for m in torch_model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
-    leaves = [n for n in walk(model, in_shape, leaves_only=True) if n.layer.kind in ("conv", "bn", "dense")]
+
+    def owns(n):  # a Projection owns a kernel only where it projects
+        return n.layer.kind in ("conv", "bn", "dense") or (
+            n.layer.kind == "projection" and n.layer.projects(n.in_shape))
+
+    leaves = [n for n in walk(model, in_shape, leaves_only=True) if owns(n)]
     assert len(convs) == len(leaves)
 
     def put(tree, keys, name, value):
@@ -168,7 +173,7 @@ def _copy_weights(model, in_shape, params, state, torch_model):
         tree[name] = jnp.asarray(value)
 
     for n, m in zip(leaves, convs, strict=True):
-        if n.layer.kind == "conv":
+        if n.layer.kind in ("conv", "projection"):
             put(params, n.key_path, "w", m.weight.detach().numpy().transpose(2, 3, 1, 0))
         elif n.layer.kind == "dense":
             put(params, n.key_path, "w", m.weight.detach().numpy().T)

@@ -8,6 +8,8 @@
 * :class:`DropPath` (stochastic depth, Huang et al. 2016): drop a whole residual branch per example.
 * :class:`SubsamplePad` (He et al. 2015, sec. 4.2, "option A"): stride-``s`` subsample and zero channel
   padding up to ``features``; no parameters.
+* :class:`Projection`: a shortcut that is a bias-free 1x1 convolution where the shape changes and the
+  identity where it does not (decided from the input shape), for :class:`~jaxcnn.combinators.PreActResidual`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from jaxcnn import initializers
 from jaxcnn.core import Layer, Params, ParamsError, Shape, ShapeError, Spec, State
 from jaxcnn.layers.activations import Elementwise
 from jaxcnn.layers.hyperparams import cast_inputs, check_dtype, check_init
+from jaxcnn.layers.linear import Conv
 
 _GATES = {"silu": jax.nn.silu, "relu": jax.nn.relu}
 
@@ -202,3 +205,80 @@ class SubsamplePad(Layer):
         extra = self.features - x.shape[-1]
         lo = extra // 2
         return jnp.pad(y, ((0, 0), (0, 0), (0, 0), (lo, extra - lo))), state
+
+
+@dataclass(frozen=True)
+class Projection(Layer):
+    """A residual shortcut that projects only where it must: a bias-free 1x1 convolution (stride ``stride``)
+    to ``features`` channels when the input has another channel count or ``stride > 1``, else the identity.
+
+    Whether it projects is read from the input shape (:meth:`projects`), so the same block stays right
+    when ``scale_width`` makes two equal widths differ (a Wide ResNet's fixed 16-channel stem before a
+    widened group). As the identity it has no parameters and no MACs. ``features`` is a width field.
+    """
+
+    features: int
+    stride: int = 1
+    kernel_init: str = "he_normal"
+    keep_width: bool = False
+    compute_dtype: str | None = None
+    impl: str = "auto"
+
+    kind: ClassVar[str] = "projection"
+    decayed: ClassVar[tuple[str, ...]] = ("w",)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features < 1:
+            raise ValueError(f"Projection: features must be a positive int, got {self.features!r}")
+        if not isinstance(self.stride, int) or isinstance(self.stride, bool) or self.stride < 1:
+            raise ValueError(f"Projection: stride must be a positive int, got {self.stride!r}")
+        check_init(self)
+        check_dtype(self)
+        self._conv()  # checks impl
+
+    def _conv(self) -> Conv:
+        return Conv(self.features, 1, self.stride, "VALID", use_bias=False, kernel_init=self.kernel_init,
+                    compute_dtype=self.compute_dtype, impl=self.impl)
+
+    def projects(self, in_shape: Shape) -> bool:
+        """True when the shape changes (other channel count or stride > 1): then it is a 1x1 convolution."""
+        return in_shape[-1] != self.features or self.stride != 1
+
+    def spec(self, in_shape: Shape) -> Spec:
+        """The 1x1 convolution's spec, or the identity's (same shape, nothing counted)."""
+        if len(in_shape) != 3:
+            raise ShapeError(self, in_shape, "expects an image (H, W, C) per example",
+                             "Use it as the shortcut of an image block")
+        return self._conv().spec(in_shape) if self.projects(in_shape) else Spec(in_shape)
+
+    def param_shapes(self, in_shape: Shape) -> dict[str, Shape]:
+        """``w`` (1, 1, C, features) when projecting; nothing otherwise."""
+        return self._conv().param_shapes(in_shape) if self.projects(in_shape) else {}
+
+    def init_param(self, name: str, key: jax.Array, shape: Shape, in_shape: Shape) -> jax.Array:
+        """As the 1x1 convolution draws it."""
+        return self._conv().init_param(name, key, shape, in_shape)
+
+    def has_arrays(self) -> bool:
+        """It may own a kernel (at some input shapes)."""
+        return True
+
+    def width_fields(self) -> dict[str, int]:
+        """``features`` unless ``keep_width``."""
+        return {} if self.keep_width else {"features": 1}
+
+    def channel_groups(self, in_shape: Shape) -> int | None:
+        """1 when it is a (dense) convolution at this input, None as the identity."""
+        return 1 if self.projects(in_shape) else None
+
+    def conv_lowering(self) -> str | None:
+        """Dense."""
+        return "dense"
+
+    def forward(
+        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
+    ) -> tuple[jax.Array, State]:
+        """The 1x1 convolution, or ``x``."""
+        if not self.projects(tuple(x.shape[1:])):
+            return x, state
+        return self._conv().forward(params, state, x, train=train, key=key)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import operator
 
-from jaxcnn.combinators import Residual, Sequential
+from jaxcnn.combinators import PreActResidual, Residual, Sequential
 from jaxcnn.core import Layer
-from jaxcnn.layers import BatchNorm, Conv, Dense, Dropout, GlobalAvgPool, ReLU, SubsamplePad
+from jaxcnn.layers import BatchNorm, Conv, Dense, Dropout, GlobalAvgPool, Projection, ReLU, SubsamplePad
 from jaxcnn.models.registry import register_model
 from jaxcnn.width import round_channels, scale_width
 
@@ -115,22 +115,19 @@ def resnet_cifar(
 # -- pre-activation blocks (WRN, PreAct ResNet-18) ---------------------------------------------------------
 
 
-def preact_block(in_ch: int, out: int, stride: int, dropout: float = 0.0) -> Layer:
+def preact_block(out: int, stride: int, dropout: float = 0.0) -> Layer:
     """Pre-activation basic block: BN-ReLU-conv3x3(stride), BN-ReLU-[dropout]-conv3x3, plus the shortcut.
 
     Where the shape changes, the shortcut is a bias-free 1x1 projection of the *pre-activated* input (the
-    first BN-ReLU is shared by both branches); otherwise it is the raw input (the identity).
+    first BN-ReLU is shared by both branches); otherwise it is the raw input (the identity). The
+    :class:`~jaxcnn.layers.Projection` decides from the input shape, so ``scale_width`` keeps it right.
     """
     inner: dict[str, Layer] = {"conv1": conv3x3(out, stride), "bn2": BatchNorm(), "relu2": ReLU()}
     if dropout:
         inner["dropout"] = Dropout(dropout)
     inner["conv2"] = conv3x3(out)
-    if stride == 1 and in_ch == out:
-        return Residual(Sequential({"bn1": BatchNorm(), "relu1": ReLU(), **inner}))
-    return Sequential({
-        "bn1": BatchNorm(), "relu1": ReLU(),
-        "residual": Residual(Sequential(inner), conv1x1(out, stride)),
-    })
+    return PreActResidual(Sequential({"bn1": BatchNorm(), "relu1": ReLU()}), Sequential(inner),
+                          Projection(out, stride))
 
 
 @register_model(input_shape=(32, 32, 3), num_classes=10)
@@ -147,8 +144,8 @@ def wrn(*, num_classes: int = 10, width: float = 1.0, depth: int = 28, dropout: 
 
     Counts (10 classes): WRN-28-10 36,479,194; WRN-16-8 10,961,370; WRN-16-10 17,116,634. CIFAR-10 /
     CIFAR-100 error [paper]: WRN-28-10 4.00 / 19.25 (with dropout 3.89 / 18.85); WRN-16-8 4.27 / 20.43.
-    ``scale_width(wrn(width=k), m)`` equals ``wrn(width=k*m)`` when k > 1 (every group then already has its
-    projection); at k = 1 widen through the builder (``wrn/2``), since group 1 has no projection to scale.
+    The shortcuts are :class:`~jaxcnn.layers.Projection` layers (a 1x1 conv exactly where the shape
+    changes), so ``scale_width(wrn(width=k), m)`` equals ``wrn(width=k*m)``, k = 1 included.
 
     Reference recipe (authors' scripts): SGD with Nesterov momentum 0.9, lr 0.1 times 0.2 at epochs 60, 120
     and 160 of 200, batch 128, weight decay 5e-4, 4-pixel reflection-pad random crop + flip
@@ -161,13 +158,11 @@ def wrn(*, num_classes: int = 10, width: float = 1.0, depth: int = 28, dropout: 
     n = (depth - 4) // 6
     widths = [round_channels(c, width) for c in (16, 32, 64)]
     layers: dict[str, Layer] = {"stem": conv3x3(16, keep_width=True)}
-    in_ch = 16
     for g, out in enumerate(widths):
         blocks = {}
         for b in range(n):
             stride = 2 if (b == 0 and g > 0) else 1
-            blocks[f"block{b + 1}"] = preact_block(in_ch, out, stride, dropout)
-            in_ch = out
+            blocks[f"block{b + 1}"] = preact_block(out, stride, dropout)
         layers[f"group{g + 1}"] = Sequential(blocks)
     layers["bn"] = BatchNorm()
     layers["relu"] = ReLU()
@@ -197,14 +192,12 @@ def resnet18k(*, num_classes: int = 10, width: float = 1.0, k: int = 64, depth: 
         raise ValueError(f"resnet18k k={k!r}: k must be a positive int")
     n = (depth - 2) // 8
     layers: dict[str, Layer] = {"stem": conv3x3(k)}
-    in_ch = k
     for s in range(4):
         out = k * 2**s
         blocks = {}
         for b in range(n):
             stride = 2 if (b == 0 and s > 0) else 1
-            blocks[f"block{b + 1}"] = preact_block(in_ch, out, stride)
-            in_ch = out
+            blocks[f"block{b + 1}"] = preact_block(out, stride)
         layers[f"stage{s + 1}"] = Sequential(blocks)
     layers["pool"] = GlobalAvgPool()
     layers["fc"] = Dense(num_classes, keep_width=True)
