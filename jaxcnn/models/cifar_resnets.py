@@ -71,7 +71,7 @@ def resnet_cifar(
     shortcut: str = "A",
     widths: tuple[int, int, int] = (16, 32, 64),
 ) -> Layer:
-    """CIFAR ResNet (He et al. 2015, sec. 4.2): depth 6n+2, three stages of n basic blocks at 16/32/64.
+    """CIFAR ResNet (He et al. 2015, sec. 4.2): depth 6n+2, widths 16/32/64, shortcut A (zero pad) or B.
 
     conv3x3 16 + BN-ReLU; stages of n post-activation basic blocks at ``widths`` on 32/16/8 maps (stride 2
     in the first block of stages 2 and 3); global average pool; dense. ``depth`` = 6n+2 (20, 32, 44, 56,
@@ -86,10 +86,11 @@ def resnet_cifar(
     Table 6]: 8.75 / 7.51 / 7.17 / 6.97 / 6.43 / 7.93.
 
     Reference recipe [paper]: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at
-    32k and 48k iterations, stop at 64k (about epochs 82/123/164 on 45k images:
-    ``--schedule step --step-epochs 82,123 --epochs 164``), He init, 4-pixel pad + random crop + flip,
-    45k/5k train/val split. ResNet-110/1202 warm up at lr 0.01 for about 400 iterations (until the training
-    error is below 80 %), then go back to 0.1 (``--warmup-epochs``).
+    32k and 48k iterations, stop at 64k (about epochs 82/123/164 on 45k images), He init, 4-pixel pad +
+    random crop + flip, 45k/5k train/val split: ``TrainConfig(optimizer="momentum", lr=0.1,
+    weight_decay=1e-4, batch=128, schedule="step", step_epochs=(82, 123), epochs=164, crop_pad=4,
+    flip=True)``. ResNet-110/1202 train at lr 0.01 for about 400 iterations (until the training error is
+    below 80 %), then at 0.1 again; ``warmup_epochs=1`` (a linear ramp from 0) is the nearest jaxcnn has.
     """
     depth = check_depth("resnet_cifar", depth, 6, 2, 8, "20, 32, 44, 56, 110, 1202")
     if shortcut not in ("A", "B"):
@@ -132,7 +133,9 @@ def preact_block(out: int, stride: int, dropout: float = 0.0) -> Layer:
 
 @register_model(input_shape=(32, 32, 3), num_classes=10)
 def wrn(*, num_classes: int = 10, width: float = 1.0, depth: int = 28, dropout: float = 0.0) -> Layer:
-    """Wide ResNet WRN-d-k (Zagoruyko & Komodakis 2016): depth 6N+4, width k (``wrn/10`` depth 28 = WRN-28-10).
+    """Wide ResNet WRN-d-k (Zagoruyko & Komodakis 2016): depth 6N+4, width = k, pre-activation blocks.
+
+    ``wrn/10`` with ``depth=28`` is WRN-28-10.
 
     conv3x3 3->16 (not widened); three groups of N pre-activation basic blocks B(3,3) at 16k, 32k, 64k
     channels (``width`` is k, each rounded to the nearest integer), strides 1, 2, 2 (32/16/8 maps); BN,
@@ -148,9 +151,10 @@ def wrn(*, num_classes: int = 10, width: float = 1.0, depth: int = 28, dropout: 
     changes), so ``scale_width(wrn(width=k), m)`` equals ``wrn(width=k*m)``, k = 1 included.
 
     Reference recipe (authors' scripts): SGD with Nesterov momentum 0.9, lr 0.1 times 0.2 at epochs 60, 120
-    and 160 of 200, batch 128, weight decay 5e-4, 4-pixel reflection-pad random crop + flip
-    (``--optimizer nesterov --lr 0.1 --schedule step --step-epochs 60,120,160 --step-factor 0.2
-    --epochs 200 --weight-decay 5e-4``).
+    and 160 of 200, batch 128, weight decay 5e-4, 4-pixel reflection-pad random crop + flip:
+    ``TrainConfig(optimizer="nesterov", lr=0.1, schedule="step", step_epochs=(60, 120, 160),
+    step_factor=0.2, epochs=200, batch=128, weight_decay=5e-4, crop_pad=4, flip=True)`` (jaxcnn's crop
+    pads with zeros, not by reflection).
     """
     depth = check_depth("wrn", depth, 6, 4, 10, "10, 16, 22, 28, 40")
     if not 0.0 <= dropout < 1.0:
@@ -173,7 +177,7 @@ def wrn(*, num_classes: int = 10, width: float = 1.0, depth: int = 28, dropout: 
 
 @register_model(input_shape=(32, 32, 3), num_classes=10)
 def resnet18k(*, num_classes: int = 10, width: float = 1.0, k: int = 64, depth: int = 18) -> Layer:
-    """PreAct ResNet-18 of width k (Nakkiran et al. 2019, deep double descent): stages k, 2k, 4k, 8k.
+    """PreAct ResNet-18 at widths k, 2k, 4k, 8k (Nakkiran et al. 2019, deep double descent).
 
     conv3x3 3->k (no BN-ReLU, no max-pool); four stages of pre-activation basic blocks at k, 2k, 4k, 8k,
     strides 1, 2, 2, 2; the shortcut is a bias-free 1x1 conv (no BN) of the pre-activated input where the
@@ -185,7 +189,8 @@ def resnet18k(*, num_classes: int = 10, width: float = 1.0, k: int = 64, depth: 
 
     Reference recipe [paper]: k = 1 ... 64, Adam lr 1e-4 constant, 4,000 epochs, batch 128, no weight decay,
     random crop + flip; label noise: with probability p the label is replaced, once, by a uniformly random
-    incorrect class (``--optimizer adam --lr 1e-4 --schedule constant --weight-decay 0``).
+    incorrect class: ``TrainConfig(optimizer="adam", lr=1e-4, schedule="constant", weight_decay=0.0,
+    epochs=4000, batch=128, crop_pad=4, flip=True)`` (label noise is applied to the data, not by TrainConfig).
     """
     depth = check_depth("resnet18k", depth, 8, 2, 10, "10, 18, 26, 34")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -101,7 +101,7 @@ def efficientnet(
     Reference recipe [paper, tensorflow/tpu]: RMSProp decay 0.9 momentum 0.9, lr 0.256 per 4096 images
     decaying by 0.97 every 2.4 epochs, weight decay 1e-5, BN momentum 0.99, AutoAugment, stochastic depth
     0.2, 350 epochs, warm-up 5 epochs. jaxcnn has no RMSProp or exponential decay: the nearest of its
-    recipes is ``--optimizer nesterov --schedule cosine --warmup-epochs 5``.
+    recipes is ``TrainConfig(optimizer="nesterov", schedule="cosine", warmup_epochs=5, weight_decay=1e-5)``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"efficientnet variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
