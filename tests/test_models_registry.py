@@ -134,3 +134,14 @@ def test_load_models_from_a_file_with_a_taken_name_registers_nothing(tmp_path, c
         models.load_models_from(str(tmp_path / "absent.py"))
     with pytest.raises(ValueError, match="takes a Python file or a module name"):
         models.load_models_from("")
+
+
+def test_readme_registration_example_runs(clean_registry):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("Your own model registers the same way", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    assert models.entry("mynet").description == "My net: depth conv-BN-ReLU blocks, GAP, dense."
+    assert summary(models.get("mynet/2", depth=4), (32, 32, 3)).totals["output_shape"] == [10]
