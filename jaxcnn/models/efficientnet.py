@@ -87,6 +87,9 @@ def efficientnet(
     ``variant`` picks the official (width, depth, resolution, dropout) coefficients (:data:`VARIANTS`);
     ``width`` and ``depth`` multiply them (``efficientnet_b0/1.1`` has B2's widths; ``depth=1.2`` gives
     ``ceil(1.2 * L)`` blocks per stage, the stated rule for a depth multiplier, which must be > 0).
+    ``jaxcnn.width.scale_width`` also works on the built model, but rounds every channel count by its own
+    rule (not to multiples of 8, and expansions and squeezes independently): it equals building with
+    ``width=m`` for integer m only.
     ``compound_phi`` replaces the variant's width and depth by the paper's compound rule 1.1^phi and 1.2^phi
     (:func:`compound_coefficients`; use the input size round(224 * 1.15^phi)), which differs from the
     official table. ``dropout`` before the classifier defaults to the variant's; ``drop_path`` is the
