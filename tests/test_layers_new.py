@@ -130,14 +130,11 @@ def test_drop_path_under_vmap_over_seeds_matches_each_seed_alone():
     def run(k):
         return model.apply(params, state, x, train=True, key=k)[0]
 
-    batched = jax.vmap(run)(keys)
-    alone = jnp.stack([run(k) for k in keys])
+    batched = jax.jit(jax.vmap(run))(keys)
+    single = jax.jit(run)
+    alone = jnp.stack([single(k) for k in keys])
     np.testing.assert_allclose(np.asarray(batched), np.asarray(alone), rtol=1e-6, atol=1e-6)
-    # the seeds differ, and the two blocks of one seed draw different masks (the container folds in the index)
-    body = lambda k: np.asarray(DropPath(0.5).apply({}, {}, jnp.ones((64, 1, 1, 1)), train=True, key=k)[0])  # noqa: E731
-    masks = [body(jax.random.fold_in(jax.random.fold_in(k, i), 1)) for k in keys for i in (0, 1)]
-    assert len({m.tobytes() for m in masks}) == len(masks)
-    assert not np.array_equal(np.asarray(batched[0]), np.asarray(batched[1]))
+    assert not np.array_equal(np.asarray(batched[0]), np.asarray(batched[1]))  # the seeds drop differently
     # and a training step's gradients, jitted and vmapped over the seeds' keys as the trainer batches them
     se_model = Sequential([Conv(4, 3), Residual(Sequential([Conv(4, 3), SiLU(), SqueezeExcite(2), DropPath(0.5)])),
                            GlobalAvgPool(), Dense(3)])
