@@ -1,6 +1,6 @@
 """jaxcnn: pure-function CNN layers in JAX with exact accounting of every model."""
 
-from jaxcnn.combinators import Parallel, Residual, Sequential
+from jaxcnn.combinators import Parallel, PreActResidual, Residual, Sequential
 from jaxcnn.core import (
     Layer,
     LayerError,
@@ -22,6 +22,7 @@ from jaxcnn.layers import (
     Dense,
     DepthwiseConv,
     Dropout,
+    DropPath,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
@@ -29,10 +30,14 @@ from jaxcnn.layers import (
     L2Pool,
     LeakyReLU,
     MaxPool,
+    Projection,
     ReLU,
     ReLU6,
     Sigmoid,
+    SiLU,
     Softmax,
+    SqueezeExcite,
+    SubsamplePad,
     Tanh,
 )
 from jaxcnn.transforms import mixed_precision, round_channels, scale_width, with_conv_impl
@@ -40,9 +45,9 @@ from jaxcnn.transforms import mixed_precision, round_channels, scale_width, with
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool", "BatchNorm", "CReLU", "Conv", "Dense", "DepthwiseConv", "Dropout", "Flatten", "GELU",
-    "GlobalAvgPool", "GlobalMaxPool", "Identity", "L2Pool", "Layer", "LayerError", "LeakyReLU", "MaxPool",
-    "Node", "Parallel", "ParamsError", "ReLU", "ReLU6", "Residual", "Sequential", "ShapeError", "Sigmoid",
-    "Softmax", "Spec", "Tanh", "count_params", "map_layers", "mixed_precision", "round_channels",
-    "scale_width", "tree_shapes", "walk", "with_conv_impl",
+    "AvgPool", "BatchNorm", "CReLU", "Conv", "Dense", "DepthwiseConv", "DropPath", "Dropout", "Flatten", "GELU",
+    "GlobalAvgPool", "GlobalMaxPool", "Identity", "L2Pool", "Layer", "LayerError", "LeakyReLU", "MaxPool", "Node",
+    "Parallel", "ParamsError", "PreActResidual", "Projection", "ReLU", "ReLU6", "Residual", "Sequential",
+    "ShapeError", "Sigmoid", "SiLU", "Softmax", "Spec", "SqueezeExcite", "SubsamplePad", "Tanh", "count_params",
+    "map_layers", "mixed_precision", "round_channels", "scale_width", "tree_shapes", "walk", "with_conv_impl",
 ]

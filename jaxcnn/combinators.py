@@ -284,3 +284,83 @@ class Parallel(_Container):
         new_state: State = {}
         ys = [self._run(i, params, state, x, new_state, train=train, key=key) for i in range(len(self.branches))]
         return jnp.concatenate(ys, axis=-1), new_state
+
+
+@dataclass(frozen=True)
+class PreActResidual(_Container):
+    """A pre-activation residual block: ``a = preact(x)``, then ``body(a) + (shortcut(a) or x)``.
+
+    The shortcut takes the *pre-activated* ``a`` where it projects and the raw ``x`` where it is the
+    identity, as in the Wide ResNet and PreAct ResNet code (He et al. 2016, Zagoruyko & Komodakis 2016):
+    a :class:`~jaxcnn.layers.Projection` shortcut decides from the input shape (1x1 convolution where the
+    channels or the stride change), so the block stays right under ``scale_width``. Any other shortcut
+    layer always takes ``a``; ``shortcut=None`` is the identity.
+    """
+
+    preact: Layer
+    body: Layer
+    shortcut: Layer | None = None
+
+    kind: ClassVar[str] = "preact_residual"
+
+    def __post_init__(self) -> None:
+        for name in ("preact", "body", "shortcut"):
+            value = getattr(self, name)
+            if (value is not None or name != "shortcut") and not isinstance(value, Layer):
+                raise ValueError(f"PreActResidual: {name} must be a jaxcnn layer, got {value!r}")
+
+    def children(self):
+        """preact, body, then the shortcut if any."""
+        kids = [("preact", "preact", self.preact), ("body", "body", self.body)]
+        if self.shortcut is not None:
+            kids.append(("shortcut", "shortcut", self.shortcut))
+        return tuple(kids)
+
+    def replace_children(self, new):
+        """Same structure, new children."""
+        return PreActResidual(new[0], new[1], new[2] if len(new) > 2 else None)
+
+    def child_shapes(self, in_shape):
+        """The body and the shortcut see the pre-activation's output."""
+        a = _child_call("preact", self.preact.spec, in_shape, _key="preact").out_shape
+        return (in_shape, a) + ((a,) if self.shortcut is not None else ())
+
+    def _projects(self, shape: Shape) -> bool:
+        if self.shortcut is None:
+            return False
+        projects = getattr(self.shortcut, "projects", None)
+        return True if projects is None else bool(projects(shape))
+
+    def spec(self, in_shape: Shape) -> Spec:
+        """Pre-activation, then body and shortcut as :class:`Residual` combines them."""
+        pre = _child_call("preact", self.preact.spec, in_shape, _key="preact")
+        if pre.out_shape != in_shape:
+            raise ShapeError(self, in_shape, f"the pre-activation changes the shape to {pre.out_shape}",
+                             "Use shape-preserving layers (BatchNorm, an activation) as preact")
+        body = _child_call("body", self.body.spec, pre.out_shape, _key="body")
+        short = (
+            _child_call("shortcut", self.shortcut.spec, pre.out_shape, _key="shortcut")
+            if self.shortcut is not None else Spec(in_shape)
+        )
+        if body.out_shape != short.out_shape:
+            raise ShapeError(
+                self, in_shape,
+                f"the body gives {body.out_shape} but the shortcut gives {short.out_shape}",
+                "Use a Projection shortcut with the body's stride and features so both match",
+            )
+        window = tuple(max(a, b) for a, b in zip(body.rf, short.rf, strict=True))
+        stride = tuple(max(a, b) for a, b in zip(body.jump, short.jump, strict=True))
+        rf = compose_rf((pre.rf, pre.jump), (window, stride))
+        other = pre.other_ops + body.other_ops + short.other_ops + math.prod(body.out_shape)  # + the addition
+        return Spec(body.out_shape, pre.macs + body.macs + short.macs, other, rf[0], rf[1])
+
+    def forward(self, params, state, x, *, train, key):
+        """``body(preact(x)) + shortcut(preact(x))`` where the shortcut projects, ``+ x`` where it does not."""
+        new_state: State = {}
+        a = self._run(0, params, state, x, new_state, train=train, key=key)
+        y = self._run(1, params, state, a, new_state, train=train, key=key)
+        if self.shortcut is None:
+            return y + x, new_state
+        s = self._run(2, params, state, a if self._projects(tuple(a.shape[1:])) else x, new_state, train=train,
+                      key=key)
+        return y + s, new_state

@@ -89,7 +89,8 @@ def add_study_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--macs-range", type=_window, default=None, metavar="LO:HI",
                    help="with --sample: keep only members with LO <= multiply-adds per image <= HI")
     p.add_argument("--out", type=Path, required=True, help="results folder (resumable)")
-    p.add_argument("--only", default=None, metavar="A,B,...", help="comma-separated variants to run (default: all)")
+    p.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                   help="run only this member (repeatable; variants hold commas, e.g. resnet_cifar/0.5,depth=8)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run shard I of N (I from 1) of the members into the same folder; inside a SLURM array "
                         "job the shard comes from SLURM_ARRAY_TASK_ID/COUNT when this is not given")
@@ -193,7 +194,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise UsageError("--params-range and --macs-range select sampled members; add --sample N")
         members = plan.members() if not args.sample else None
         if args.only and members is not None:
-            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+            wanted = [w.strip() for w in args.only]
             known = {m.variant for m in members}
             unknown = [w for w in wanted if w not in known]
             if unknown:

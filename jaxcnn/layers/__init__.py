@@ -17,6 +17,7 @@ from jaxcnn.layers.activations import (
     Softmax,
     Tanh,
 )
+from jaxcnn.layers.blocks import DropPath, Projection, SiLU, SqueezeExcite, SubsamplePad
 from jaxcnn.layers.hyperparams import resolve_padding, window_output
 from jaxcnn.layers.linear import Conv, Dense, DepthwiseConv
 from jaxcnn.layers.normalization import BatchNorm, Dropout
@@ -25,6 +26,7 @@ from jaxcnn.layers.pooling import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool
 LEAF_TYPES = (
     Conv, DepthwiseConv, Dense, Flatten, MaxPool, AvgPool, L2Pool, GlobalAvgPool, GlobalMaxPool,
     BatchNorm, Dropout, ReLU, ReLU6, LeakyReLU, GELU, Sigmoid, Tanh, Softmax, CReLU, Identity,
+    SiLU, SqueezeExcite, DropPath, SubsamplePad, Projection,
 )
 
 __all__ = [t.__name__ for t in LEAF_TYPES] + ["Elementwise", "resolve_padding", "window_output"]

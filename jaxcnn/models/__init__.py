@@ -2,6 +2,11 @@
 
 A name may carry a width suffix (``mobilenet_v1/0.5``, ``allconv6/2``), which is the
 same as passing ``width=``. Every builder takes ``num_classes`` and ``width``.
+
+Your own models register the same way as the bundled families: decorate the builder with
+``@jaxcnn.models.register_model(input_shape=..., num_classes=...)`` (see
+:func:`~jaxcnn.models.registry.register_model`) and, from the command line, load the file or
+module that defines it with :func:`load_models_from` (``--models-from PATH.py|module``).
 """
 
 from __future__ import annotations
@@ -12,13 +17,12 @@ import inspect
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from jaxcnn.core import Layer, Shape
+from jaxcnn.core import Layer
 from jaxcnn.models.allconv import (
     ALLCONV6_CHANNELS,
     DEPTH_FAMILY,
@@ -31,33 +35,10 @@ from jaxcnn.models.densenet import densenet, densenet121
 from jaxcnn.models.examples import mnist_net, spec_a, spec_a_3conv, spec_a_4conv
 from jaxcnn.models.inception import googlenet, inception_small
 from jaxcnn.models.mobilenet import mobilenet_v1
+from jaxcnn.models.registry import REGISTRY, Entry, load_models_from, register, register_model
 from jaxcnn.models.resnet import resnet, resnet50, resnext50_32x4d
 from jaxcnn.models.vgg import vgg16
 from jaxcnn.transforms import check_width
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A registered model: its builder, default input and classes, and a one-line description."""
-
-    name: str
-    build: Callable[..., Layer]
-    input_shape: Shape
-    num_classes: int
-    description: str
-    small: dict[str, Any] = field(default_factory=dict)  # options for 32x32 inputs
-
-
-REGISTRY: dict[str, Entry] = {}
-
-
-def register(entry: Entry) -> Entry:
-    """Add ``entry`` to the registry (names are unique)."""
-    if entry.name in REGISTRY:
-        raise ValueError(f"model {entry.name!r} is already registered")
-    REGISTRY[entry.name] = entry
-    return entry
-
 
 for _n, _c in ALLCONV6_CHANNELS.items():
     register(Entry(_n, partial(allconv6_variant, _n), (224, 224, 3), 20,
@@ -87,6 +68,9 @@ register(Entry("inception_small", inception_small, (32, 32, 3), 10, "small Incep
 register(Entry("spec_a_4conv", spec_a_4conv, (224, 224, 3), 2, "SPEC A model 1: 4 conv-pool, flatten, FC128, FC2"))
 register(Entry("spec_a_3conv", spec_a_3conv, (224, 224, 3), 2, "SPEC A model 2: 3 conv-pool (more parameters)"))
 register(Entry("mnist_net", mnist_net, (28, 28, 1), 10, "SPEC B: 5x5-32, pool, 3x3-32, pool, 256, 10 (VALID)"))
+
+# the scaling families register themselves beside their builders (@register_model), after the models above
+from jaxcnn.models import cifar_resnets, efficientnet  # noqa: E402, F401
 
 
 def parse_name(name: str) -> tuple[str, float | None]:
@@ -234,5 +218,5 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-__all__ = ["Entry", "REGISTRY", "builder_options", "builder_parameters", "entry", "get", "names", "parse_name",
-           "parse_option", "register"]
+__all__ = ["Entry", "REGISTRY", "builder_options", "builder_parameters", "entry", "get", "load_models_from", "names",
+           "parse_name", "parse_option", "register", "register_model"]

@@ -42,6 +42,7 @@ from jaxcnn.study.shard import Shard, select
 from jaxcnn.study.stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import fit
+from jaxcnn.train.config import TrainConfig
 
 
 def _slug(variant: str) -> str:
@@ -52,7 +53,10 @@ def _check_same_run(rec: StudyRecord, m: Member, task: Task, out: Path) -> None:
     """A finished record only counts for this study if it used the same data, input and recipe."""
     now = {"dataset": task.name, "input_shape": list(task.in_shape), "recipe": asdict(m.recipe),
            "options": m.options}
-    differ = files.differing({k: getattr(rec, k) for k in now}, now)
+    old = {k: getattr(rec, k) for k in now}
+    if old["recipe"]:  # a TrainConfig field added since the record was written counts at its default value
+        old["recipe"] = {**asdict(TrainConfig()), **old["recipe"]}
+    differ = files.differing(old, now)
     if differ:
         raise StudyError(
             f"{out / 'results.jsonl'} already holds {m.variant} from a run with another {', '.join(differ)}; "

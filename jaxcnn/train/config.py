@@ -41,8 +41,10 @@ class TrainConfig:
     momentum: float = _field(0.9, "momentum of momentum/nesterov, beta1 of adam/adamw")
     weight_decay: float = _field(5e-4, "L2 / decoupled weight decay, on conv/dense weights only (never BN or biases)")
     schedule: str = _field("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
-    step_epochs: tuple[int, ...] = _field((), "'step' schedule: multiply the learning rate by 0.1 at each of these "
-                                              "epochs (comma-separated)")
+    step_epochs: tuple[int, ...] = _field((), "'step' schedule: multiply the learning rate by step_factor at each of "
+                                              "these epochs (comma-separated)")
+    step_factor: float = _field(0.1, "'step' schedule: the factor (e.g. 0.2 at 60,120,160 of 200 for Wide ResNets)",
+                                positive=True)
     warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     crop_pad: int = _field(0, "random crop after padding by this many pixels (0 = off)")
@@ -71,6 +73,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (math.isfinite(self.step_factor) and self.step_factor > 0, "step_factor must be a positive number"),
+            (all(isinstance(e, int) and e >= 1 for e in self.step_epochs), "step_epochs must be positive ints"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.crop_pad >= 0, "crop_pad must be >= 0"),

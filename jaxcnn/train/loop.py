@@ -135,6 +135,9 @@ def _check_same_run(ck: Path, saved: Any, now: dict[str, Any], legacy_config: An
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{ck} has no valid record of the run that wrote it ('identity'); "
                                          "resume cannot check it is the same run: use another folder")
+    # a TrainConfig field added since the checkpoint was written counts at its default value
+    defaults = files.json_form({f"config.{k}": v for k, v in asdict(TrainConfig()).items()})
+    saved = {**{k: v for k, v in defaults.items() if k in now and k not in saved}, **saved}
     differ = files.differing(saved, now)
     if saved.get("data_sha256") == now["data_sha256"] and "data" in differ:
         differ.remove("data")  # the same data found at another path (a moved folder) is the same run

@@ -9,23 +9,32 @@ from jaxcnn.train import step
 from jaxcnn.train.config import TrainConfig
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer) -> optax.GradientTransformation:
-    """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up).
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate per step: a linear warm-up from 0 over ``warmup_epochs``, then the schedule.
 
-    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.train.step.decay_mask`).
+    ``step``: ``lr`` times ``step_factor`` at each epoch of ``step_epochs`` (counted from the start of
+    training, warm-up included); ``cosine``: cosine decay to 0 over the epochs after the warm-up.
     """
-    _decay_mask = step.decay_mask(model)
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
         main = optax.cosine_decay_schedule(cfg.lr, max(total - warm, 1))
     elif cfg.schedule == "step":
         main = optax.piecewise_constant_schedule(
-            cfg.lr, {max(e * steps_per_epoch - warm, 1): 0.1 for e in cfg.step_epochs}
+            cfg.lr, {max(e * steps_per_epoch - warm, 1): cfg.step_factor for e in cfg.step_epochs}
         )
     else:
         main = optax.constant_schedule(cfg.lr)
-    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm]) if warm else main
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm]) if warm else main
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model: Layer) -> optax.GradientTransformation:
+    """The optax chain for ``cfg`` (decoupled-from-BN weight decay, schedule, warm-up).
+
+    Weight decay applies to the params ``model``'s layers declare ``decayed`` (:func:`jaxcnn.train.step.decay_mask`).
+    """
+    _decay_mask = step.decay_mask(model)
+    lr = learning_rate(cfg, steps_per_epoch)
     if cfg.optimizer == "adamw":
         return optax.adamw(lr, weight_decay=cfg.weight_decay, mask=_decay_mask)
     decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask) if cfg.weight_decay else optax.identity()
