@@ -172,6 +172,16 @@ class Sequential(_Container):
         return x, new_state
 
 
+def _joined(layer: Layer, in_shape: Shape, body: Spec, short: Spec, fix: str) -> tuple[tuple[int, ...], ...]:
+    """(receptive field, jump) of a residual join of two branches, or ShapeError when their shapes differ."""
+    if body.out_shape != short.out_shape:
+        raise ShapeError(layer, in_shape, f"the body gives {body.out_shape} but the shortcut gives {short.out_shape}",
+                         f"Use {fix} so both match")
+    window = tuple(max(a, b) for a, b in zip(body.rf, short.rf, strict=True))
+    stride = tuple(max(a, b) for a, b in zip(body.jump, short.jump, strict=True))
+    return window, stride
+
+
 @dataclass(frozen=True)
 class Residual(_Container):
     """``body(x) + shortcut(x)``; the shortcut is the identity unless given (a projection)."""
@@ -209,14 +219,8 @@ class Residual(_Container):
             Spec(in_shape) if self.shortcut is None
             else _child_call("shortcut", self.shortcut.spec, in_shape, _key="shortcut")
         )
-        if body.out_shape != short.out_shape:
-            raise ShapeError(
-                self, in_shape,
-                f"the body gives {body.out_shape} but the shortcut gives {short.out_shape}",
-                "Use a projection shortcut (e.g. a 1x1 Conv with the body's stride and features) so both match",
-            )
-        window = tuple(max(a, b) for a, b in zip(body.rf, short.rf, strict=True))
-        stride = tuple(max(a, b) for a, b in zip(body.jump, short.jump, strict=True))
+        window, stride = _joined(self, in_shape, body, short, "a projection shortcut (e.g. a 1x1 Conv with the "
+                                                            "body's stride and features)")
         other = body.other_ops + short.other_ops + math.prod(body.out_shape)  # + the addition
         return Spec(body.out_shape, body.macs + short.macs, other, window, stride)
 
@@ -342,14 +346,8 @@ class PreActResidual(_Container):
             _child_call("shortcut", self.shortcut.spec, pre.out_shape, _key="shortcut")
             if self.shortcut is not None else Spec(in_shape)
         )
-        if body.out_shape != short.out_shape:
-            raise ShapeError(
-                self, in_shape,
-                f"the body gives {body.out_shape} but the shortcut gives {short.out_shape}",
-                "Use a Projection shortcut with the body's stride and features so both match",
-            )
-        window = tuple(max(a, b) for a, b in zip(body.rf, short.rf, strict=True))
-        stride = tuple(max(a, b) for a, b in zip(body.jump, short.jump, strict=True))
+        window, stride = _joined(self, in_shape, body, short,
+                                 "a Projection shortcut with the body's stride and features")
         rf = compose_rf((pre.rf, pre.jump), (window, stride))
         other = pre.other_ops + body.other_ops + short.other_ops + math.prod(body.out_shape)  # + the addition
         return Spec(body.out_shape, pre.macs + body.macs + short.macs, other, rf[0], rf[1])

@@ -175,11 +175,10 @@ class Layer:
         return None
 
     def torch_arrays(self) -> dict[str, tuple[str, str, str]]:
-        """The PyTorch counterpart of this layer's arrays, for :mod:`jaxcnn.storage.interop`.
+        """``{torch name: (tree, array name, layout)}`` for :mod:`jaxcnn.storage.interop` ({}: no torch counterpart).
 
-        ``{torch name: (tree, array name, layout)}`` with tree ``"params"`` or ``"state"`` and layout
-        ``"conv"`` (HWIO here, OIHW in torch), ``"dense"`` (in x out here, out x in there) or ``""`` (as is).
-        Empty for layers without arrays or without a torch counterpart (export then names the layer).
+        Tree ``"params"`` or ``"state"``; layout ``"conv"`` (HWIO here, OIHW in torch), ``"dense"`` (in x out
+        here, out x in there) or ``""`` (as is).
         """
         return {}
 

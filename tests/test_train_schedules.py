@@ -39,8 +39,8 @@ def test_bad_step_options_are_refused(bad, message):
 
 def test_a_record_written_before_step_factor_existed_still_matches_its_recipe(tmp_path):
     from jaxcnn.study import Member, StudyError
-    from jaxcnn.study.runner import _check_same_run
     from jaxcnn.study.record import StudyRecord
+    from jaxcnn.study.runner import _check_same_run
 
     line = (ROOT / "results" / "width_study" / "results.jsonl").read_text().splitlines()[0]
     rec = StudyRecord.from_json(json.loads(line), "results.jsonl:1")

@@ -21,11 +21,12 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import Layer, Params, ParamsError, Shape, ShapeError, Spec, State
+from jaxcnn.core import Layer, Params, Shape, ShapeError, Spec, State
 from jaxcnn.layers import initializers
 from jaxcnn.layers.activations import Elementwise
 from jaxcnn.layers.hyperparams import cast_inputs, check_dtype, check_init
 from jaxcnn.layers.linear import Conv
+from jaxcnn.layers.normalization import Dropout
 
 _GATES = {"silu": jax.nn.silu, "relu": jax.nn.relu}
 
@@ -114,7 +115,7 @@ class SqueezeExcite(Layer):
 
 
 @dataclass(frozen=True)
-class DropPath(Layer):
+class DropPath(Dropout):
     """Stochastic depth: in train mode zero the whole input of an example with probability ``rate``.
 
     Survivors are scaled by 1/(1 - rate), so evaluation (the identity) needs no rescaling. Put it
@@ -127,31 +128,10 @@ class DropPath(Layer):
     rate: float = 0.0
 
     kind: ClassVar[str] = "droppath"
-    in_place: ClassVar[bool] = True
-    pointwise: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"DropPath: rate is the drop probability and must be in [0, 1), got {self.rate!r}")
-
-    def spec(self, in_shape: Shape) -> Spec:
-        """Same shape."""
-        return Spec(in_shape)
-
-    def forward(
-        self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None
-    ) -> tuple[jax.Array, State]:
-        """Per-example Bernoulli keep mask from ``key`` in train mode; identity otherwise."""
-        if not train or self.rate == 0.0:
-            return x, state
-        if key is None:
-            raise ParamsError(
-                self, tuple(x.shape[1:]), "train mode needs a random key",
-                "Pass key=jax.random.key(...) to apply (or train=False for evaluation)",
-            )
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep = jax.random.uniform(key, mask_shape, jnp.float32) < jnp.float32(1.0 - self.rate)
-        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state
+    def _mask_shape(self, x: jax.Array) -> tuple[int, ...]:
+        """One draw per example: the whole input of an example is kept or dropped."""
+        return (x.shape[0],) + (1,) * (x.ndim - 1)
 
 
 @dataclass(frozen=True)

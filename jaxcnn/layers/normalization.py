@@ -116,7 +116,8 @@ class Dropout(Layer):
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"Dropout: rate is the drop probability and must be in [0, 1), got {self.rate!r}")
+            raise ValueError(f"{type(self).__name__}: rate is the drop probability and must be in [0, 1), "
+                             f"got {self.rate!r}")
 
     def spec(self, in_shape: Shape) -> Spec:
         """Same shape."""
@@ -134,5 +135,9 @@ class Dropout(Layer):
                 "Pass key=jax.random.key(...) to apply (or train=False for evaluation)",
             )
         # float32 draws always (what bernoulli does in the default mode), so a float64 run draws the same mask
-        keep = jax.random.uniform(key, x.shape, jnp.float32) < jnp.float32(1.0 - self.rate)
+        keep = jax.random.uniform(key, self._mask_shape(x), jnp.float32) < jnp.float32(1.0 - self.rate)
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state
+
+    def _mask_shape(self, x: jax.Array) -> tuple[int, ...]:
+        """One draw per element."""
+        return tuple(x.shape)
