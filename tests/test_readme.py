@@ -45,3 +45,23 @@ def test_custom_loop_runs(tmp_path):
     assert accuracy > 0.5, result.stdout  # four balanced classes: chance is 0.25
     assert sorted(p.name for p in (tmp_path / "runs" / "custom").iterdir())[-2:] == [
         "ckpt-000003.json", "ckpt-000003.safetensors"]
+
+
+def test_readme_study_commands_parse_with_the_cli():
+    """Every `jaxcnn ...` command of the README's study blocks is accepted by the CLI's parser as written."""
+    import re
+    import shlex
+
+    from jaxcnn.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    commands = []
+    for block in ("study-commands", "study-full-scale"):
+        section = readme.split(f"<!-- {block}:begin -->", 1)[1].split(f"<!-- {block}:end -->", 1)[0]
+        text = section.replace("\\\n", " ")
+        commands += [c for c in re.findall(r"(jaxcnn study [^\"\n]+)", text)]
+    assert len(commands) >= 4
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # argparse exits 2 on an unknown or bad flag
+        assert args.command == "study" and args.out is not None, command
