@@ -132,3 +132,15 @@ def test_a_study_file_sets_per_model_recipes_and_the_command_line_wins(user_file
     study.write_text("models = [1]\nbogus = 2\n")
     assert main(["study", "--file", str(study), "--out", str(out)]) == 2
     assert "unknown key 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, params", [
+    (["resnet_cifar", "--option", "depth=56"], 853_018),                      # He et al. 2015, option A
+    (["resnet_cifar", "--option", "depth=20", "--option", "shortcut=B"], 272_474),
+    (["wrn/10", "--option", "depth=28"], 36_479_194),                        # WRN-28-10
+    (["resnet18k", "--option", "k=64"], 11_171_146),
+    (["efficientnet_b0"], 5_288_548),
+])
+def test_summary_command_gives_the_published_counts_of_the_scaling_families(argv, params, capsys):
+    assert main(["summary", *argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["learnable_params"] == params
