@@ -89,13 +89,15 @@ def accuracy_vs_cost(results: Sequence[StudyRecord], stem: Path, *, cost: str = 
         # bars alone, then the markers on top: filled where the run converged, hollow where it was still improving
         ax.errorbar(xs, ys, yerr=es, fmt="none", capsize=3, ecolor=colour, zorder=2)
         done = [i for i, r in enumerate(rows) if not still_improving(r)]
-        ax.plot([xs[i] for i in done], [ys[i] for i in done], marker, color=colour, linestyle="none", label=fam,
-                zorder=3)
+        if done:
+            ax.plot([xs[i] for i in done], [ys[i] for i in done], marker, color=colour, linestyle="none", label=fam,
+                    zorder=3)
+        named = bool(done)  # the family is in the legend once
         for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
             if still_improving(r):
                 ax.plot([x], [y], marker, ms=8, mfc="white", mec=colour, mew=1.5, linestyle="none", zorder=4,
-                        label=None if done else fam)
-                done = done or [i]  # the family is in the legend once
+                        label=None if named else fam)
+                named = True
             # alternate above/below so neighbouring labels of a dense family do not overprint
             ax.annotate(short_label(r) + ("*" if still_improving(r) else ""), (x, y), textcoords="offset points",
                         xytext=(4, 6 if i % 2 == 0 else -11), fontsize=7)
@@ -107,6 +109,8 @@ def accuracy_vs_cost(results: Sequence[StudyRecord], stem: Path, *, cost: str = 
             label="Pareto frontier")
     ax.set_xscale("log")
     xlabel = COSTS.get(cost, cost)
+    if cost == "seconds_per_image" and results[0].device:  # a time is a fact of the device it was measured on
+        xlabel += f" on {results[0].device}"
     ax.set_xlabel(xlabel + " (log scale)")
     ax.set_ylabel("test accuracy (%)")
     n_seeds = min(len(r.accuracies) for r in results)
