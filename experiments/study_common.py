@@ -29,7 +29,7 @@ from jaxcnn.cli import as_flags, positive
 from jaxcnn.core import LayerError
 from jaxcnn.storage.checkpoint import CheckpointError
 from jaxcnn.storage.files import atomic_write_text
-from jaxcnn.study import Member, Task, load_first_layers, merge_results, plot, results_lock, run_study
+from jaxcnn.study import Member, Task, finished_results, load_first_layers, plot, results_lock, run_study
 from jaxcnn.study import stats as study_stats
 from jaxcnn.study.record import StudyError, StudyRecord
 from jaxcnn.study.shard import ShardError, resolve
@@ -183,7 +183,7 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:
         if args.plot_only:
-            records = merge_results(out, members)  # also picks up members whose shard died before merging
+            records = finished_results(out, members)  # also picks up members whose shard died before merging
         else:
             shard = resolve(args.shard)
             records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,

@@ -11,9 +11,20 @@ Public import paths:
 """
 
 from jaxcnn.study.record import CSV_FIELDS, REQUIRED, StudyError, StudyRecord, read_results
-from jaxcnn.study.runner import Member, Task, load_first_layers, merge_results, results_lock, run_member, run_study
+from jaxcnn.study.runner import (
+    Member,
+    Task,
+    finished_results,
+    load_first_layers,
+    member_key,
+    merge_results,
+    results_lock,
+    run_folder,
+    run_member,
+    run_study,
+)
 
 __all__ = [
-    "CSV_FIELDS", "REQUIRED", "Member", "StudyError", "StudyRecord", "Task", "load_first_layers", "merge_results",
-    "read_results", "results_lock", "run_member", "run_study",
+    "CSV_FIELDS", "REQUIRED", "Member", "StudyError", "StudyRecord", "Task", "finished_results", "load_first_layers",
+    "member_key", "merge_results", "read_results", "run_folder", "results_lock", "run_member", "run_study",
 ]
