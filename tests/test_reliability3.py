@@ -1,6 +1,8 @@
 """Issue 26 (reliability, third round): one test per defect, each failing on the code before its fix."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,42 @@ def test_d4_members_differing_only_in_options_get_their_own_folders_and_rows(tmp
                                                                       for m in members)
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
     assert [r.label for r in merge_results(out, members)] == ["he", "glorot"]
+
+
+_CACHE_PROBE = r'''
+import json, os, sys
+import jax.numpy as jnp, numpy as np
+from jaxcnn.lowering import compile_options as co
+x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 8)), jnp.float32)
+fn = lambda x: jnp.tanh(x @ x.T).sum(0)
+names = ("xla", "ynn-dot")
+key = co.cache_key(fn, (x,), names)
+path = co._cache_dir() / f"{key}.json"
+path.parent.mkdir(parents=True, exist_ok=True)
+good = {"name": "ynn-dot", "seconds": {"xla": 2e-3, "ynn-dot": 1e-3}, "errors": {"xla": 1e-7, "ynn-dot": 1e-7},
+        "rejected": {}}
+edits = {"ok": {}, "refused_candidate": {"name": "ynn-dot-only"}, "rejected_itself": {"rejected": {"ynn-dot": "x"}},
+         "seconds_str": {"seconds": "abc"}, "seconds_map": {"seconds": {"xla": "fast"}},
+         "rejected_list": {"rejected": [1]},
+         "inaccurate": {"errors": {"xla": 1e-7, "ynn-dot": 1e-3}}}
+for case, edit in edits.items():
+    path.unlink(missing_ok=True)
+    path.write_text(json.dumps({**good, **edit}))
+    hit = co._read_cache(key, names)
+    print(case, None if hit is None else hit.name, flush=True)
+path.unlink()
+os.mkfifo(path)
+print("fifo", co._read_cache(key, names), flush=True)
+'''
+
+
+def test_d4_d3_d2_cache_entries_refused_by_the_guard_damaged_or_fifo_are_measured_again(tmp_path):
+    env = {**_env(), "JAXCNN_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr  # a FIFO used to hang in open()
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert got == {"ok": "ynn-dot", "refused_candidate": "None", "rejected_itself": "None", "seconds_str": "None",
+                   "seconds_map": "None", "rejected_list": "None", "inaccurate": "None", "fifo": "None"}
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ignoring compile-options")]
+    assert len(warnings) == 7 and "measuring again" in warnings[0]
+    assert "'ynn-dot-only' is not one of those tuned here" in warnings[0] and "FIFO" in warnings[-1]
