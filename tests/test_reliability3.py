@@ -99,3 +99,27 @@ def test_d4_d3_d2_cache_entries_refused_by_the_guard_damaged_or_fifo_are_measure
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ignoring compile-options")]
     assert len(warnings) == 7 and "measuring again" in warnings[0]
     assert "'ynn-dot-only' is not one of those tuned here" in warnings[0] and "FIFO" in warnings[-1]
+
+
+def test_d4_16_bit_pngs_are_scaled_to_8_bits_and_oversized_images_refused(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from jaxcnn import data as jd
+    from jaxcnn.data import images
+
+    ramp = (np.arange(64).reshape(8, 8) * 1040).astype(np.uint16)  # 0 .. 65520
+    for c in ("a", "b"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+    Image.fromarray(ramp).save(tmp_path / "img" / "a" / "g16.png")
+    assert Image.open(tmp_path / "img" / "a" / "g16.png").mode == "I;16"
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(tmp_path / "img" / "b" / "g8.png")
+    x = jd.load_folder(tmp_path / "img", size=8, grey=True).x
+    want = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(x[0, :, :, 0], want)  # was: 63 of 64 pixels clipped to 255
+    assert np.array_equal(x[1, :, :, 0], np.arange(64).reshape(8, 8) * 4)  # 8-bit images unchanged
+    rgb = jd.load_folder(tmp_path / "img", size=8).x  # the same scaling before the grey -> RGB conversion
+    assert np.array_equal(rgb[0], np.repeat(want[:, :, None], 3, axis=-1))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 63)  # the limit is checked before any pixel is decoded
+    with pytest.raises(jd.DataError) as e:
+        jd.load_folder(tmp_path / "img", size=8)
+    assert "g16.png is 8x8, more than the 63 pixels jaxcnn decodes (MAX_IMAGE_PIXELS)" in str(e.value)
