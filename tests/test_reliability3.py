@@ -123,3 +123,27 @@ def test_d4_16_bit_pngs_are_scaled_to_8_bits_and_oversized_images_refused(tmp_pa
     with pytest.raises(jd.DataError) as e:
         jd.load_folder(tmp_path / "img", size=8)
     assert "g16.png is 8x8, more than the 63 pixels jaxcnn decodes (MAX_IMAGE_PIXELS)" in str(e.value)
+
+
+def test_d4_from_torch_refuses_non_float_tensors_naming_the_key():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference here; pip install -e '.[torch]'")
+    import jaxcnn as jc
+    from jaxcnn.storage import interop
+
+    model = jc.Sequential([jc.Conv(2, 1, use_bias=False)])
+    ok, _ = interop.from_torch(model, {"0.weight": torch.ones(2, 1, 1, 1, dtype=torch.float64)}, (4, 4, 1))
+    assert [a.dtype for a in ok["00_conv"].values()] == [np.float32]
+    bad = {"int64": torch.ones(2, 1, 1, 1, dtype=torch.int64), "bool": torch.ones(2, 1, 1, 1, dtype=torch.bool),
+           "complex64": torch.ones(2, 1, 1, 1, dtype=torch.complex64),
+           "<U1": np.array(list("ab")).reshape(2, 1, 1, 1), "object": np.array([None, 1], object).reshape(2, 1, 1, 1)}
+    for dtype, value in bad.items():
+        with pytest.raises(interop.InteropError) as e:
+            interop.from_torch(model, {"0.weight": value}, (4, 4, 1))
+        msg = str(e.value)
+        assert "torch key '0.weight' holds" in msg and dtype in msg and "floating point" in msg, msg
+    for value in (torch.ones(2, 1, 1, 1, device="meta"), torch.ones(2, 1, 1, 1).to_sparse()):
+        with pytest.raises(interop.InteropError, match="'0.weight' is a (meta|torch.sparse_coo) tensor"):
+            interop.from_torch(model, {"0.weight": value}, (4, 4, 1))
+    for sd in ({"features.0.weight": torch.tensor(1.0)}, {1: torch.zeros(2)}):
+        with pytest.raises(interop.InteropError):
+            interop.load_torchvision("vgg16", sd)
