@@ -17,8 +17,8 @@ from jaxcnn.core import LayerError
 from jaxcnn.lowering.compile_options import CHOICES as COMPILE_CHOICES
 from jaxcnn.lowering.conv import IMPLS
 from jaxcnn.summary import summary
-from jaxcnn.train.distributed import add_arguments as add_distributed_arguments
 from jaxcnn.train.config import OPTIMIZERS, SCHEDULES
+from jaxcnn.train.distributed import add_arguments as add_distributed_arguments
 
 
 class UsageError(Exception):

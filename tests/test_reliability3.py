@@ -147,3 +147,27 @@ def test_d4_from_torch_refuses_non_float_tensors_naming_the_key():
     for sd in ({"features.0.weight": torch.tensor(1.0)}, {1: torch.zeros(2)}):
         with pytest.raises(interop.InteropError):
             interop.load_torchvision("vgg16", sd)
+
+
+def test_d4_resume_with_another_epoch_count_under_cosine_is_refused(tmp_path, capsys):
+    from train_helpers import tiny_data, tiny_model
+
+    from jaxcnn.cli import as_flags
+    from jaxcnn.storage.checkpoint import CheckpointError
+    from jaxcnn.train import TrainConfig, fit
+
+    data, out = tiny_data(n=64), tmp_path / "run"
+    cfg = TrainConfig(epochs=1, batch=16, mode="step", compile_options="xla")
+    first = fit(tiny_model(), data, cfg, out_dir=out, quiet=True)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(CheckpointError) as e:  # used to continue silently with another cosine schedule
+        fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "epochs": 2}), out_dir=out, resume=True, quiet=True)
+    msg = as_flags(str(e.value))
+    assert "\n" not in msg and "ckpt-000001.json" in msg and "--epochs 1 under the cosine schedule" in msg
+    assert "resume with --epochs 1, or train --epochs 2 from scratch in another output folder" in msg
+    assert "only constant and step schedules can be extended" in msg
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written
+    again = fit(tiny_model(), data, cfg, out_dir=out, resume=True, quiet=True)  # the same count still resumes
+    assert again.test_accuracy == first.test_accuracy
+    assert TrainConfig(schedule="constant", epochs=3).resume_problem(2) is None
+    assert TrainConfig(schedule="step", step_epochs=(1,), epochs=3).resume_problem(2) is None

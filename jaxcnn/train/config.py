@@ -48,6 +48,15 @@ class TrainConfig:
     # fastest that is as accurate as XLA's default (cached per machine; jaxcnn.lowering.compile_options), or a name
     compile_options: str = "auto"
 
+    def resume_problem(self, trained_epochs: object) -> str | None:
+        """Why a checkpoint of a run with ``trained_epochs`` epochs cannot continue under this config, or None."""
+        if not isinstance(trained_epochs, int) or trained_epochs == self.epochs or self.schedule != "cosine":
+            return None  # constant and step schedules give every epoch the same rate whatever the epoch count
+        return (f"was written by a run of `epochs={trained_epochs}` under the cosine schedule, whose learning rate "
+                f"at every step depends on the epoch count, so `epochs={self.epochs}` would continue another "
+                f"schedule; resume with `epochs={trained_epochs}`, or train `epochs={self.epochs}` from scratch in "
+                "another output folder (only constant and step schedules can be extended)")
+
     def check(self) -> TrainConfig:
         """Return self or raise ValueError naming the bad option."""
         checks = [
