@@ -171,3 +171,77 @@ def test_d4_resume_with_another_epoch_count_under_cosine_is_refused(tmp_path, ca
     assert again.test_accuracy == first.test_accuracy
     assert TrainConfig(schedule="constant", epochs=3).resume_problem(2) is None
     assert TrainConfig(schedule="step", step_epochs=(1,), epochs=3).resume_problem(2) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defects 2, 3 and 5 in a study folder: special files, damaged files, a missing folder
+
+
+_FIFO_READERS = r'''
+import os, sys
+from pathlib import Path
+from jaxcnn.study import StudyError, merge_results
+from jaxcnn.study.record import read_record
+root = Path(sys.argv[1])
+for name in ("record", "results"):
+    out = root / name
+    (out / "runs" / "a").mkdir(parents=True)
+    os.mkfifo(out / "runs" / "a" / "record.json" if name == "record" else out / "results.jsonl")
+    try:
+        merge_results(out)
+    except StudyError as e:
+        print(name, e, flush=True)
+'''
+
+
+def test_d2_a_fifo_as_record_or_results_file_is_refused_not_waited_on(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _FIFO_READERS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env=_env())  # both used to block in open() forever
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all("is a FIFO (named pipe); only regular files are read" in s for s in lines)
+    assert lines[0].startswith("record ") and "record.json" in lines[0] and "delete it to retrain" in lines[0]
+    assert lines[1].startswith("results ") and "results.jsonl" in lines[1]
+
+
+def _width_study(capsys, *argv) -> tuple[int, str]:
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import width_study
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    try:
+        rc = width_study.main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return rc, lines[0]
+
+
+def test_d3_d5_damaged_study_folders_are_one_line_errors_and_nothing_is_created(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the studies plot with matplotlib: pip install -e '.[experiments]'")
+    from jaxcnn.study.record import write_record
+
+    missing = tmp_path / "missing"
+    rc, err = _width_study(capsys, "--plot-only", "--out", missing)
+    assert rc == 2 and f"study folder --out {missing} does not exist; run the study first" in err
+    assert not missing.exists()  # used to be created, with a lock file and a header-only table
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for args in (["--plot-only"], ["--quick", "--data", "digits", "--only", "allconv6_1_bn"]):
+        rc, err = _width_study(capsys, *args, "--out", afile)  # used to be a FileExistsError traceback
+        assert rc == 2 and "exists but is not a folder" in err and str(afile) in err
+    assert afile.read_text() == "mine"
+    out = tmp_path / "study"
+    (out / "results.jsonl").mkdir(parents=True)
+    rc, err = _width_study(capsys, "--plot-only", "--out", out)  # used to be an IsADirectoryError traceback
+    assert rc == 2 and "results.jsonl is a folder" in err
+    (out / "results.jsonl").rmdir()
+    record = out / "runs" / "allconv6_1_bn" / "record.json"
+    write_record(record, _record("allconv6_1_bn"))
+    record.write_text(record.read_text().replace('"options": {}', '"options": null'))
+    rc, err = _width_study(capsys, "--plot-only", "--out", out)  # used to be an AttributeError traceback
+    assert rc == 2 and str(record) in err and "field 'options' of a study record cannot be None" in err
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]  # nothing written beside the damaged record

@@ -304,7 +304,7 @@ def finished_results(out: str | Path, members: Sequence[Member] = ()) -> list[St
     out = _study_folder(Path(out), create=False)
     records = merge_results(out, members)
     if not records:
-        raise StudyError(f"{out} holds no finished member (no results.jsonl, no runs/*/record.json); "
+        raise StudyError(f"{out} holds no results to plot (no results.jsonl line, no runs/*/record.json); "
                          "run the study first")
     return records
 
