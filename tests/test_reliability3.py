@@ -1,5 +1,6 @@
 """Issue 26 (reliability, third round): one test per defect, each failing on the code before its fix."""
 
+import json
 import os
 import subprocess
 import sys
@@ -245,3 +246,40 @@ def test_d3_d5_damaged_study_folders_are_one_line_errors_and_nothing_is_created(
     rc, err = _width_study(capsys, "--plot-only", "--out", out)  # used to be an AttributeError traceback
     assert rc == 2 and str(record) in err and "field 'options' of a study record cannot be None" in err
     assert sorted(p.name for p in out.iterdir()) == ["runs"]  # nothing written beside the damaged record
+
+
+def _safetensors(header: dict | bytes, data: bytes = b"") -> bytes:
+    import struct
+
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def test_d3_hostile_safetensors_dtypes_and_shapes_are_safetensors_errors_also_in_a_checkpoint(tmp_path):
+    import hashlib
+
+    from jaxcnn.storage import checkpoint, safetensors
+
+    f32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    cases = {"dtype list": _safetensors({"a": {**f32, "dtype": ["F32"]}}, bytes(8)),
+             "dtype dict": _safetensors({"a": {**f32, "dtype": {"x": 1}}}, bytes(8)),
+             "5000-digit size": _safetensors(b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000
+                                             + b'], "data_offsets": [0, 0]}}'),
+             "empty but 2**63 wide": _safetensors({"a": {**f32, "shape": [0, 2**63], "data_offsets": [0, 0]}})}
+    for case, data in cases.items():  # were TypeError (unhashable) and plain ValueErrors
+        with pytest.raises(safetensors.SafetensorsError) as e:
+            safetensors.loads(data, "X.safetensors")
+        assert str(e.value).startswith("X.safetensors is not a valid safetensors file"), case
+    # the same dtype in a checkpoint whose sha256 was fixed to match: a CheckpointError naming the file
+    tree = {"w": np.zeros(2, np.float32)}
+    checkpoint.save(tmp_path, "ckpt-000001", tree, {"epoch": 0}, format="safetensors")
+    forged = cases["dtype list"]
+    (tmp_path / "ckpt-000001.safetensors").write_bytes(forged)
+    meta = json.loads((tmp_path / "ckpt-000001.json").read_text())
+    meta["sha256"] = hashlib.sha256(forged).hexdigest()
+    (tmp_path / "ckpt-000001.json").write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match=r"ckpt-000001\.safetensors.*dtype \"\['F32'\]\""):
+        checkpoint.load(tmp_path / "ckpt-000001.json", tree)
+    (tmp_path / "ckpt-000001.json").write_text('{"epoch": ' + "9" * 5000 + "}")
+    with pytest.raises(checkpoint.CheckpointError, match="ckpt-000001.json is corrupt"):
+        checkpoint.read_meta(tmp_path / "ckpt-000001.json")
