@@ -283,3 +283,29 @@ def test_d3_hostile_safetensors_dtypes_and_shapes_are_safetensors_errors_also_in
     (tmp_path / "ckpt-000001.json").write_text('{"epoch": ' + "9" * 5000 + "}")
     with pytest.raises(checkpoint.CheckpointError, match="ckpt-000001.json is corrupt"):
         checkpoint.read_meta(tmp_path / "ckpt-000001.json")
+
+
+def test_d5_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import tempfile
+
+    from jaxcnn.storage import files, safetensors
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to fill a disk")
+    real = tempfile.mkstemp
+
+    def full_disk(**kw):  # the temporary file is created as usual, but its descriptor writes to a full device
+        fd, tmp = real(**kw)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), tmp
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk)
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    with pytest.raises(OSError) as e:
+        files.atomic_write_text(target, "x" * 10_000)
+    assert "No space left on device" in str(e.value) and str(target) in str(e.value)  # used to name no file
+    with pytest.raises(OSError) as e:
+        safetensors.save(tmp_path / "w.safetensors", {"a": np.zeros(4096, np.float32)})
+    assert "No space left on device" in str(e.value) and "w.safetensors" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"] and target.read_text() == "old"

@@ -23,6 +23,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from jaxcnn.storage import files
 from jaxcnn.storage.files import FileProblem, read_regular
 
 __all__ = ["DTYPES", "SafetensorsError", "dumps", "load", "loads", "save"]
@@ -185,6 +186,9 @@ def save(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, st
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # as files.atomic_write_bytes: results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise files.naming(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
