@@ -309,3 +309,38 @@ def test_d5_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, monkeyp
         safetensors.save(tmp_path / "w.safetensors", {"a": np.zeros(4096, np.float32)})
     assert "No space left on device" in str(e.value) and "w.safetensors" in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"] and target.read_text() == "old"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 5: rough edges of the API
+
+
+def test_d5_api_arguments_of_the_wrong_type_are_one_line_value_errors_naming_them():
+    import jax.numpy as jnp
+
+    import jaxcnn as jc
+    from jaxcnn import models
+    from jaxcnn.train import TrainConfig, step
+
+    for field, value in (("lr", "0.1"), ("weight_decay", None), ("momentum", "0.9"), ("warmup_epochs", None),
+                         ("crop_pad", 1.5), ("eval_batch", "500"), ("label_smoothing", "0")):
+        with pytest.raises(ValueError, match=f"TrainConfig: {field} must be") as e:  # were raw TypeErrors
+            TrainConfig(**{field: value}).check()
+        assert "\n" not in str(e.value)
+    TrainConfig(lr=1, weight_decay=0, momentum=0.0).check()  # ints are numbers
+    m = models.get("allconv6_1", num_classes=2)
+    for bad in ("2", 1e308, float("inf"), 0, True):  # "2" was accepted, 1e308 an OverflowError
+        with pytest.raises(ValueError, match="width must be a positive number up to 1024"):
+            jc.scale_width(m, bad)
+    assert jc.scale_width(m, 2) == models.get("allconv6_1", num_classes=2, width=2.0)
+    assert models.get("mobilenet_v1/0.5") == models.get("mobilenet_v1", width=0.5)  # the suffix is text
+    for option, needle in (({"bn": "yes"}, "allconv6's option bn must be true or false (bool), got str 'yes'"),
+                           ({"dropout": "0.5"}, "option dropout must be a number (float)"),
+                           ({"width": "0.5"}, "width must be a positive number")):
+        with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            models.get("allconv6", **option)
+    assert models.get("allconv6", bn=True, dropout=0) == models.get("allconv6", bn=True, dropout=0.0)
+    for value in ("abc", {"a": 1}, 1j):  # a str or dict was a raw JAX TypeError; complex was accepted
+        with pytest.raises(TypeError, match="metric 'm' must return a real scalar"):
+            step._scalar(value, "metric 'm'")
+    assert step._scalar(jnp.float32(2), "metric 'm'") == 2
