@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from jaxcnn import models
+from jaxcnn.storage import files
 from jaxcnn.storage.files import atomic_write_text
 from jaxcnn.study.record import read_results
 from jaxcnn.summary import summary
@@ -43,13 +44,18 @@ def model_table() -> str:
     return "\n".join(rows)
 
 
+def _text(path: Path) -> str:
+    """A committed result file's text, through the package's regular-file policy (a FIFO is refused, not waited on)."""
+    return files.read_regular(path, "results file").decode("utf-8")
+
+
 def width_study() -> str | None:
     path = RESULTS / "width_study" / "table.md"
     if not path.exists():
         return None
     records = read_results(RESULTS / "width_study" / "results.jsonl")
     wall = sum(r.wall_seconds or 0.0 for r in records)
-    return (path.read_text().strip() + f"\n\nSum of per-model wall times: {wall / 60:.1f} min "
+    return (_text(path).strip() + f"\n\nSum of per-model wall times: {wall / 60:.1f} min "
             f"({records[0].device}, jax {records[0].jax}).")
 
 
@@ -60,7 +66,7 @@ def mnist_training() -> str | None:
     rows = ["| model | options | epochs | seeds | test accuracy % (mean +- std) | per seed | train s |",
             "|---|---|---:|---:|---:|---|---:|"]
     for path in found:
-        r = json.loads(path.read_text())
+        r = json.loads(_text(path))
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
         seeds = " ".join(f"{100 * a:.1f}" for a in r["test_accuracy"])
         rows.append(f"| `{r['model']}` | {opts} | {r['config']['epochs']} | {len(r['seeds'])} "
@@ -72,7 +78,7 @@ def train_speed() -> str | None:
     path = RESULTS / "train_speed.json"
     if not path.exists():
         return None
-    r = json.loads(path.read_text())
+    r = json.loads(_text(path))
     m = r["median"]
     return "\n".join([
         "| path | images/s (median) | ratio to raw JAX |",
@@ -91,7 +97,7 @@ def train_speed() -> str | None:
 
 def text_file(rel: str) -> str | None:
     path = RESULTS / rel
-    return path.read_text().strip() if path.exists() else None
+    return _text(path).strip() if path.exists() else None
 
 
 SECTIONS = {
@@ -124,7 +130,7 @@ def main() -> int:
     if target is None:
         print(model_table())
         return 0
-    doc = target.read_text()
+    doc = _text(target)
     new = doc
     for name, make in SECTIONS.items():
         body = make()

@@ -28,7 +28,7 @@ from jaxcnn import data as jdata
 from jaxcnn.cli import as_flags, positive
 from jaxcnn.core import LayerError
 from jaxcnn.storage.checkpoint import CheckpointError
-from jaxcnn.study import Member, Task, merge_results, run_study
+from jaxcnn.study import Member, Task, finished_results, run_study
 from jaxcnn.study.record import StudyError
 from jaxcnn.study.report import Pairs, write_report
 from jaxcnn.study.shard import ShardError, resolve
@@ -127,7 +127,7 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:
         if args.plot_only:
-            records = merge_results(out, members)  # also picks up members whose shard died before merging
+            records = finished_results(out, members)  # also picks up members whose shard died before merging
         else:
             shard = resolve(args.shard)
             records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,

@@ -60,14 +60,20 @@ def round_channels(c: int, m: float, *, divisor: int | None = None, groups: int 
     return max(step, math.floor(v / step + 0.5) * step)
 
 
-def check_width(m: object, where: str = "width") -> float:
-    """Return ``m`` as a float or raise ValueError naming ``where``."""
+MAX_WIDTH = 1024.0  # far beyond any real multiplier; keeps c * m an exact, finite channel count
+
+
+def check_width(m: object, where: str = "width", *, text: bool = False) -> float:
+    """Return ``m`` as a float in (0, MAX_WIDTH] or raise ValueError naming ``where``; text only if ``text``."""
+    bad = ValueError(f"{where} must be a positive number up to {MAX_WIDTH:g}, got {type(m).__name__} {str(m)[:40]!r}")
+    if isinstance(m, (str, bytes)) and not text or isinstance(m, bool) or type(m).__name__ == "bool_":
+        raise bad
     try:
         value = float(m)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a positive number, got {m!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where} must be a positive number, got {m!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise bad from None
+    if not math.isfinite(value) or not 0 < value <= MAX_WIDTH:
+        raise bad
     return value
 
 

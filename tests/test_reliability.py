@@ -204,18 +204,21 @@ def test_item3_edited_checkpoint_json_is_a_one_line_error(tmp_path, text, needle
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A finished 2-epoch CLI run (synthetic 64 images at 8x8), copied by the tests that change it."""
+    """A finished 2-epoch CLI run (synthetic 64 images at 8x8), copied by the tests that change it.
+
+    Its schedule is constant, so the tests may extend it with more epochs (a cosine run may not: issue 26).
+    """
     from jaxcnn.cli import main
 
     out = tmp_path_factory.mktemp("run") / "out"
     assert main(["train", "allconv6_1_bn", "--data", "synthetic:64", "--input-size", "8", "--epochs", "2",
-                 "--batch", "16", "--out", str(out), "--quiet"]) == 0
+                 "--batch", "16", "--schedule", "constant", "--out", str(out), "--quiet"]) == 0
     return out
 
 
 def _train_args(out, *extra):
     return ["train", "allconv6_1_bn", "--data", "synthetic:64", "--input-size", "8", "--batch", "16",
-            "--out", out, "--quiet", *extra]
+            "--schedule", "constant", "--out", out, "--quiet", *extra]
 
 
 @pytest.mark.slow

@@ -173,7 +173,7 @@ def _plan(args: argparse.Namespace, doc: dict[str, Any], base: Any) -> Plan:
 def cmd_study(args: argparse.Namespace) -> int:
     """Check every member, train those not finished, then write the table, comparisons and figures."""
     from jaxcnn import data as jdata
-    from jaxcnn.study import merge_results, run_study
+    from jaxcnn.study import finished_results, run_study
     from jaxcnn.study.report import write_report
     from jaxcnn.train import TrainConfig, TrainingError
     from jaxcnn.train.prepare import augmentation, prepare
@@ -203,9 +203,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             members = [m for m in members if m.variant in wanted]
         out = Path(args.out)
         if args.plot_only:
-            if not out.is_dir():
-                raise UsageError(f"--plot-only: {out} is not a study folder; run the study first")
-            records = merge_results(out, members or ())
+            records = finished_results(out, members or ())  # a missing or empty folder is an error, made nowhere
         else:
             prepared = prepare(spec, size=size, test_fraction=test_fraction)
             task = _task(prepared, spec, size, test_fraction, prepare)

@@ -19,9 +19,26 @@ from jaxcnn.data.dataset import (
 )
 from jaxcnn.storage.files import FileProblem, check_memory, open_regular
 
+# The largest image decoded (width x height): 8192 x 8192. A larger one is refused before its pixels are decoded
+# (a 12000 x 12000 PNG would take about 1 GB while being decoded, only to be resized to 32 x 32).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def _eight_bit(im, where: str, path: Path):
+    """A 16-bit (or 32-bit integer) grey image as 8-bit 'L', each value v scaled to round(v * 255 / 65535)."""
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DataError(f"{where}: image {path} holds integer pixels outside 0..65535 (mode {im.mode}); "
+                        "save it as 8- or 16-bit")
+    return Image.fromarray(((a + 128) // 257).astype(np.uint8), "L")  # v / 257 = v * 255 / 65535; no ties
+
 
 def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[str]) -> np.ndarray:
     """Decode, orient, convert (RGB or L) and bilinearly resize each image; ``where[i]`` names it in errors."""
+    import warnings
+
     from PIL import Image, ImageOps  # deferred: only image sources need Pillow
 
     channels = 1 if grey else 3
@@ -34,12 +51,24 @@ def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[s
         except FileProblem as e:
             raise DataError(f"{where[i]}: {e}") from None
         try:
-            with f, Image.open(f) as im:
+            with f, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
+                im = Image.open(f)
+                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{where[i]}: image {p} is {im.size[0]}x{im.size[1]}, more than the "
+                                    f"{MAX_IMAGE_PIXELS:,} pixels jaxcnn decodes (MAX_IMAGE_PIXELS); shrink it first")
                 im = ImageOps.exif_transpose(im)  # cameras store rotation as a tag; apply it so pixels are upright
+                if im.mode.startswith("I"):  # 16-bit grey PNGs: convert("L") would clip every value above 255
+                    im = _eight_bit(im, where[i], p)
                 im = im.convert("L" if grey else "RGB")
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 x[i] = np.asarray(im).reshape(size, size, channels)
+        except DataError:
+            raise
+        except Image.DecompressionBombError:
+            raise DataError(f"{where[i]}: image {p} has more than the {MAX_IMAGE_PIXELS:,} pixels jaxcnn decodes "
+                            "(MAX_IMAGE_PIXELS); shrink it first") from None
         except Exception as e:  # Pillow raises many types for undecodable files
             raise DataError(f"{where[i]}: cannot decode image {p} ({type(e).__name__}: {e}); "
                             f"remove or replace it") from None

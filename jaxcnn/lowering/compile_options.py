@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -171,16 +173,47 @@ def cache_key(fn: Callable[..., Any], args: tuple, names: tuple[str, ...], label
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def _read_cache(key: str) -> Choice | None:
+def _cache_problem(rec: Any, names: tuple[str, ...], factor: float) -> str | None:
+    """Why a decoded cache entry cannot be used for a program tuned over ``names``, or None if it can."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    name = rec.get("name")
+    if name not in names:
+        return f"its candidate {str(name)[:40]!r} is not one of those tuned here ({', '.join(names)})"
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+    for f, ok, what in (("seconds", number, "seconds"), ("errors", number, "errors"),
+                        ("rejected", lambda x: isinstance(x, str), "reasons")):
+        v = rec.get(f, {})
+        if not isinstance(v, dict) or not all(isinstance(k, str) and ok(x) for k, x in v.items()):
+            return f"field {f!r} is not a map of candidate names to {what}"
+    if name in rec.get("rejected", {}):
+        return f"it names {name}, which its own measurement refused"
+    errors = rec.get("errors", {})
+    if name != names[0] and (name not in errors or names[0] not in errors
+                             or accuracy_verdict([errors[name]], [errors[names[0]]], factor) is not None):
+        return f"its recorded errors do not show that {name} passed the accuracy check"
+    return None
+
+
+def _read_cache(key: str, names: tuple[str, ...] = ("xla",), factor: float = TOLERANCE_FACTOR) -> Choice | None:
+    """The cached choice for ``key``, or None: a missing entry is measured; a damaged one too, with a warning."""
+    from jaxcnn.storage import files
+
     path = _cache_dir() / f"{key}.json"
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
-        rec = json.loads(path.read_text())
-        if not isinstance(rec, dict) or rec.get("name") not in CANDIDATES:
-            return None
-        fields = {k: rec[k] for k in ("name", "seconds", "errors", "rejected") if k in rec}
-        return Choice(options=options(rec["name"]), cached=True, key=key, **fields)
-    except (OSError, ValueError, TypeError):
-        return None  # a missing or damaged cache entry only costs a new measurement
+        rec = json.loads(files.read_regular(path, "compile-options cache entry"))
+        why = _cache_problem(rec, names, factor)
+    except (OSError, ValueError, RecursionError) as e:  # FileProblem is a ValueError
+        why = str(e)[:200]
+    if why is not None:  # a damaged or edited entry only costs a new measurement, which replaces it
+        print(f"warning: ignoring compile-options cache entry {path} ({why}); measuring again", file=sys.stderr)
+        return None
+    fields = {k: rec[k] for k in ("name", "seconds", "errors", "rejected") if k in rec}
+    return Choice(options=options(rec["name"]), cached=True, key=key, **fields)
 
 
 def _write_cache(choice: Choice) -> None:
@@ -212,7 +245,7 @@ def tune(
     """
     names = names or candidates_for()
     key = cache_key(fn, args, names, label) if use_cache else ""
-    if use_cache and (hit := _read_cache(key)) is not None:
+    if use_cache and (hit := _read_cache(key, names, factor)) is not None:
         return hit
     want = _float64_reference(fn, args)
     compiled, errors, rejected = {}, {}, {}

@@ -82,7 +82,7 @@ def parse_name(name: str) -> tuple[str, float | None]:
         close = difflib.get_close_matches(base, REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {base!r}.{hint} Run 'jaxcnn models' for the list")
-    width = check_width(suffix, f"width suffix of {name!r}") if suffix else None
+    width = check_width(suffix, f"width suffix of {name!r}", text=True) if suffix else None
     return base, width
 
 
@@ -105,11 +105,52 @@ def get(name: str, *, num_classes: int | None = None, width: float | None = None
         k = None
     if k is None or isinstance(num_classes, (bool, np.bool_)) or k < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    accepted = builder_options(base)
-    unknown = sorted(set(options) - set(accepted))
+    params = builder_parameters(base)
+    unknown = sorted(set(options) - set(params))
     if unknown:
-        raise ValueError(f"{base} has no option {', '.join(unknown)}; its options are {', '.join(accepted)}")
+        raise ValueError(f"{base} has no option {', '.join(unknown)}; its options are {', '.join(params)}")
+    for key, value in options.items():  # the API gets no parsing: bn="yes" must not build a BatchNorm model
+        kind = _kind(params[key])
+        if not _fits(value, kind):
+            raise ValueError(f"{base}'s option {key} must be {_want(kind, params[key])} ({kind}), "
+                             f"got {type(value).__name__} {str(value)[:40]!r}")
     return e.build(num_classes=k, width=w, **options)
+
+
+def _kind(p: inspect.Parameter) -> str:
+    return p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+
+
+def _want(kind: str, p: inspect.Parameter) -> str:
+    return " or ".join(_EXAMPLES.get(k.strip(), "a tuple like " + repr(p.default)[:40]) for k in kind.split("|"))
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(i) for i in v) if isinstance(v, (list, tuple)) else v
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a Python value is one of the annotation ``kind``'s types (kinds it does not know: yes)."""
+    for k in (k.strip() for k in kind.split("|")):
+        if k == "None" and value is None:
+            return True
+        if k == "bool" and isinstance(value, (bool, np.bool_)):
+            return True
+        if k in ("int", "float") and not isinstance(value, (bool, np.bool_)):
+            try:
+                operator.index(value)
+                return True
+            except TypeError:
+                pass
+        if k == "float" and isinstance(value, (float, np.floating)) and math.isfinite(value):
+            return True
+        if k == "str" and isinstance(value, str):
+            return True
+        if k.startswith("tuple[") and _is_int_tuples(_tuples(value), k.count("tuple[")):
+            return True
+        if k not in ("None", "bool", "int", "float", "str") and not k.startswith("tuple["):
+            return True
+    return False
 
 
 # builders that pass **kw on: (the function receiving it, the arguments the builder sets itself)
@@ -203,14 +244,12 @@ def parse_option(name: str, key: str, text: str) -> Any:
     base = parse_name(name)[0]
     if key not in params:
         raise ValueError(f"{base} has no option {key}; its options are {', '.join(params)}")
-    kind = params[key].annotation if isinstance(params[key].annotation, str) else getattr(
-        params[key].annotation, "__name__", str(params[key].annotation))
+    kind = _kind(params[key])
     try:
         return _parse_typed(text, kind)
     except ValueError:
-        want = " or ".join(_EXAMPLES.get(k.strip(), "a tuple like " + repr(params[key].default)[:40])
-                           for k in kind.split("|"))
-        raise ValueError(f"--option {key}={text[:40]}: {base}'s {key} must be {want} ({kind})") from None
+        raise ValueError(f"--option {key}={text[:40]}: {base}'s {key} must be {_want(kind, params[key])} "
+                         f"({kind})") from None
 
 
 def names() -> list[str]:

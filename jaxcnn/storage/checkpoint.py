@@ -99,7 +99,7 @@ def read_meta(json_path: str | Path) -> dict[str, Any]:
     raw = _read(json_path, "checkpoint metadata")
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, or a 5000-digit number
         raise CheckpointError(
             f"checkpoint metadata {json_path} is corrupt ({type(e).__name__}: {str(e)[:80]}); "
             "delete it or restore a copy"

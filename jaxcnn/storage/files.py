@@ -25,8 +25,7 @@ from typing import Any
 
 __all__ = [
     "FileProblem", "atomic_write_bytes", "atomic_write_text", "available_memory", "check_memory", "code_version",
-    "differing", "json_form", "open_regular",
-    "read_regular", "versions",
+    "differing", "json_form", "naming", "open_regular", "read_regular", "versions",
 ]
 
 
@@ -101,8 +100,11 @@ def check_memory(nbytes: int, what: str, hint: str = "") -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise naming(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -110,9 +112,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise naming(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def naming(e: OSError, path: str | os.PathLike) -> OSError:
+    """``e`` (e.g. "No space left on device", which names no file) as the same error naming ``path``."""
+    if e.filename is not None and str(path) in str(e.filename):
+        return e
+    try:
+        return type(e)(e.errno, f"{e.strerror or e} (what was there before is kept)", str(path))
+    except TypeError:  # an OSError subclass with another constructor
+        return OSError(e.errno, f"{e.strerror or e} (what was there before is kept)", str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -189,15 +189,28 @@ def _put(tree: dict, keys: tuple[str, ...], value: Any) -> None:
 
 
 def _numpy(name: str, t: Any) -> np.ndarray:
-    if hasattr(t, "detach"):  # a torch tensor: bfloat16 has no NumPy view, so go through float32
-        t = t.detach().cpu()
-        if t.is_floating_point() and str(t.dtype) not in ("torch.float32", "torch.float64", "torch.float16"):
-            t = t.float()
-        return t.numpy()
     try:
+        if hasattr(t, "detach"):  # a torch tensor: bfloat16 has no NumPy view, so go through float32
+            layout = str(getattr(t, "layout", "torch.strided"))
+            if getattr(t, "is_meta", False) or layout != "torch.strided":
+                raise InteropError(f"state_dict entry {name!r} is a {'meta' if t.is_meta else layout} tensor "
+                                   "with no values; load real (dense) weights")
+            t = t.detach().cpu()
+            if t.is_floating_point() and str(t.dtype) not in ("torch.float32", "torch.float64", "torch.float16"):
+                t = t.float()
+            return t.numpy()
         return np.asarray(t)
-    except (TypeError, ValueError) as e:
-        raise InteropError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor ({e})") from None
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise InteropError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor of numbers "
+                           f"({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _floating(name: str, a: np.ndarray) -> np.ndarray:
+    """``a`` if its values are real floating point; else InteropError naming the key and its dtype."""
+    if not np.issubdtype(a.dtype, np.floating):
+        raise InteropError(f"torch key {name!r} holds {a.dtype} values, but every jaxcnn parameter and statistic is "
+                           "floating point; convert that entry with .float() or check the state_dict")
+    return a
 
 
 def _modules(state_dict: Mapping[str, Any]) -> list[tuple[str, dict[str, str]]]:
@@ -240,14 +253,14 @@ def from_torch(model: Layer, state_dict: Mapping[str, Any], in_shape: Shape = (2
         layer_params, layer_state = {}, {}
         shapes = {**node.layer.param_shapes(node.in_shape), **node.layer.state_shapes(node.in_shape)}
         for tname, (tree, jname) in wanted.items():
-            a = _numpy(keys[tname], state_dict[keys[tname]])
+            a = _floating(keys[tname], _numpy(keys[tname], state_dict[keys[tname]]))
             need = _torch_shape(node.layer, tname, shapes[jname], flat)
             if tuple(a.shape) != tuple(need):
                 raise InteropError(f"torch key {keys[tname]!r} has shape {tuple(a.shape)}, but {where} needs "
                                    f"{tuple(need)} in torch layout (jaxcnn {jname} {tuple(shapes[jname])})")
             view, shape = _to_jax(node.layer, tname, a, flat)
             # one copy (a strided one): the source may be a read-only view of a whole file's bytes (safetensors)
-            a = _copy(view, np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype, -1).reshape(shape)
+            a = _copy(view, np.float32, -1).reshape(shape)
             (layer_params if tree == "params" else layer_state)[jname] = a
         if node.key_path:  # containers keep exactly their array-owning children, so these trees are init's
             _put(params, node.key_path, layer_params)
@@ -360,10 +373,14 @@ def load_torchvision(arch: str, weights: str | Path | Mapping[str, Any], *, in_s
         raise InteropError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     sd = read_state_dict(weights) if isinstance(weights, (str, Path)) else weights
     if num_classes is None:
-        last = [k for k in sd if k.endswith(".weight")]
+        last = [k for k in sd if isinstance(k, str) and k.endswith(".weight")]
         if not last:
             raise InteropError(f"the {arch} weights have no '.weight' entries")
-        num_classes = int(np.shape(_numpy(last[-1], sd[last[-1]]))[0])
+        shape = np.shape(_numpy(last[-1], sd[last[-1]]))
+        if len(shape) < 1 or shape[0] < 1:
+            raise InteropError(f"the classifier weight {last[-1]!r} has shape {tuple(shape)}, not (classes, "
+                               f"features); are these {arch} weights?")
+        num_classes = int(shape[0])
     model = models.get(arch, num_classes=num_classes)
     params, state = from_torch(model, sd, in_shape)
     return model, params, state

@@ -23,6 +23,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from jaxcnn.storage import files
 from jaxcnn.storage.files import FileProblem, read_regular
 
 __all__ = ["DTYPES", "SafetensorsError", "dumps", "load", "loads", "save"]
@@ -115,7 +116,7 @@ def _loads(data: memoryview, what: str) -> tuple[dict[str, np.ndarray], dict[str
                                + (f" (or the {MAX_HEADER}-byte limit)" if n > MAX_HEADER else ""))
     try:
         header = json.loads(bytes(data[8:8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, or a 5000-digit number
         raise SafetensorsError(f"its header is not JSON ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"its header is a JSON {type(header).__name__}, not an object")
@@ -128,10 +129,12 @@ def _loads(data: memoryview, what: str) -> tuple[dict[str, np.ndarray], dict[str
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise SafetensorsError(f"entry {name[:80]!r} is not {{dtype, shape, data_offsets}}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise SafetensorsError(f"entry {name[:80]!r} has dtype {str(dtype)[:20]!r}; readable: {', '.join(DTYPES)}")
         if not isinstance(shape, list) or len(shape) > 64 or not all(_int(d) for d in shape):
             raise SafetensorsError(f"entry {name[:80]!r} has shape {str(shape)[:60]}, not a list of sizes >= 0")
+        if math.prod(max(d, 1) for d in shape) >= 2**63:  # NumPy indexes with int64, even an empty array
+            raise SafetensorsError(f"entry {name[:80]!r} has shape {str(shape)[:60]}, beyond 2**63 elements")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_int(o) for o in offsets)
                 and offsets[0] <= offsets[1] <= len(body)):
             raise SafetensorsError(f"entry {name[:80]!r} has data_offsets {str(offsets)[:60]}, not a range within "
@@ -183,6 +186,9 @@ def save(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, st
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # as files.atomic_write_bytes: results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise files.naming(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

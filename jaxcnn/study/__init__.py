@@ -21,12 +21,22 @@ _WHERE = {
     "CSV_FIELDS": "record", "REQUIRED": "record", "StudyError": "record", "StudyRecord": "record",
     "read_results": "record", "Member": "member", "Task": "member", "load_first_layers": "runner",
     "merge_results": "runner", "results_lock": "runner", "run_member": "runner", "run_study": "runner",
+    "finished_results": "runner", "member_key": "runner", "run_folder": "runner",
 }
 
 if TYPE_CHECKING:
     from jaxcnn.study.member import Member, Task
     from jaxcnn.study.record import CSV_FIELDS, REQUIRED, StudyError, StudyRecord, read_results
-    from jaxcnn.study.runner import load_first_layers, merge_results, results_lock, run_member, run_study
+    from jaxcnn.study.runner import (
+        finished_results,
+        load_first_layers,
+        member_key,
+        merge_results,
+        results_lock,
+        run_folder,
+        run_member,
+        run_study,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -37,6 +47,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CSV_FIELDS", "REQUIRED", "Member", "StudyError", "StudyRecord", "Task", "load_first_layers", "merge_results",
-    "read_results", "results_lock", "run_member", "run_study",
+    "CSV_FIELDS", "REQUIRED", "Member", "StudyError", "StudyRecord", "Task", "finished_results", "load_first_layers",
+    "member_key", "merge_results", "read_results", "run_folder", "results_lock", "run_member", "run_study",
 ]

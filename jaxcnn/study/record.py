@@ -97,8 +97,8 @@ class StudyRecord:
         missing = [k for k in REQUIRED if k not in value]
         if missing:
             raise StudyError(f"{where}: not a study record (missing {', '.join(missing)})")
-        for name, ok in _CHECKS.items():
-            if name in value and (name in REQUIRED or value[name] is not None) and not ok(value[name]):
+        for name, ok in _CHECKS.items():  # null stands for "not recorded" only where the default is None
+            if name in value and (name not in _NULLABLE or value[name] is not None) and not ok(value[name]):
                 raise StudyError(f"{where}: field {name!r} of a study record cannot be {str(value[name])[:60]}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in value.items() if k in known},
@@ -119,6 +119,7 @@ class StudyRecord:
 
 REQUIRED = tuple(f.name for f in dataclasses.fields(StudyRecord) if f.default is dataclasses.MISSING
                  and f.default_factory is dataclasses.MISSING)
+_NULLABLE = frozenset(f.name for f in dataclasses.fields(StudyRecord) if f.default is None)
 CSV_FIELDS = (
     "family", "variant", "label", "learnable_params", "state_params", "macs", "input_shape", "dataset",
     "accuracies", "mean_accuracy", "std_accuracy", "train_seconds", "compile_seconds", "epochs", "seeds", "device",
@@ -129,16 +130,24 @@ CSV_FIELDS = (
 def read_results(path: Path) -> list[StudyRecord]:
     """Records of a results.jsonl file (none if it does not exist), or StudyError naming the file and line."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
+    try:
+        text = files.read_regular(path, "study results file").decode("utf-8")
+    except files.FileProblem as e:
+        raise StudyError(f"{e}; move it away (the members' record.json files rebuild it)") from None
+    except UnicodeDecodeError as e:
+        raise StudyError(f"{path}: not UTF-8 text (byte {e.start}); move it away (the members' record.json "
+                         "files rebuild it)") from None
     records = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StudyError(f"{path}:{i}: not valid JSON ({e.msg}); fix or delete that line") from None
+        except (ValueError, RecursionError) as e:  # ValueError: also a 5000-digit number
+            raise StudyError(f"{path}:{i}: not valid JSON ({getattr(e, 'msg', type(e).__name__)}); "
+                             "fix or delete that line") from None
         records.append(StudyRecord.from_json(value, f"{path}:{i}"))
     return records
 
@@ -146,8 +155,10 @@ def read_results(path: Path) -> list[StudyRecord]:
 def read_record(path: Path) -> StudyRecord:
     """One member's ``record.json``, or StudyError naming the file."""
     try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        value = json.loads(files.read_regular(path, "study record").decode("utf-8"))
+    except files.FileProblem as e:
+        raise StudyError(f"{e}; delete it to retrain that member") from None
+    except (OSError, ValueError, RecursionError) as e:
         raise StudyError(f"{path}: not a readable study record ({type(e).__name__}: {str(e)[:80]}); "
                          "delete it to retrain that member") from None
     try:

@@ -13,8 +13,11 @@ most one epoch of one model.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import platform
+import re
 import sys
 import threading
 import time
@@ -22,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -47,6 +51,59 @@ from jaxcnn.train.config import TrainConfig
 
 def _slug(variant: str) -> str:
     return variant.replace("/", "_w")
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+def member_key(variant: str, options: dict[str, Any] | None) -> str:
+    """A member's whole identity: its variant, and its builder options when it has any (``v{"k": 1}``)."""
+    return variant + (_options_text(options) if options else "")
+
+
+def run_folder(variant: str, options: dict[str, Any] | None) -> str:
+    """``runs/<this>/`` of a member: its variant's slug, plus its options and their hash when it has any.
+
+    Members without options keep the folder name they always had; members that differ only in
+    builder options get distinct folders (``mobilenet_v1_w0.25__stem_stride=1_3f2a9c1e``). The hash is
+    of the options left after dropping those the variant spells itself.
+    """
+    # options a variant already spells (``jaxcnn study``'s ``resnet_cifar/0.5,depth=8``) need no second mention
+    options = {k: v for k, v in (options or {}).items() if f",{k}={v}" not in variant}
+    if not options:
+        return _slug(variant)
+    text = "_".join(f"{k}={v}" for k, v in sorted(options.items()))
+    readable = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text)[:60]
+    return f"{_slug(variant)}__{readable}_{hashlib.sha256(_options_text(options).encode()).hexdigest()[:8]}"
+
+
+def _key(r: StudyRecord | Member) -> str:
+    return member_key(r.variant, r.options)
+
+
+def _check_folder(path: Path, rec: StudyRecord) -> None:
+    """StudyError unless ``path`` (a record.json) lies in its own member's run folder."""
+    folder = path.parent.name
+    legacy = _slug(rec.variant)  # members with options used the variant's folder before run_folder existed
+    if folder not in (run_folder(rec.variant, rec.options), legacy):
+        raise StudyError(f"{path} records member {_key(rec)}, whose run folder is "
+                         f"runs/{run_folder(rec.variant, rec.options)}, not runs/{folder}: it was copied or edited; "
+                         "delete it to retrain that member")
+
+
+def _study_folder(out: Path, create: bool) -> Path:
+    """``out`` as a study folder (made if ``create``), or StudyError naming it."""
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"study folder `out_dir={out}` exists but is not a folder; choose another `out_dir`")
+    if not out.exists():
+        if not create:
+            raise StudyError(f"study folder `out_dir={out}` does not exist; run the study first (or check the path)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StudyError(f"cannot create study folder `out_dir={out}` ({e.strerror or e})") from None
+    return out
 
 
 def _check_same_run(rec: StudyRecord, m: Member, task: Task, out: Path) -> None:
@@ -82,7 +139,7 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
     """Train one member (resuming if a checkpoint exists) on ``devices`` (default all) and return its record."""
     model = models.get(m.build_name, num_classes=task.data.num_classes, **m.options)
     totals = summary(model, task.in_shape).totals
-    run_dir = out / "runs" / _slug(m.variant)
+    run_dir = out / "runs" / run_folder(m.variant, m.options)
     if not quiet:
         print(f"== {m.family} {m.variant} ({m.label}): {totals['learnable_params']:,} params, "
               f"{totals['macs']:,} MACs", file=sys.stderr)
@@ -143,8 +200,7 @@ def results_lock(out: str | Path) -> Iterator[None]:
     reaches every client, as NFSv4 and Lustre mounted with ``-o flock`` do) and across the threads of
     one process; re-entrant within a thread (:mod:`jaxcnn.storage.locks`).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _study_folder(Path(out), create=True)
     with locks.held(out / LOCK_NAME, blocking=True):
         yield
 
@@ -152,14 +208,20 @@ def results_lock(out: str | Path) -> Iterator[None]:
 def _merged(out: Path, members: Sequence[Member]) -> tuple[list[StudyRecord], bool]:
     """(every finished record in merge order, whether results.jsonl/csv need rewriting to hold them)."""
     old = read_results(out / "results.jsonl")
-    merged = {r.variant: r for r in old}
+    merged = {_key(r): r for r in old}
+    found: dict[str, Path] = {}
     for path in sorted((out / "runs").glob(f"*/{RECORD_NAME}")):
         rec = read_record(path)
-        merged[rec.variant] = rec
-    order = {m.variant: i for i, m in enumerate(members)}
-    before = {r.variant: i for i, r in enumerate(old)}
-    records = sorted(merged.values(), key=lambda r: (0, order[r.variant], "") if r.variant in order
-                     else (1, before.get(r.variant, len(before)), r.variant))
+        _check_folder(path, rec)
+        if _key(rec) in found:
+            raise StudyError(f"{path} and {found[_key(rec)]} both record member {_key(rec)}; delete the one in the "
+                             "wrong folder")
+        found[_key(rec)] = path
+        merged[_key(rec)] = rec
+    order = {_key(m): i for i, m in enumerate(members)}
+    before = {_key(r): i for i, r in enumerate(old)}
+    records = sorted(merged.values(), key=lambda r: (0, order[_key(r)], "") if _key(r) in order
+                     else (1, before.get(_key(r), len(before)), _key(r)))
     return records, records != old
 
 
@@ -182,13 +244,23 @@ def merge_results(out: str | Path, members: Sequence[Member] = ()) -> list[Study
     return records
 
 
+def finished_results(out: str | Path, members: Sequence[Member] = ()) -> list[StudyRecord]:
+    """:func:`merge_results` of an existing folder with results (``--plot-only``), else StudyError, creating nothing."""
+    out = _study_folder(Path(out), create=False)
+    records = merge_results(out, members)
+    if not records:
+        raise StudyError(f"{out} holds no results to plot (no results.jsonl line, no runs/*/record.json); "
+                         "run the study first")
+    return records
+
+
 def _train_and_record(m: Member, task: Task, out: Path, members: Sequence[Member], *, quiet: bool, command: str,
                       device: jax.Device | None = None) -> None:
     """Train one member, write its record.json, and merge it into the study's results at once."""
     t0 = time.perf_counter()
     rec = run_member(m, task, out, quiet=quiet, command=command, devices=[device] if device is not None else None)
     rec = replace(rec, wall_seconds=round(time.perf_counter() - t0, 2))
-    write_record(out / "runs" / _slug(m.variant) / RECORD_NAME, rec)
+    write_record(out / "runs" / run_folder(m.variant, m.options) / RECORD_NAME, rec)
     merge_results(out, members)
 
 
@@ -227,10 +299,9 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
     ``devices=n`` trains n members at once, one per local device, instead of sharding each
     member's batch over all of them (the default).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _study_folder(Path(out), create=True)
     records = merge_results(out, members)
-    done = {r.variant: r for r in records}
+    done = {_key(r): r for r in records}
     mine = select(members, shard)
     if shard is not None and not quiet:
         print(f"== shard {shard} ({shard.source}): {len(mine)} of {len(members)} members: "
@@ -241,8 +312,8 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
         key = (m.input_size, m.pad_to)
         if key not in tasks:
             tasks[key] = task.for_member(m)
-        if m.variant in done:
-            _check_same_run(done[m.variant], m, tasks[key], out)
+        if _key(m) in done:
+            _check_same_run(done[_key(m)], m, tasks[key], out)
             if not quiet:
                 print(f"== {m.variant}: already in {out / 'results.jsonl'}, skipped", file=sys.stderr)
             continue
@@ -252,15 +323,17 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
     else:
         for m, t in todo:
             _train_and_record(m, t, out, members, quiet=quiet, command=command)
-    order = {m.variant: i for i, m in enumerate(members)}
-    return [r for r in merge_results(out, members) if r.variant in order]
+    order = {_key(m) for m in members}
+    return [r for r in merge_results(out, members) if _key(r) in order]
 
 
 def load_first_layers(out: Path, records: list[StudyRecord]) -> dict[str, dict[str, np.ndarray]]:
     """{variant: {"trained": kernel, "init": kernel}} for records whose run saved them."""
     found = {}
     for r in records:
-        path = Path(out) / "runs" / _slug(r.variant) / "first_layer.npz"
+        path = Path(out) / "runs" / run_folder(r.variant, r.options) / "first_layer.npz"
+        if not path.exists():
+            path = Path(out) / "runs" / _slug(r.variant) / "first_layer.npz"  # a folder from before run_folder
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:

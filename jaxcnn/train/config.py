@@ -16,6 +16,15 @@ SCHEDULES = ("constant", "cosine", "step")
 SEED_BATCHING = ("auto", "vmap", "unroll")
 
 
+def _real(v: object) -> bool:
+    """A finite real number (int or float, not bool or text)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN/Inf); the message names the step."""
 
@@ -65,24 +74,38 @@ class TrainConfig:
                 "measured once per model and machine (cached; jaxcnn.lowering.compile_options), or a candidate name",
         choices=compile_options.CHOICES)
 
+    def resume_problem(self, trained_epochs: object) -> str | None:
+        """Why a checkpoint of a run with ``trained_epochs`` epochs cannot continue under this config, or None."""
+        if not isinstance(trained_epochs, int) or trained_epochs == self.epochs or self.schedule != "cosine":
+            return None  # constant and step schedules give every epoch the same rate whatever the epoch count
+        return (f"was written by a run of `epochs={trained_epochs}` under the cosine schedule, whose learning rate "
+                f"at every step depends on the epoch count, so `epochs={self.epochs}` would continue another "
+                f"schedule; resume with `epochs={trained_epochs}`, or train `epochs={self.epochs}` from scratch in "
+                "another output folder (only constant and step schedules can be extended)")
+
     def check(self) -> TrainConfig:
         """Return self or raise ValueError naming the bad option."""
         checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be a positive int"),
-            (isinstance(self.batch, int) and self.batch >= 1, "batch must be a positive int"),
+            (_int(self.epochs) and self.epochs >= 1, "epochs must be a positive int"),
+            (_int(self.batch) and self.batch >= 1, "batch must be a positive int"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
-            (math.isfinite(self.step_factor) and self.step_factor > 0, "step_factor must be a positive number"),
-            (all(isinstance(e, int) and e >= 1 for e in self.step_epochs), "step_epochs must be positive ints"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (self.crop_pad >= 0, "crop_pad must be >= 0"),
+            (_real(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}"[:80]),
+            (_real(self.momentum), f"momentum must be a number, got {self.momentum!r}"[:80]),
+            (_real(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be a number >= 0, got {self.weight_decay!r}"[:80]),
+            (_real(self.warmup_epochs) and self.warmup_epochs >= 0,
+             f"warmup_epochs must be a number >= 0, got {self.warmup_epochs!r}"[:80]),
+            (_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (_int(self.crop_pad) and self.crop_pad >= 0, "crop_pad must be an int >= 0"),
+            (_real(self.step_factor) and self.step_factor > 0, "step_factor must be a positive number"),
+            (isinstance(self.step_epochs, tuple) and all(_int(e) and e >= 1 for e in self.step_epochs),
+             "step_epochs must be a tuple of positive ints"),
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a positive int"),
             (isinstance(self.seed, int) and isinstance(self.seeds, int) and 0 <= self.seed <= 2**32 - self.seeds,
              f"seed must be an int in [0, 2**32 - seeds] (each of seed .. seed+seeds-1 is a random key), "
              f"got {str(self.seed)[:30]}"),
-            (self.eval_batch >= 1, "eval_batch must be a positive int"),
+            (_int(self.eval_batch) and self.eval_batch >= 1, "eval_batch must be a positive int"),
             (self.mode in ("epoch", "step"), "mode must be 'epoch' or 'step'"),
             (isinstance(self.chunk, int) and self.chunk >= 0, "chunk must be an int >= 0"),
             (self.seed_batching in SEED_BATCHING, f"seed_batching must be one of {', '.join(SEED_BATCHING)}"),

@@ -296,6 +296,8 @@ def _restore(trainer: Trainer, run: _Run, carry: step.TrainState
     legacy = ck_meta.get("config") if isinstance(ck_meta.get("config"), dict) else {}
     _check_same_run(ck, ck_meta.get("identity"), run.identity, legacy)
     start, history = _resume_point(ck, ck_meta, cfg)
+    if (why := cfg.resume_problem(legacy.get("epochs"))) is not None:  # another cosine schedule (issue 26)
+        raise checkpoint.CheckpointError(f"`resume=True`: {ck} {why}")
     tree, _ = checkpoint.load(ck, _saved(carry))
     # the step count is not saved (checkpoints keep the three trees they always had): it is the epochs' steps
     done = np.full(np.shape(carry.step), start * trainer.steps, np.int32)

@@ -114,7 +114,13 @@ def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.Gradien
 
 
 def _scalar(value: Any, what: str) -> jax.Array:
-    value = jnp.asarray(value)
+    try:
+        value = jnp.asarray(value)
+    except (TypeError, ValueError):  # a str, dict, None...: JAX's own message names neither the function nor why
+        raise TypeError(f"{what} must return a real scalar (a mean over the batch), got {type(value).__name__} "
+                        f"{str(value)[:40]!r}") from None
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise TypeError(f"{what} must return a real scalar (a mean over the batch), got dtype {value.dtype}")
     if value.shape != ():
         raise TypeError(f"{what} must return a scalar (a mean over the batch), got shape {value.shape}")
     return value.astype(jnp.float32)
