@@ -138,7 +138,20 @@ def summary(
     param_dtype: str = "float32",
     name: str | None = None,
 ) -> Summary:
-    """Account for ``model`` on per-example ``input_shape`` without allocating arrays."""
+    """Account for ``model`` on per-example ``input_shape`` without allocating arrays.
+
+    Args:
+        model: any model (the layers' ``spec`` and declared shapes give every number).
+        input_shape: one example's shape, e.g. ``(224, 224, 3)``.
+        batch: the batch size of the memory estimates.
+        optimizer: the optimizer whose state slots count in the training-memory estimate.
+        activation_dtype: dtype of the activations (memory columns).
+        param_dtype: dtype of the parameters (memory columns).
+        name: the title of the table.
+
+    Returns:
+        :class:`Summary`: per-layer rows (shapes, parameters, MACs, receptive field) and totals.
+    """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     if optimizer not in OPTIMIZER_SLOTS:

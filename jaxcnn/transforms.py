@@ -84,7 +84,17 @@ def _all_layers(model: Layer) -> list[Layer]:
 
 
 def scale_width(model: Layer, m: float, *, divisor: int | None = None) -> Layer:
-    """A copy of ``model`` with every free channel count multiplied by ``m``."""
+    """A copy of ``model`` with every free channel count multiplied by ``m``.
+
+    Args:
+        model: any model; layers declare their free channel counts (``width_fields``), so layers of
+            one's own scale too, and ``keep_width=True`` layers (classifier heads) keep theirs.
+        m: the width multiplier, a positive number.
+        divisor: None rounds ``c * m`` to the nearest integer; 8 uses TF-slim's multiple-of-8 rule.
+
+    Returns:
+        The scaled model (grouped convolutions keep their cardinality; see the module docstring).
+    """
     if not isinstance(model, Layer):
         raise TypeError(f"scale_width takes a model (a Layer), got {type(model).__name__} {str(model)[:40]!r}")
     m = check_width(m)

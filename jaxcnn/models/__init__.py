@@ -92,7 +92,17 @@ def entry(name: str) -> Entry:
 
 
 def get(name: str, *, num_classes: int | None = None, width: float | None = None, **options: Any) -> Layer:
-    """Build a registered model; ``name`` may end in ``/width``."""
+    """Build a registered model; ``name`` may end in ``/width``.
+
+    Args:
+        name: a registry name (``jaxcnn models``; a user's after ``load_models_from``), optionally ``/width``.
+        num_classes: classifier outputs (default: the entry's).
+        width: the width multiplier (the same as the suffix; giving both, different, is an error).
+        **options: the builder's keyword options (``builder_options(name)`` lists them), e.g. ``depth=56``.
+
+    Returns:
+        The model; a bad name, width or option is a one-line ValueError naming it.
+    """
     base, suffix_width = parse_name(name)
     if suffix_width is not None and width is not None and suffix_width != width:
         raise ValueError(f"width given twice for {name!r}: suffix {suffix_width} and width={width}")

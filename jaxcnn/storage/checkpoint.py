@@ -60,7 +60,18 @@ def _flatten(tree: Any, names: str = "npz") -> dict[str, np.ndarray]:
 
 
 def save(directory: str | Path, name: str, tree: Any, meta: dict[str, Any], *, format: str = "npz") -> Path:
-    """Save ``tree`` as ``directory/name.npz`` (or ``.safetensors``) with ``meta`` (+ sha256) in ``name.json``."""
+    """Save ``tree`` as ``directory/name.npz`` (or ``.safetensors``) with ``meta`` (+ sha256) in ``name.json``.
+
+    Args:
+        directory: an existing folder; both files are written atomically (a reader never sees half of one).
+        name: the file stem, e.g. ``ckpt-000003``.
+        tree: a pytree of arrays (params, state, optimizer state).
+        meta: JSON-able facts stored beside the arrays (epoch, history, run identity, ...).
+        format: ``"npz"`` or ``"safetensors"`` (readable by the ``safetensors`` package and other tools).
+
+    Returns:
+        The path of the JSON file, which :func:`load` takes.
+    """
     if format not in FORMATS:
         raise CheckpointError(f"checkpoint format must be one of {', '.join(FORMATS)}, got {format!r}")
     directory = Path(directory)
@@ -132,7 +143,15 @@ def verify(json_path: str | Path) -> dict[str, Any]:
 
 
 def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
-    """Load a checkpoint into the structure of ``template``, validating checksum, keys, shapes, dtypes."""
+    """Load a checkpoint into the structure of ``template``, validating checksum, keys, shapes, dtypes.
+
+    Args:
+        json_path: the checkpoint's JSON file (as :func:`save` returns it).
+        template: a pytree of the expected structure, shapes and dtypes (e.g. a fresh TrainState's trees).
+
+    Returns:
+        ``(tree, meta)``; :class:`CheckpointError` names the file and the first thing that does not fit.
+    """
     json_path = Path(json_path)
     meta = read_meta(json_path)
     npz = json_path.with_name(meta["array_file"])

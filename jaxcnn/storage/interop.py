@@ -227,10 +227,16 @@ def _modules(state_dict: Mapping[str, Any]) -> list[tuple[str, dict[str, str]]]:
 def from_torch(model: Layer, state_dict: Mapping[str, Any], in_shape: Shape = (224, 224, 3)) -> tuple[dict, dict]:
     """``(params, state)`` of ``model`` (per-example ``in_shape``) from a PyTorch ``state_dict``.
 
-    Torch modules are matched to jaxcnn's Conv/DepthwiseConv/Dense/BatchNorm layers in order; each
-    module's parameter names, shapes (after layout conversion) and count must fit, else
-    :class:`InteropError` names the first torch key that does not. Floating arrays become float32;
-    ``num_batches_tracked`` is checked present-or-absent only (jaxcnn does not count batches).
+    Args:
+        model: the jaxcnn model; its array-owning layers (by their ``torch_arrays`` trait) are matched to
+            the torch modules in order.
+        state_dict: name -> tensor or array, e.g. ``torch_model.state_dict()`` or :func:`read_state_dict`.
+        in_shape: one example's shape (it fixes the dense layer after a Flatten).
+
+    Returns:
+        ``(params, state)``. Each module's parameter names, shapes (after layout conversion) and count
+        must fit, else :class:`InteropError` names the first torch key that does not. Floating arrays
+        become float32; ``num_batches_tracked`` is checked present-or-absent only.
     """
     owners = _owners(model, in_shape)
     modules = _modules(state_dict)
@@ -281,9 +287,17 @@ def to_torch(model: Layer, params: Any, state: Any, in_shape: Shape = (224, 224,
              arch: str = "sequential") -> OrderedDict[str, np.ndarray]:
     """A PyTorch ``state_dict`` (name -> NumPy array, float32) of ``model``'s ``params`` and ``state``.
 
-    ``arch`` picks the key names: one of :data:`ARCHS` (torchvision's names) or ``"sequential"`` (the
-    names of an ``nn.Sequential`` mirroring the model). BatchNorm gets ``num_batches_tracked = 0``. Use
-    ``{k: torch.from_numpy(v) for k, v in sd.items()}`` for ``load_state_dict``, or :func:`save_state_dict`.
+    Args:
+        model: the jaxcnn model.
+        params: its parameters (one seed: no seed axis).
+        state: its state (BatchNorm statistics).
+        in_shape: one example's shape.
+        arch: the key names: one of :data:`ARCHS` (torchvision's) or ``"sequential"`` (those of an
+            ``nn.Sequential`` mirroring the model).
+
+    Returns:
+        The state dict; BatchNorm gets ``num_batches_tracked = 0``. Use ``{k: torch.from_numpy(v) ...}``
+        for ``load_state_dict``, or :func:`save_state_dict`.
     """
     if arch not in NAMERS:
         raise InteropError(f"arch must be one of {', '.join(NAMERS)}, got {arch!r}")

@@ -295,9 +295,18 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
               command: str = "", shard: Shard | None = None, devices: int | None = None) -> list[StudyRecord]:
     """Train every member (of ``shard``, if given) not finished in ``out``; return all finished records, member order.
 
-    ``shard`` (:mod:`jaxcnn.study.shard`) selects this process's members of the full list;
-    ``devices=n`` trains n members at once, one per local device, instead of sharding each
-    member's batch over all of them (the default).
+    Args:
+        members: the study's members, in the order of its table.
+        task: the data (and, for members with their own ``input_size``, how to resize it).
+        out: the study folder (resumable: finished members are skipped, an unfinished one resumes).
+        quiet: no progress lines.
+        command: the command line recorded in each record.
+        shard: this process's subset of ``members`` (:mod:`jaxcnn.study.shard`); None runs them all.
+        devices: train n members at once, one per local device, instead of sharding each member's
+            batch over all of them (the default).
+
+    Returns:
+        Every finished record of ``members``, in their order.
     """
     out = _study_folder(Path(out), create=True)
     records = merge_results(out, members)

@@ -108,7 +108,14 @@ def cross_entropy(label_smoothing: float = 0.0, num_classes: int | None = None) 
 
 
 def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.GradientTransformation) -> TrainState:
-    """The :class:`TrainState` of ``model`` for per-example ``in_shape``, before any step."""
+    """The :class:`TrainState` of ``model`` for per-example ``in_shape``, before any step.
+
+    Args:
+        model: the network.
+        key: the random key of its initialisation.
+        in_shape: one example's shape, e.g. ``(32, 32, 3)`` (no batch axis).
+        optimizer: the optax transformation whose state is initialised.
+    """
     params, state = model.init(key, in_shape)
     return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32))
 
@@ -154,8 +161,20 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on batch ``(x, y)``; returns the new :class:`TrainState` and {loss, correct, *metrics}.
 
-    Pure: wrap it in ``jax.jit`` (closing over ``model``, ``optimizer`` and ``loss``). ``key`` feeds the
-    model's dropout; ``correct`` counts top-1 hits.
+    Pure: wrap it in ``jax.jit`` (closing over ``model``, ``optimizer`` and ``loss``).
+
+    Args:
+        model: the network.
+        optimizer: the optax transformation (its state is ``carry.opt_state``).
+        carry: the :class:`TrainState` before the step.
+        x: a batch of inputs, already normalised, ``(B, *in_shape)``.
+        y: integer labels ``(B,)``.
+        key: feeds the model's dropout (and ``batch["key"]`` of a custom loss).
+        loss: ``(logits, labels, batch) -> scalar`` in place of cross-entropy.
+        metrics: name -> function of the same signature, returned beside the loss.
+
+    Returns:
+        ``(new TrainState, {"loss", "correct" (top-1 hits), *metrics})``.
     """
     if not isinstance(carry, TrainState):
         raise TypeError(f"train_step takes the TrainState that step.init returns, got {type(carry).__name__}")
