@@ -464,3 +464,37 @@ def test_d1_timeouts_are_options_checked_and_carried_in_the_cluster():
                          (["--init-timeout", "5"], "--init-timeout only apply to a multi-process run")):
         with pytest.raises(DistributedError, match=needle):
             cluster_from_args(parser.parse_args(argv))
+
+
+def test_d1_a_silent_peer_is_given_up_after_the_peer_timeout(monkeypatch):
+    # The heartbeat monitor against a store in which process 1 stops beating (a hung peer: no collective fails,
+    # so only the heartbeat notices; by hand: SIGSTOP a process of a real run and the other ends in ~3 s).
+    import time
+
+    from jaxcnn.train import distributed as d
+
+    class Store:
+        def __init__(self):
+            self.values = {"jaxcnn/heartbeat/1": "7"}  # written once, then never again
+
+        def key_value_set(self, key, value, allow_overwrite=False):
+            self.values[key] = value
+
+        def key_value_try_get(self, key):
+            return self.values[key]
+
+    class GaveUp(Exception):
+        pass
+
+    def give_up(message):
+        raise GaveUp(message)
+
+    monkeypatch.setattr(d, "give_up", give_up)
+    monkeypatch.setitem(d._STATE, "epochs_done", 4)
+    monkeypatch.setitem(d._STATE, "folder", None)
+    monkeypatch.setitem(d._STATE, "lost", False)
+    t0 = time.monotonic()
+    with pytest.raises(GaveUp) as e:
+        d._heartbeat(Store(), 0, 2, 1.0)
+    assert 1.0 <= time.monotonic() - t0 < 5
+    assert str(e.value) == "--distributed: lost process 1 of 2 (no heartbeat for 1 s, --peer-timeout) during epoch 5"

@@ -260,23 +260,25 @@ def _heartbeat(client: Any, pid: int, n: int, timeout: float) -> None:
             continue
         try:
             client.key_value_set(f"jaxcnn/heartbeat/{pid}", str(beat), allow_overwrite=True)
+            values = {}
             for j in range(n):
-                if j == pid:
-                    continue
-                try:
-                    value = client.key_value_try_get(f"jaxcnn/heartbeat/{j}")
-                except Exception:  # noqa: BLE001 - not written yet (NOT_FOUND)
-                    value = ""
-                if seen.get(j, ("", 0.0))[0] != value or j not in seen:
-                    seen[j] = (value, now)
-                elif now - seen[j][1] > timeout:
-                    _STATE["lost"] = True
-                    give_up(f"--distributed: lost process {j} of {n} (no heartbeat for {timeout:g} s, "
-                            f"--peer-timeout) {_where()}")
+                if j != pid:
+                    try:
+                        values[j] = client.key_value_try_get(f"jaxcnn/heartbeat/{j}")
+                    except Exception:  # noqa: BLE001 - not written yet (NOT_FOUND)
+                        values[j] = ""
         except Exception as e:  # noqa: BLE001 - the coordination service itself is gone (process 0 died)
             if pid != 0:
                 _STATE["lost"] = True
                 give_up(f"--distributed: lost the coordinator, process 0 ({str(e).strip().splitlines()[0][:80]}) "
+                        f"{_where()}")
+            values = {}
+        for j, value in values.items():
+            if j not in seen or seen[j][0] != value:
+                seen[j] = (value, now)
+            elif now - seen[j][1] > timeout:
+                _STATE["lost"] = True
+                give_up(f"--distributed: lost process {j} of {n} (no heartbeat for {timeout:g} s, --peer-timeout) "
                         f"{_where()}")
         time.sleep(interval)
 
