@@ -339,9 +339,10 @@ def initialize(cluster: Cluster | None = None) -> None:
     n, pid = cluster.num_processes, cluster.process_id
     watchdog = _STATE["watchdog"] = _STATE["watchdog"] or _Watchdog()
     watchdog.arm(cluster.init_timeout, (
-        f"--distributed: process {pid} of {n}: not every process joined {where} within {cluster.init_timeout:g} s "
-        f"(--init-timeout); start all {n or 'N'} processes with ids 0 .. {(n or 1) - 1} (each id once) and the "
-        "same --coordinator, or raise --init-timeout") if pid != 0 or n is None else (
+        f"--distributed: {'this process' if pid is None else f'process {pid}'}{'' if n is None else f' of {n}'}: "
+        f"not every process joined {where} within {cluster.init_timeout:g} s (--init-timeout); start all "
+        f"{n or 'N'} processes with ids 0 .. {n - 1 if n else 'N-1'} (each id once) and the same --coordinator, or "
+        "raise --init-timeout") if pid != 0 or n is None else (
         f"--distributed: process 0 of {n}: not every process joined {where} within {cluster.init_timeout:g} s "
         f"(--init-timeout): no peer, or two with the same --process-id; start "
         f"{'process 1' if n == 2 else f'processes 1 .. {n - 1} once each'} with the same --coordinator, or raise "
