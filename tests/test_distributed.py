@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxcnn.cli.args import cluster_from_args
 from jaxcnn.study import shard
-from jaxcnn.train.distributed import DistributedError, cluster_from_args
+from jaxcnn.train.distributed import DistributedError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = ROOT / "experiments"

@@ -452,10 +452,11 @@ def test_d1_a_peer_killed_mid_run_is_named_with_the_epoch_and_last_good_checkpoi
 def test_d1_timeouts_are_options_checked_and_carried_in_the_cluster():
     import argparse
 
-    from jaxcnn.train.distributed import Cluster, DistributedError, add_arguments, cluster_from_args
+    from jaxcnn.cli.args import add_distributed_flags, cluster_from_args
+    from jaxcnn.train.distributed import Cluster, DistributedError
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_distributed_flags(parser)
     c = cluster_from_args(parser.parse_args(["--distributed", "--init-timeout", "5", "--peer-timeout", "7"]))
     assert (c.init_timeout, c.peer_timeout) == (5.0, 7.0)
     assert Cluster().init_timeout < 60 and Cluster().peer_timeout < 60  # localhost defaults well under a minute
@@ -471,7 +472,7 @@ def test_d1_a_silent_peer_is_given_up_after_the_peer_timeout(monkeypatch):
     # so only the heartbeat notices; by hand: SIGSTOP a process of a real run and the other ends in ~3 s).
     import time
 
-    from jaxcnn.train import distributed as d
+    from jaxcnn.train import peers as d
 
     class Store:
         def __init__(self):
@@ -490,11 +491,11 @@ def test_d1_a_silent_peer_is_given_up_after_the_peer_timeout(monkeypatch):
         raise GaveUp(message)
 
     monkeypatch.setattr(d, "give_up", give_up)
-    monkeypatch.setitem(d._STATE, "epochs_done", 4)
-    monkeypatch.setitem(d._STATE, "folder", None)
-    monkeypatch.setitem(d._STATE, "lost", False)
+    monkeypatch.setitem(d.STATE, "epochs_done", 4)
+    monkeypatch.setitem(d.STATE, "folder", None)
+    monkeypatch.setitem(d.STATE, "lost", False)
     t0 = time.monotonic()
     with pytest.raises(GaveUp) as e:
-        d._heartbeat(Store(), 0, 2, 1.0)
+        d.heartbeat(Store(), 0, 2, 1.0)
     assert 1.0 <= time.monotonic() - t0 < 5
     assert str(e.value) == "--distributed: lost process 1 of 2 (no heartbeat for 1 s, --peer-timeout) during epoch 5"

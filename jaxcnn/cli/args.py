@@ -15,11 +15,8 @@ import typing
 from typing import Any
 
 from jaxcnn import models
+from jaxcnn.train.cluster import Cluster, DistributedError, split_address
 from jaxcnn.train.config import TrainConfig
-
-# the multi-process flags live beside the runtime they configure (train/distributed.py)
-from jaxcnn.train.distributed import add_arguments as add_distributed_flags
-from jaxcnn.train.distributed import cluster_from_args
 
 __all__ = [
     "FLAGS", "Parser", "UsageError", "add_data_flags", "add_distributed_flags", "add_models_from", "add_recipe_flags",
@@ -163,3 +160,50 @@ def add_models_from(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-from", action="append", default=[], metavar="PATH.py|MODULE", type=str,
                         help="import this Python file or module first, so the models it registers with "
                              "@jaxcnn.models.register_model can be named (repeatable)")
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``--distributed``, ``--coordinator``, ``--num-processes`` and ``--process-id`` options."""
+    g = parser.add_argument_group("multi-process training (JAX's distributed runtime)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run: jax.distributed.initialize() (auto-detects SLURM, Open MPI, ...); "
+                        "the batch is split over every process's devices and only process 0 writes files")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="with --distributed: process 0's address, when the cluster is not auto-detected")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N", help="with --distributed: process count")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="with --distributed: this process's index, 0 .. N-1 (0 writes the files)")
+    g.add_argument("--init-timeout", type=float, default=Cluster.init_timeout, metavar="S",
+                   help="with --distributed: give up (exit 2) when not every process has joined after S seconds "
+                        f"(default {Cluster.init_timeout:g})")
+    g.add_argument("--peer-timeout", type=float, default=Cluster.peer_timeout, metavar="S",
+                   help="with --distributed: give up (exit 2, naming the epoch and the last good checkpoint) when "
+                        f"a process has sent no heartbeat for S seconds (default {Cluster.peer_timeout:g})")
+
+
+def cluster_from_args(args: argparse.Namespace) -> Cluster | None:
+    """The :class:`Cluster` the options ask for (None without ``--distributed``); bad values name the option."""
+    init_timeout = getattr(args, "init_timeout", Cluster.init_timeout)
+    peer_timeout = getattr(args, "peer_timeout", Cluster.peer_timeout)
+    explicit = [name for name, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                                     ("--process-id", args.process_id)) if v is not None]
+    explicit += [name for name, v, d in (("--init-timeout", init_timeout, Cluster.init_timeout),
+                                         ("--peer-timeout", peer_timeout, Cluster.peer_timeout)) if v != d]
+    if not args.distributed:
+        if explicit:
+            raise DistributedError(f"{', '.join(explicit)} only apply to a multi-process run; add --distributed")
+        return None
+    if args.coordinator is not None:
+        split_address(args.coordinator)
+    if args.num_processes is not None and args.num_processes < 1:
+        raise DistributedError(f"--num-processes must be >= 1, got {args.num_processes}")
+    if args.process_id is not None:
+        if args.process_id < 0:
+            raise DistributedError(f"--process-id must be >= 0, got {args.process_id}")
+        if args.num_processes is not None and args.process_id >= args.num_processes:
+            raise DistributedError(f"--process-id must be below --num-processes {args.num_processes} "
+                                   f"(ids count from 0), got {args.process_id}")
+    for name, v in (("--init-timeout", init_timeout), ("--peer-timeout", peer_timeout)):
+        if not 1 <= v <= 86400:  # also refuses nan
+            raise DistributedError(f"{name} must be a number of seconds in 1 .. 86400, got {v:g}")
+    return Cluster(args.coordinator, args.num_processes, args.process_id, init_timeout, peer_timeout)

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 from jaxcnn import models
-from jaxcnn.cli.args import UsageError, parse_options, recipe_from_args
+from jaxcnn.cli.args import UsageError, cluster_from_args, parse_options, recipe_from_args
 from jaxcnn.core import LayerError
 from jaxcnn.summary import summary
 
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jaxcnn.train import TrainingError, distributed
 
     try:
-        cluster = distributed.cluster_from_args(args)
+        cluster = cluster_from_args(args)
         if cluster is not None:  # before anything touches JAX: the runtime must start first
             distributed.initialize(cluster)
         options = parse_options(args.model, args.option)
