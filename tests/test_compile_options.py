@@ -86,13 +86,14 @@ def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
     y = rng.integers(0, 3, 48)
     model = Sequential([Conv(4, 3), ReLU(), GlobalAvgPool(), Dense(3)])
     data = TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=3)
-    result = fit(model, data, TrainConfig(epochs=1, batch=16), quiet=True, out_dir=tmp_path / "run")
+    result = fit(model, data, TrainConfig(epochs=1, batch=16, schedule="constant"), quiet=True,
+                 out_dir=tmp_path / "run")
     rec = result.compile_choice
     assert rec["name"] in co.candidates_for() and set(rec["seconds"]) == set(co.candidates_for())
     meta = json.loads(sorted((tmp_path / "run").glob("ckpt-*.json"))[-1].read_text())
     assert meta["compile_options"]["name"] == rec["name"]  # recorded with the run
     # resuming with other options is allowed: they change how, not what, is computed
-    again = fit(model, data, TrainConfig(epochs=2, batch=16, compile_options="xla"), quiet=True,
+    again = fit(model, data, TrainConfig(epochs=2, batch=16, schedule="constant", compile_options="xla"), quiet=True,
                 out_dir=tmp_path / "run", resume=True)
     assert again.compile_choice["name"] == "xla" and len(again.history) == 2
     assert jax.tree_util.tree_structure(again.params) == jax.tree_util.tree_structure(result.params)

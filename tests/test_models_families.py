@@ -103,7 +103,7 @@ def test_families_are_registered_with_their_descriptions():
 BAD_DEPTHS = [
     ("resnet_cifar", 21, "resnet_cifar depth=21: depth must be 6n+2"),
     ("resnet_cifar", 2, "resnet_cifar depth=2: depth must be 6n+2"),
-    ("resnet_cifar", 20.0, "resnet_cifar depth=20.0: depth must be 6n+2"),
+    ("resnet_cifar", 20.0, "resnet_cifar's option depth must be an integer"),  # typed before the rule
     ("wrn", 27, "wrn depth=27: depth must be 6n+4"),
     ("wrn", 4, "wrn depth=4: depth must be 6n+4"),
     ("resnet18k", 20, "resnet18k depth=20: depth must be 8n+2"),

@@ -5,6 +5,7 @@ The references are written by hand here: the raw-JAX training step (value_and_gr
 """
 
 import json
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -189,15 +190,15 @@ def test_safetensors_checkpoint_round_trip_names_and_integrity(tmp_path):
 @pytest.mark.slow
 def test_fit_writes_safetensors_checkpoints_and_resumes_from_them(tmp_path):
     model, data = small_model(), tiny_data(n=128)
-    first = fit(model, data, TrainConfig(epochs=1, batch=32, eval_batch=32), out_dir=tmp_path, quiet=True,
-                checkpoint_format="safetensors")
+    recipe = TrainConfig(epochs=1, batch=32, eval_batch=32, schedule="constant")  # resumable to more epochs
+    first = fit(model, data, recipe, out_dir=tmp_path, quiet=True, checkpoint_format="safetensors")
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000001.json", "ckpt-000001.safetensors"]
     tree = {"params": first.params, "state": first.state}
     on_disk, _ = safetensors.load(tmp_path / "ckpt-000001.safetensors")  # as another tool would read it
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         np.testing.assert_array_equal(on_disk[checkpoint.path_name(path)], leaf)  # exactly what training left
-    longer = fit(model, data, TrainConfig(epochs=2, batch=32, eval_batch=32), out_dir=tmp_path, quiet=True,
-                 resume=True, checkpoint_format="safetensors")
+    longer = fit(model, data, replace(recipe, epochs=2), out_dir=tmp_path, quiet=True, resume=True,
+                 checkpoint_format="safetensors")
     assert len(longer.history) == 2 and longer.history[0] == first.history[0]
     with pytest.raises(ValueError, match="checkpoint_format"):
         fit(model, data, TrainConfig(epochs=1, batch=32), checkpoint_format="pt")

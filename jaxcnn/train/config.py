@@ -100,7 +100,7 @@ class TrainConfig:
             (_int(self.crop_pad) and self.crop_pad >= 0, "crop_pad must be an int >= 0"),
             (_real(self.step_factor) and self.step_factor > 0, "step_factor must be a positive number"),
             (isinstance(self.step_epochs, tuple) and all(_int(e) and e >= 1 for e in self.step_epochs),
-             "step_epochs must be a tuple of positive ints"),
+             "step_epochs must be positive ints, as a tuple"),
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a positive int"),
             (isinstance(self.seed, int) and isinstance(self.seeds, int) and 0 <= self.seed <= 2**32 - self.seeds,
              f"seed must be an int in [0, 2**32 - seeds] (each of seed .. seed+seeds-1 is a random key), "
