@@ -79,18 +79,20 @@ STATE: dict[str, Any] = {"watchdog": None, "folder": None, "epochs_done": 0, "lo
 
 def where() -> str:
     """'during epoch E; the last good checkpoint is PATH' for the run in progress (as far as this process knows)."""
-    folder = STATE["folder"]
-    text = f"during epoch {STATE['epochs_done'] + 1}"
+    folder, done = STATE["folder"], STATE["epochs_done"]
     if folder is None:
-        return text
+        return f"during epoch {done + 1}"
     try:
         from jaxcnn.storage import checkpoint
 
         ck = checkpoint.find_latest(Path(folder))[0]
+        if ck is not None:  # ckpt-N is written after epoch N (a resumed run passes no barrier before its first)
+            done = max(done, int(ck.stem.split("-")[1]))
     except Exception:  # noqa: BLE001 - a message, not a decision
         ck = None
-    return text + (f"; the last good checkpoint is {ck}: restart every process with --resume" if ck is not None
-                   else f"; {folder} holds no checkpoint yet: restart every process")
+    return f"during epoch {done + 1}" + (
+        f"; the last good checkpoint is {ck}: restart every process with --resume" if ck is not None
+        else f"; {folder} holds no checkpoint yet: restart every process")
 
 
 def claim_port(host: str, port: int) -> None:
@@ -175,6 +177,9 @@ def lost_peer(e: BaseException) -> DistributedError | None:
         return None
     if type(e).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
         return None
+    if not any(w in str(e).lower() for w in ("gloo", "nccl", "connection", "peer", "socket", "unavailable",
+                                             "deadline", "closed", "reset", "heartbeat", "barrier")):
+        return None  # another runtime error (out of memory, ...): reported as it is
     STATE["lost"] = True
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     watchdog = STATE["watchdog"]
