@@ -38,10 +38,15 @@ RECIPE = ["--data", "digits", "--epochs", "1", "--seeds", "2", "--batch", "64", 
 
 
 @pytest.fixture(scope="module")
-def user_file(tmp_path_factory) -> Path:
+def user_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("user") / "my_models.py"
     path.write_text(USER_MODELS)
-    return path
+    yield path
+    # leave the registry as the other tests see it (test_readme checks every registered name is documented)
+    from jaxcnn.models import registry
+
+    for name in registry._LOADED.pop(str(path.resolve()), []):
+        registry.REGISTRY.pop(name, None)
 
 
 def _study(user_file: Path, out: Path, *extra: str) -> int:

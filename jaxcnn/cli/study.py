@@ -54,6 +54,7 @@ from jaxcnn.study.plan import (
     axis_value,
     check_members,
     in_window,
+    member_input_shape,
     neighbour_pairs,
     numeric_axes,
     parse_axis,
@@ -206,7 +207,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             records = finished_results(out, members or ())  # a missing or empty folder is an error, made nowhere
         else:
             prepared = prepare(spec, size=size, test_fraction=test_fraction)
-            task = _task(prepared, spec, size, test_fraction, prepare)
+            task = _task(prepared, spec, test_fraction)
             in_shape = task.in_shape
             if members is None:  # --sample: drawn now, since the windows need the data's classes and shape
                 k = task.data.num_classes
@@ -239,9 +240,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task(prepared: Any, spec: str, size: int | None, test_fraction: float, prepare: Any) -> Any:
+def _task(prepared: Any, spec: str, test_fraction: float) -> Any:
     """The study's Task; members with another ``input_size`` get the data prepared again at that size (cached)."""
     from jaxcnn.study import Task
+    from jaxcnn.train.prepare import prepare
 
     cache: dict[int, Task] = {}
 
@@ -258,7 +260,7 @@ def _with_augmentation(m: Any, spec: str, in_shape: tuple[int, ...], augmentatio
                        file_recipe: dict[str, Any], section: dict[str, Any]) -> Any:
     """``m`` with the data's crop/flip defaults for its input size, where no flag or file set them."""
     given = {**file_recipe, **section.get("recipe", {}), **flags}
-    size = max(m.input_size or in_shape[0], m.pad_to or 0)
+    size = member_input_shape(m, in_shape)[0]
     aug = {k: v for k, v in augmentation(spec, size).items() if k not in given}
     return replace(m, recipe=replace(m.recipe, **aug)) if aug else m
 

@@ -25,8 +25,8 @@ from jaxcnn.study.record import StudyRecord
 from jaxcnn.summary import summary
 from jaxcnn.train.config import TrainConfig
 
-__all__ = ["Axis", "Plan", "PlanError", "axis_value", "check_members", "in_window", "neighbour_pairs",
-           "numeric_axes", "parse_axis"]
+__all__ = ["Axis", "Plan", "PlanError", "axis_value", "check_members", "in_window", "member_input_shape",
+           "neighbour_pairs", "numeric_axes", "parse_axis"]
 
 SPECIAL = ("width", "input_size")  # axes that are not builder options
 
@@ -220,17 +220,22 @@ def _unique(out: list[Member]) -> list[Member]:
     return out
 
 
+def member_input_shape(m: Member, in_shape: Sequence[int]) -> tuple[int, int, int]:
+    """The per-example input member ``m`` trains on: the data's, resized to its ``input_size``, padded to ``pad_to``."""
+    h, w = (m.input_size, m.input_size) if m.input_size else (in_shape[0], in_shape[1])
+    if m.pad_to:
+        h, w = max(h, m.pad_to), max(w, m.pad_to)
+    return h, w, in_shape[2]
+
+
 def in_window(m: Member, num_classes: int, in_shape: Sequence[int], *, params: tuple[float, float] | None = None,
               macs: tuple[float, float] | None = None) -> bool:
     """Whether member ``m`` (built for ``num_classes`` at its input) has parameters and MACs inside the windows."""
     if params is None and macs is None:
         return True
-    h = m.input_size or in_shape[0]
-    w = m.input_size or in_shape[1]
-    if m.pad_to:
-        h, w = max(h, m.pad_to), max(w, m.pad_to)
     try:
-        totals = summary(models.get(m.build_name, num_classes=num_classes, **m.options), (h, w, in_shape[2])).totals
+        totals = summary(models.get(m.build_name, num_classes=num_classes, **m.options),
+                         member_input_shape(m, in_shape)).totals
     except (ValueError, LayerError, TypeError):
         return True  # an invalid member is not the window's to judge: check_members names it
     return all(lo <= totals[key] <= hi for key, window in (("learnable_params", params), ("macs", macs))
@@ -245,13 +250,9 @@ def check_members(members: Sequence[Member], num_classes: int, in_shape: Sequenc
     """
     problems = []
     for m in members:
-        h = m.input_size or in_shape[0]
-        w = m.input_size or in_shape[1]
-        if m.pad_to:
-            h, w = max(h, m.pad_to), max(w, m.pad_to)
         try:
             model = models.get(m.build_name, num_classes=num_classes, **m.options)
-            summary(model, (h, w, in_shape[2]))
+            summary(model, member_input_shape(m, in_shape))
         except (ValueError, LayerError, TypeError) as e:
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             problems.append(f"{m.variant}: {text}")
