@@ -26,6 +26,7 @@ from pathlib import Path
 
 from jaxcnn import data as jdata
 from jaxcnn.cli import as_flags, positive
+from jaxcnn.cli.args import add_compile_cache_flag
 from jaxcnn.core import LayerError
 from jaxcnn.storage.checkpoint import CheckpointError
 from jaxcnn.study import Member, Task, finished_results, run_study
@@ -63,6 +64,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, study: str, seeds: int |
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figures from the results file")
     parser.add_argument("--quick", action="store_true", help="smoke test: 600 images, 1 epoch, 1 seed")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_compile_cache_flag(parser)
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="run shard I of N (I from 1) of the members, round robin, into the same folder; inside a "
                              "SLURM array job the shard comes from SLURM_ARRAY_TASK_ID/COUNT when this is not given")
@@ -131,7 +133,7 @@ def finish(args: argparse.Namespace, members: list[Member], task: Task | None, o
         else:
             shard = resolve(args.shard)
             records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,
-                                devices=args.devices)
+                                devices=args.devices, compile_cache=not args.no_compile_cache)
             if not records and shard is not None:  # more shards than members: this one had nothing to do
                 print(f"shard {shard}: no member finished yet in {out}; nothing to draw", file=sys.stderr)
                 return 0

@@ -17,6 +17,7 @@ from jaxcnn.cli.args import (
     FLAGS,
     Parser,
     UsageError,
+    add_compile_cache_flag,
     add_data_flags,
     add_distributed_flags,
     add_models_from,
@@ -26,6 +27,7 @@ from jaxcnn.cli.args import (
 )
 from jaxcnn.cli.commands import cmd_bench, cmd_models, cmd_summary, cmd_train
 from jaxcnn.cli.study import add_study_parser, cmd_study
+from jaxcnn.lowering import compile_cache
 from jaxcnn.lowering.compile_options import CHOICES as COMPILE_CHOICES
 from jaxcnn.lowering.conv import IMPLS
 from jaxcnn.summary import OPTIMIZER_SLOTS
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="array file of each checkpoint (safetensors: readable by other tools; resume reads either)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     add_models_from(t)
+    add_compile_cache_flag(t)
     add_recipe_flags(t)
     add_distributed_flags(t)
 
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="few short repetitions (checks the report, not the speed)")
     b.add_argument("--json", type=Path, default=None, help="also write the JSON report to this file")
     add_models_from(b)
+    add_compile_cache_flag(b)
 
     add_study_parser(sub)
     return parser
@@ -104,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"models": cmd_models, "summary": cmd_summary, "bench": cmd_bench, "train": cmd_train,
                 "study": cmd_study}
+    if hasattr(args, "no_compile_cache"):  # the commands that compile: before their first program
+        compile_cache.enable(not args.no_compile_cache)
     try:
         _load_user_models(args.models_from)
         return handlers[args.command](args)

@@ -162,6 +162,13 @@ def add_models_from(parser: argparse.ArgumentParser) -> None:
                              "@jaxcnn.models.register_model can be named (repeatable)")
 
 
+def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-compile-cache``: compile every program afresh instead of loading it from the persistent cache."""
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not keep or load compiled programs in $JAXCNN_CACHE_DIR/xla (default "
+                             "~/.cache/jaxcnn/xla; JAXCNN_COMPILE_CACHE=0 does the same)")
+
+
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     """The ``--distributed``, ``--coordinator``, ``--num-processes`` and ``--process-id`` options."""
     g = parser.add_argument_group("multi-process training (JAX's distributed runtime)")

@@ -37,6 +37,7 @@ from typing import Any
 
 from jaxcnn.cli.args import (
     UsageError,
+    add_compile_cache_flag,
     add_data_flags,
     add_models_from,
     add_recipe_flags,
@@ -102,6 +103,7 @@ def add_study_parser(sub: Any) -> argparse.ArgumentParser:
     add_data_flags(p, default=None)
     add_recipe_flags(p)
     add_models_from(p)
+    add_compile_cache_flag(p)
     return p
 
 
@@ -221,7 +223,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                        for m in members]
             shard = resolve(args.shard)
             records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,
-                                devices=args.devices)
+                                devices=args.devices, compile_cache=not args.no_compile_cache)
             if not records and shard is not None:
                 print(f"shard {shard}: no member finished yet in {out}; nothing to draw", file=sys.stderr)
                 return 0

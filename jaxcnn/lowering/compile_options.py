@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.lowering import compile_cache
+
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 
 CANDIDATES: dict[str, dict[str, str]] = {
@@ -144,7 +146,7 @@ def _float64_reference(fn: Callable[..., Any], args: tuple) -> Any:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("JAXCNN_CACHE_DIR") or Path.home() / ".cache" / "jaxcnn") / "compile-options"
+    return compile_cache.cache_root() / "compile-options"
 
 
 def _machine() -> str:

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxcnn import models
 from jaxcnn.core import walk
+from jaxcnn.lowering.compile_cache import enable as enable_compile_cache
 from jaxcnn.storage import files, locks
 from jaxcnn.study.member import Member, Task
 from jaxcnn.study.record import (
@@ -292,7 +293,8 @@ def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Me
 
 
 def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
-              command: str = "", shard: Shard | None = None, devices: int | None = None) -> list[StudyRecord]:
+              command: str = "", shard: Shard | None = None, devices: int | None = None,
+              compile_cache: bool = True) -> list[StudyRecord]:
     """Train every member (of ``shard``, if given) not finished in ``out``; return all finished records, member order.
 
     Args:
@@ -304,10 +306,15 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
         shard: this process's subset of ``members`` (:mod:`jaxcnn.study.shard`); None runs them all.
         devices: train n members at once, one per local device, instead of sharding each member's
             batch over all of them (the default).
+        compile_cache: keep compiled programs in JAX's persistent cache
+            (:func:`jaxcnn.lowering.compile_cache.enable`), so members that share a program, a resumed study
+            and a rerun load it instead of compiling it again. False leaves JAX's setting as it is.
 
     Returns:
         Every finished record of ``members``, in their order.
     """
+    if compile_cache:
+        enable_compile_cache()
     out = _study_folder(Path(out), create=True)
     records = merge_results(out, members)
     done = {_key(r): r for r in records}

@@ -36,9 +36,18 @@ def _divisor_chunk(steps: int, lo: int = 3, hi: int = 8) -> int:
     return 4
 
 
+# One program each, not one per leaf shape: eagerly, stacking or slicing a model's ~20 leaves compiles (or
+# loads from the persistent cache) ~20 tiny programs, a second of a short run's start-up.
+@jax.jit
 def _stack_seeds(per_seed: list[Any]) -> Any:
     """Per-seed pytrees -> one pytree with a leading seed axis."""
     return jax.tree_util.tree_map(lambda *vs: jnp.stack(vs), *per_seed)
+
+
+@jax.jit
+def _first_seed(tree: Any) -> Any:
+    """The first seed's slice of every leaf."""
+    return jax.tree_util.tree_map(lambda v: v[0], tree)
 
 
 class EpochOut(NamedTuple):
@@ -145,7 +154,7 @@ class Trainer:
             # each process would time the candidates on its own and could pick differently; every process
             # must compile the same program, so "auto" means XLA's default here
             return compile_options.Choice("xla", {})
-        first = jax.tree_util.tree_map(lambda v: v[0], carry)
+        first = _first_seed(carry)
         params, state = first.params, first.state
         b = self.cfg.batch
         x = (jnp.asarray(self.data.x_train[:b]).astype(jnp.float32) - self.mean) / self.std
