@@ -53,14 +53,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +69,7 @@ import optax
 
 from jaxcnn import models
 from jaxcnn.bench import device_info
+from jaxcnn.bench.timing import LoadMeter, Series, interleave, prepare
 from jaxcnn.lowering import compile_options
 from jaxcnn.storage.files import atomic_write_text
 from jaxcnn.train import step as train_step_module  # the engine's step, timed for jaxcnn
@@ -384,74 +383,7 @@ BUILDERS: dict[str, Callable[[Case, str, np.ndarray, np.ndarray], Runner]] = {
 }
 
 
-# -- contamination guard: CPU time used by other processes -----------------------------------------
-
-
-class LoadMeter:
-    """Cores' worth of CPU time other processes used between ``start()`` and ``stop()`` (None off Linux)."""
-
-    def __init__(self) -> None:
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.ok = self._busy() is not None
-        self._t = self._busy_at = self._own = 0.0
-
-    @staticmethod
-    def _busy() -> float | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:8]]
-        except (OSError, ValueError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq = fields
-        return float(user + nice + system + irq + softirq)
-
-    def start(self) -> None:
-        """Begin an interval."""
-        self._t = time.perf_counter()
-        self._busy_at = self._busy() or 0.0
-        t = os.times()
-        self._own = t.user + t.system
-
-    def stop(self) -> float | None:
-        """Other processes' average CPU use over the interval, in cores."""
-        wall = time.perf_counter() - self._t
-        if not self.ok or wall <= 0:
-            return None
-        t = os.times()
-        busy = ((self._busy() or 0.0) - self._busy_at) / self.hz
-        return max(0.0, (busy - (t.user + t.system - self._own)) / wall)
-
-
-# -- the measurement -----------------------------------------------------------------------------
-
-
-@dataclass
-class Measured:
-    """Timings of one framework on one case and mode."""
-
-    first_call_s: float = 0.0
-    calls_per_rep: int = 0
-    rep_step_s: list[float] = field(default_factory=list)
-    rep_other_load: list[float | None] = field(default_factory=list)
-    redone_reps: int = 0
-    contaminated_reps: int = 0
-
-
-def _timed(run: Callable[[int], None], n: int) -> float:
-    t = time.perf_counter()
-    run(n)
-    return time.perf_counter() - t
-
-
-def calibrate(run: Callable[[int], None], min_seconds: float) -> int:
-    """Steps per repetition so that one repetition lasts >= ``min_seconds`` (from a short doubling probe)."""
-    calls, elapsed = 1, _timed(run, 1)
-    target = min(0.25, 0.1 * min_seconds)
-    while elapsed < target and calls < 4096:
-        calls *= 2
-        elapsed = _timed(run, calls)
-    per_call = max(elapsed / calls, 1e-7)
-    return max(1, math.ceil(min_seconds / per_call))
+# -- the measurement (timing as in jaxcnn.bench.timing: first call, calibration, interleaved reps) -------
 
 
 def measure(
@@ -463,13 +395,10 @@ def measure(
     x = rng.standard_normal((case.batch, case.size, case.size, 3), dtype=np.float32)
     y = rng.integers(0, NUM_CLASSES, case.batch).astype(np.int32)
     runners: dict[str, Runner] = {}
-    meas: dict[str, Measured] = {}
+    meas: dict[str, Series] = {}
     for fw in frameworks:
         runners[fw] = BUILDERS[fw](case, mode, x, y)
-        m = meas[fw] = Measured()
-        m.first_call_s = _timed(runners[fw].run, 1)  # JAX: trace + compile + one step
-        runners[fw].run(1)  # warm-up
-        m.calls_per_rep = calibrate(runners[fw].run, min_seconds)
+        m = meas[fw] = prepare(runners[fw].run, min_seconds)  # first call: JAX traces + compiles + one step
         log(f"  {fw:15s} first call {m.first_call_s:7.2f} s, {m.calls_per_rep} steps per repetition")
 
     params = {fw: r.param_count for fw, r in runners.items()}
@@ -480,47 +409,27 @@ def measure(
         raise AssertionError(f"{case.spec}: parameter counts differ between frameworks: params {params}, "
                              f"BN state {state}; the architectures are not the same")
 
+    runs = {fw: runners[fw].run for fw in frameworks}  # interleaved: every framework once per repetition
     for rep in range(reps):
-        for fw in frameworks:  # interleaved: every framework once per repetition
-            m, run = meas[fw], runners[fw].run
-            best: tuple[float | None, float] | None = None
-            for attempt in range(1 + retries):
-                if meter.ok:
-                    meter.start()
-                elapsed = _timed(run, m.calls_per_rep)
-                load = meter.stop() if meter.ok else None
-                if best is None or (load is not None and best[0] is not None and load < best[0]):
-                    best = (load, elapsed)
-                if load is None or load <= max_other_load:
-                    break
-                if attempt < retries:
-                    m.redone_reps += 1
-                    log(f"  {fw} rep {rep + 1}: other processes used {load:.2f} cores; redoing it")
-            load, elapsed = best
-            if load is not None and load > max_other_load:
-                m.contaminated_reps += 1
-            m.rep_step_s.append(elapsed / m.calls_per_rep)
-            m.rep_other_load.append(load)
+        interleave(runs, meas, 1, meter=meter, max_other_load=max_other_load, retries=retries, log=log)
         log(f"  rep {rep + 1}/{reps}: " + ", ".join(
-            f"{fw} {case.batch / meas[fw].rep_step_s[-1]:,.1f} img/s" for fw in frameworks))
+            f"{fw} {case.batch / meas[fw].rep_s[-1]:,.1f} img/s" for fw in frameworks))
 
     results = {}
     for fw, m in meas.items():
-        med = statistics.median(m.rep_step_s)
-        loads = [v for v in m.rep_other_load if v is not None]
         results[fw] = {
-            "images_per_s": case.batch / med,
-            "step_ms_median": 1e3 * med,
-            "step_ms_low": 1e3 * min(m.rep_step_s),
-            "step_ms_high": 1e3 * max(m.rep_step_s),
-            "rep_spread": (max(m.rep_step_s) - min(m.rep_step_s)) / med,
-            "rep_step_ms": [1e3 * s for s in m.rep_step_s],
+            "images_per_s": case.batch / m.median,
+            "step_ms_median": 1e3 * m.median,
+            "step_ms_low": 1e3 * m.low,
+            "step_ms_high": 1e3 * m.high,
+            "rep_spread": m.spread,
+            "rep_step_ms": [1e3 * s for s in m.rep_s],
             "first_call_s": m.first_call_s,
             "calls_per_rep": m.calls_per_rep,
             "reps": len(m.rep_step_s),
-            "max_other_load_cores": max(loads) if loads else None,
+            "max_other_load_cores": m.max_other_load,
             "redone_reps": m.redone_reps,
-            "contaminated_reps": m.contaminated_reps,
+            "contaminated_reps": m.disturbed_reps,
             "param_count": runners[fw].param_count,
             "state_count": runners[fw].state_count,
             "implementation": runners[fw].notes,

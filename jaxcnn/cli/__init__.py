@@ -23,6 +23,8 @@ from jaxcnn.cli.args import (
     add_models_from,
     add_recipe_flags,
     as_flags,
+    comma_choices,
+    comma_list,
     positive,
 )
 from jaxcnn.cli.commands import cmd_bench, cmd_models, cmd_summary, cmd_train
@@ -79,9 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("models", nargs="*", default=["allconv6", "mobilenet_v1/0.25"],
                    help="registry names with optional /width (default: allconv6 mobilenet_v1/0.25)")
     b.add_argument("--input-size", type=_positive_int, default=32)
-    b.add_argument("--batch", type=_positive_int, nargs="+", default=[128])
-    b.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32"])
-    b.add_argument("--mode", nargs="+", choices=["train", "infer"], default=["train", "infer"])
+    b.add_argument("--batch", type=comma_list(_positive_int, "batch sizes"), default=(128,),
+                   help="comma-separated batch sizes (default 128)")
+    b.add_argument("--dtype", type=comma_choices(("float32", "bfloat16"), "--dtype"), default=("float32",),
+                   help="comma-separated: float32, bfloat16 (default float32)")
+    b.add_argument("--mode", type=comma_choices(("train", "infer"), "--mode"), default=("train", "infer"),
+                   help="comma-separated: train, infer (default both)")
+    b.add_argument("--max-other-load", type=float, default=0.25, metavar="CORES",
+                   help="redo a repetition during which other processes used more than this many cores, and "
+                        "warn when one stays disturbed (default 0.25)")
     b.add_argument("--conv-impl", choices=list(IMPLS), default="auto")
     b.add_argument("--compile-options", choices=list(COMPILE_CHOICES), default="auto",
                    help="XLA options per program: auto = tuned (fastest accurate candidate), or a candidate name")

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import re
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from jaxcnn import models
@@ -75,6 +76,20 @@ def comma_list(kind: type, what: str = "values"):
             return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
+
+
+def comma_choices(choices: Sequence[str], what: str):
+    """An argparse ``type`` for ``a,b`` where each item must be one of ``choices``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{what} must be comma-separated values of {', '.join(choices)}; "
+                                             f"got {text!r}")
+        return items
 
     return parse
 
