@@ -354,6 +354,228 @@ def _checkpoint(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Call
             yield "mutated", case(valid_json, mutate(valid_npz, rng))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# JSON values: a valid document with one value replaced by something hostile (what an edited file holds)
+
+_HOSTILE_VALUES: tuple = (None, True, False, 0, -1, 2**63, -(2**70), 1e308, float("nan"), float("inf"), -0.0, "",
+                          "x" * 5000, "../../etc/passwd", [], [None], [[[]]], {}, {"": None}, [1.5, "a"], 10**400)
+
+
+def mutate_json(value: object, rng: np.random.Generator) -> object:
+    """``value`` with one randomly chosen nested value (or key) replaced, dropped or duplicated."""
+    import copy
+
+    value = copy.deepcopy(value)
+    path: list[tuple[object, object]] = []
+    node = value
+    while isinstance(node, (dict, list)) and len(node) and (not path or rng.random() < 0.6):
+        key = sorted(node, key=str)[int(rng.integers(len(node)))] if isinstance(node, dict) \
+            else int(rng.integers(len(node)))
+        path.append((node, key))
+        node = node[key]
+    if not path:
+        return _HOSTILE_VALUES[int(rng.integers(len(_HOSTILE_VALUES)))]
+    parent, key = path[-1]
+    kind = int(rng.integers(4))
+    if kind == 0 and isinstance(parent, dict):
+        del parent[key]
+    elif kind == 1 and isinstance(parent, dict):
+        parent[str(_HOSTILE_VALUES[int(rng.integers(len(_HOSTILE_VALUES)))])[:40]] = parent[key]
+    else:
+        parent[key] = _HOSTILE_VALUES[int(rng.integers(len(_HOSTILE_VALUES)))]
+    return value
+
+
+def _json_or_bytes(valid: object, rng: np.random.Generator) -> bytes:
+    """Half the time a JSON-value mutation of ``valid``, else a byte mutation of its text."""
+    if rng.integers(2):
+        return json.dumps(mutate_json(valid, rng)).encode()
+    return mutate(json.dumps(valid).encode(), rng)
+
+
+def _folder(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from data_fixtures import write_png
+
+    from jaxcnn import data as jd
+
+    root = tmp / "imgs"
+    for cls, rgb in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (root / cls).mkdir(parents=True)
+        write_png(root / cls / "a.png", rgb)
+        write_png(root / cls / "b.png", rgb, mode="L")
+    png = (root / "cat" / "a.png").read_bytes()
+    jpeg = tmp / "j.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (9, 7), (10, 200, 30)).save(jpeg, quality=80)
+    seeds = [png, jpeg.read_bytes()]
+
+    def case(raw: bytes, name: str = "c.png") -> Callable[[], object]:
+        def run() -> object:
+            for old in (root / "dog").iterdir():
+                if old.name.startswith("c."):
+                    old.unlink()
+            (root / "dog" / name).write_bytes(raw)
+            return jd.load(f"folder:{root}", size=8)
+        return run
+
+    yield "hostile:empty_image", case(b"")
+    yield "hostile:text_as_png", case(b"not an image at all")
+    yield "hostile:png_header_only", case(png[:33])
+    while True:
+        k = int(rng.integers(2))
+        yield "mutated", case(mutate(seeds[k], rng), "c.png" if k == 0 else "c.jpg")
+
+
+def _safetensors(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from jaxcnn.storage import safetensors as st
+
+    valid = st.dumps({"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.float16),
+                      "n": np.array([1, 2], np.int64)}, {"format": "pt"})
+    header_len = struct.unpack("<Q", valid[:8])[0]
+    header = json.loads(valid[8:8 + header_len])
+    body = valid[8 + header_len:]
+    f = tmp / "w.safetensors"
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            f.write_bytes(raw)
+            tensors, _ = st.load(f)
+            assert tensors["w"].shape == (3, 4)  # a load is a correct load
+            return tensors
+        return run
+
+    def with_header(h: bytes) -> bytes:
+        return struct.pack("<Q", len(h)) + h + body
+
+    yield "hostile:header_claims_exabytes", case(struct.pack("<Q", 2**63) + b"{}")
+    yield "hostile:overlapping", case(with_header(json.dumps({
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()))
+    yield "hostile:huge_shape", case(with_header(json.dumps({
+        "w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 48]}}).encode()))
+    while True:
+        if rng.integers(2):
+            yield "mutated", case(with_header(json.dumps(mutate_json(header, rng)).encode()))
+        else:
+            yield "mutated", case(mutate(valid, rng))
+
+
+def _valid_record() -> dict:
+    return {"family": "allconv6", "variant": "allconv6/0.5", "label": "width=0.5", "learnable_params": 1000,
+            "macs": 20000, "input_shape": [8, 8, 1], "accuracies": [0.5, 0.6], "mean_accuracy": 0.55,
+            "std_accuracy": 0.05, "test_accuracy_per_epoch": [[0.4, 0.45], [0.5, 0.6]], "train_seconds": 3.0,
+            "options": {"bn": True}, "state_params": 20, "dataset": "digits", "seeds": [0, 1],
+            "train_loss_per_epoch": [[2.0, 2.1], [1.0, 1.1]], "convergence": None, "compile_seconds": 1.0,
+            "wall_seconds": 5.0, "epochs": 2, "pad_to": None, "recipe": {"epochs": 2}, "device": "cpu",
+            "train_examples": 100}
+
+
+def _study_record(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from jaxcnn.study import record, report
+
+    valid = _valid_record()
+    f = tmp / "record.json"
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            f.write_bytes(raw)
+            rec = record.read_record(f)
+            report.table([rec])  # what reads a record next: it must not trip over a value the reader let in
+            return rec
+        return run
+
+    yield "hostile:deep_nesting", case(b"[" * 100_000)
+    yield "hostile:not_utf8", case(b'{"family": "\xff\xfe"}')
+    while True:
+        yield "mutated", case(_json_or_bytes(valid, rng))
+
+
+def _results_jsonl(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    from jaxcnn.study import record, report
+
+    a, b = _valid_record(), {**_valid_record(), "variant": "allconv6/1", "learnable_params": 4000, "macs": 80000}
+    f = tmp / "results.jsonl"
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            f.write_bytes(raw)
+            recs = record.read_results(f)
+            report.table(recs)
+            return recs
+        return run
+
+    yield "hostile:huge_number", case(b'{"macs": ' + b"9" * 5000 + b"}\n")
+    while True:
+        line = _json_or_bytes(a if rng.integers(2) else b, rng)
+        yield "mutated", case(json.dumps(a).encode() + b"\n" + line + b"\n")
+
+
+def _compile_options_cache(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    import os
+
+    os.environ["JAXCNN_CACHE_DIR"] = str(tmp)
+    from jaxcnn.lowering import compile_options as co
+
+    names = ("xla", "ynn-dot")
+    valid = {"name": "ynn-dot", "seconds": {"xla": 0.02, "ynn-dot": 0.015}, "errors": {"xla": 1e-7, "ynn-dot": 2e-7},
+             "rejected": {}, "key": "k"}
+    d = tmp / "compile-options"
+    d.mkdir()
+
+    class Refused(Exception):
+        """The cache ignored the entry (a damaged entry costs a new measurement, never a wrong choice)."""
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            (d / "k.json").write_bytes(raw)
+            import contextlib
+            import io
+
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                got = co._read_cache("k", names)
+            if got is None:
+                if "\n" in err.getvalue().strip():
+                    raise AssertionError(f"multi-line warning {err.getvalue()!r}")
+                raise Refused()
+            assert got.name in names and got.options == co.options(got.name)
+            return got
+        return run
+
+    yield "hostile:rejected_choice", case(json.dumps({**valid, "rejected": {"ynn-dot": "too inaccurate"}}).encode())
+    yield "hostile:unknown_candidate", case(json.dumps({**valid, "name": "--xla_cpu_everything"}).encode())
+    yield "hostile:no_accuracy_record", case(json.dumps({**valid, "errors": {}}).encode())
+    while True:
+        yield "mutated", case(_json_or_bytes(valid, rng))
+
+
+def _torch_state_dict(tmp: Path, rng: np.random.Generator) -> Iterator[tuple[str, Callable[[], object]]]:
+    import io
+
+    import torch
+
+    from jaxcnn.storage import interop
+
+    buf = io.BytesIO()
+    torch.save({"conv.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2),
+                "bn.num_batches_tracked": torch.tensor(3)}, buf)
+    valid = buf.getvalue()
+    f = tmp / "w.pth"
+
+    def case(raw: bytes) -> Callable[[], object]:
+        def run() -> object:
+            f.write_bytes(raw)
+            sd = interop.read_state_dict(f)
+            assert tuple(sd["conv.weight"].shape) == (2, 3, 2, 2)
+            return sd
+        return run
+
+    for name, raw in list(hostile_pickles().items())[:12]:
+        yield f"hostile:{name}", case(raw)
+    while True:
+        yield "mutated", case(mutate(valid, rng))
+
+
 READERS: dict[str, Callable[[Path, np.random.Generator], Iterator[tuple[str, Callable[[], object]]]]] = {
     "cifar_py": _cifar_py,
     "cifar_bin": _cifar_bin,
@@ -361,6 +583,12 @@ READERS: dict[str, Callable[[Path, np.random.Generator], Iterator[tuple[str, Cal
     "npz": _npz,
     "list": _list,
     "checkpoint": _checkpoint,
+    "folder": _folder,
+    "safetensors": _safetensors,
+    "study_record": _study_record,
+    "results_jsonl": _results_jsonl,
+    "compile_options_cache": _compile_options_cache,
+    "torch_state_dict": _torch_state_dict,
 }
 
 
@@ -368,27 +596,38 @@ def drive(reader: str, seed: int, n: int) -> dict[str, object]:
     """Run ``n`` cases of ``reader``; return counts, unexpected outcomes and peak memory."""
     from jaxcnn.data import DataError
     from jaxcnn.storage.checkpoint import CheckpointError
+    from jaxcnn.storage.interop import InteropError
+    from jaxcnn.storage.safetensors import SafetensorsError
+    from jaxcnn.study.record import StudyError
+
+    clean = (DataError, CheckpointError, SafetensorsError, StudyError, InteropError)
 
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     bad: list[str] = []
     slowest = 0.0
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as tmp:
         cases = READERS[reader](Path(tmp), rng)
+        pending = [next(cases)]  # the reader's set-up (imports, valid files) is not what the cap is about
+        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for _ in range(n):
-            name, run = next(cases)
+            name, run = pending.pop() if pending else next(cases)
             t0 = time.perf_counter()
             try:
                 run()
                 outcome = "loaded"
-            except (DataError, CheckpointError) as e:
+            except clean as e:
                 outcome = "refused"
                 if "\n" in str(e):
                     bad.append(f"{name}: multi-line error {str(e)!r}")
                 if name.startswith("hostile:") and "Traceback" in str(e):
                     bad.append(f"{name}: {e}")
             except Exception as e:  # anything else is a reader bug: the CLI would show a traceback
+                if type(e).__name__ == "Refused":  # the compile-options cache's quiet refusal
+                    outcome = "refused"
+                    counts[outcome] = counts.get(outcome, 0) + 1
+                    slowest = max(slowest, time.perf_counter() - t0)
+                    continue
                 outcome = "other"
                 bad.append(f"{name}: {type(e).__name__}: {e}"[:300])
             slowest = max(slowest, time.perf_counter() - t0)

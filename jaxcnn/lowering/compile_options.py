@@ -182,8 +182,9 @@ def _cache_problem(rec: Any, names: tuple[str, ...], factor: float) -> str | Non
     name = rec.get("name")
     if name not in names:
         return f"its candidate {str(name)[:40]!r} is not one of those tuned here ({', '.join(names)})"
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+    def number(x: Any) -> bool:  # an int beyond float range (10**400 in an edited file) is no number of ours
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e300 and math.isfinite(x) \
+            and x >= 0
 
     for f, ok, what in (("seconds", number, "seconds"), ("errors", number, "errors"),
                         ("rejected", lambda x: isinstance(x, str), "reasons")):
