@@ -53,3 +53,12 @@ def test_a_record_written_before_step_factor_existed_still_matches_its_recipe(tm
         **{k: tuple(v) if isinstance(v, list) else v for k, v in rec.recipe.items()}, "step_factor": 0.2}))
     with pytest.raises(StudyError, match="another recipe"):
         _check_same_run(rec, other, task, tmp_path)
+
+
+def test_fill_new_fields_adds_only_fields_this_run_compares_at_their_defaults():
+    from jaxcnn.train.config import fill_new_fields
+
+    now = {"config.lr": 0.2, "config.step_factor": 0.2, "data": "digits"}  # config.epochs: not compared
+    got = fill_new_fields({"config.lr": 0.2, "data": "digits"}, now, prefix="config.")
+    assert got == {"config.lr": 0.2, "config.step_factor": TrainConfig().step_factor, "data": "digits"}
+    assert fill_new_fields({"lr": 0.3}, {"lr": 0.1, "batch": 64}) == {"lr": 0.3, "batch": TrainConfig().batch}

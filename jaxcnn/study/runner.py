@@ -47,7 +47,7 @@ from jaxcnn.study.shard import Shard, select
 from jaxcnn.study.stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import fit
-from jaxcnn.train.config import TrainConfig
+from jaxcnn.train.config import fill_new_fields
 
 
 def _slug(variant: str) -> str:
@@ -112,8 +112,8 @@ def _check_same_run(rec: StudyRecord, m: Member, task: Task, out: Path) -> None:
     now = {"dataset": task.name, "input_shape": list(task.in_shape), "recipe": asdict(m.recipe),
            "options": m.options}
     old = {k: getattr(rec, k) for k in now}
-    if old["recipe"]:  # a TrainConfig field added since the record was written counts at its default value
-        old["recipe"] = {**asdict(TrainConfig()), **old["recipe"]}
+    if old["recipe"]:  # an empty recipe is a record from before recipes were recorded: not compared
+        old["recipe"] = fill_new_fields(old["recipe"], now["recipe"])
     differ = files.differing(old, now)
     if differ:
         raise StudyError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -116,6 +117,17 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"TrainConfig: {msg}")
         return self
+
+
+def fill_new_fields(recorded: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``recorded`` (a recipe as a checkpoint or study record wrote it) with each TrainConfig field it lacks
+    but ``now`` has at its default: a field added to TrainConfig since then meant its default.
+
+    ``prefix`` is prepended to field names (the run identity keys them ``config.NAME``). The one rule of both
+    "same run?" checks (resume, study rerun).
+    """
+    defaults = {f"{prefix}{f.name}": f.default for f in fields(TrainConfig)}
+    return {**{k: v for k, v in defaults.items() if k in now and k not in recorded}, **recorded}
 
 
 def describe() -> str:

@@ -21,7 +21,7 @@ from jaxcnn.storage import checkpoint, files
 from jaxcnn.summary import summary
 from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
 from jaxcnn.train import step
-from jaxcnn.train.config import TrainConfig, TrainingError
+from jaxcnn.train.config import TrainConfig, TrainingError, fill_new_fields
 from jaxcnn.train.inputs import TrainData
 from jaxcnn.train.trainer import EpochOut, Trainer
 
@@ -135,9 +135,7 @@ def _check_same_run(ck: Path, saved: Any, now: dict[str, Any], legacy_config: An
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{ck} has no valid record of the run that wrote it ('identity'); "
                                          "resume cannot check it is the same run: use another folder")
-    # a TrainConfig field added since the checkpoint was written counts at its default value
-    defaults = files.json_form({f"config.{k}": v for k, v in asdict(TrainConfig()).items()})
-    saved = {**{k: v for k, v in defaults.items() if k in now and k not in saved}, **saved}
+    saved = fill_new_fields(saved, now, prefix="config.")
     differ = files.differing(saved, now)
     if saved.get("data_sha256") == now["data_sha256"] and "data" in differ:
         differ.remove("data")  # the same data found at another path (a moved folder) is the same run
