@@ -81,7 +81,8 @@ class TrainConfig:
     # added by issue 27 (at the end, so positional construction keeps its meaning); at their defaults
     # these change nothing, so records written before them read as runs at the defaults
     ema: float = _field(0.0, "decay of an exponential moving average of the weights and BN statistics, updated "
-                             "after every step, evaluated and checkpointed beside the raw ones (0 = off; e.g. 0.999)")
+                             "after every step (decay min(ema, (1+n)/(10+n)) at step n), evaluated and checkpointed "
+                             "beside the raw ones (0 = off; e.g. 0.999)")
     accumulate: int = _field(1, "micro-batches per optimizer step: each batch is split into this many equal parts "
                                 "whose mean gradient makes one update (batch stays the examples per update, so lr and "
                                 "schedule keep their meaning; batch must be a multiple)", positive=True)

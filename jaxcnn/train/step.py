@@ -24,10 +24,12 @@ shuffling, seeds and checkpoints)::
   normalised with its own statistics (a smaller, "ghost" batch) and the running statistics move once
   per micro-batch; dropout draws a key per micro-batch.
 * ``init(..., ema=True)`` adds ``TrainState.ema`` = ``{"params", "state"}``, starting at the initial
-  values; ``train_step(..., ema_decay=d)`` moves it after each update: ``ema = d * ema + (1 - d) * new``,
-  for the weights and the floating-point BatchNorm statistics alike (the running statistics of the
-  raw weights are themselves averages, and averaging them beside the weights keeps the pair
-  consistent, as timm's ModelEmaV2 averages every buffer); evaluate it with
+  values; ``train_step(..., ema_decay=d)`` moves it after each update: ``ema = d_n * ema + (1 - d_n) * new``
+  with ``d_n = min(d, (1 + n) / (10 + n))`` at step ``n`` (counted from 0; TensorFlow's
+  ``ExponentialMovingAverage(num_updates=n)``), so the initial values weigh less than 1e-6 after 50
+  steps whatever ``d``; for the weights and the floating-point BatchNorm statistics alike (the
+  running statistics of the raw weights are themselves averages, and averaging them beside the
+  weights keeps the pair consistent, as timm's ModelEmaV2 averages every buffer); evaluate it with
   ``evaluate(model, ts.ema["params"], ts.ema["state"], ...)``.
 """
 
@@ -135,7 +137,7 @@ def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.Gradien
     return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), average)
 
 
-def ema_update(average: Any, new: Any, decay: float) -> Any:
+def ema_update(average: Any, new: Any, decay: float | jax.Array) -> Any:
     """``decay * average + (1 - decay) * new`` on floating-point leaves; other leaves (counters) come from ``new``."""
 
     def one(a, n):
@@ -234,7 +236,8 @@ def train_step(
         loss: ``(logits, labels, batch) -> scalar`` in place of cross-entropy.
         metrics: name -> function of the same signature, returned beside the loss.
         accumulate: micro-batches whose mean gradient makes the one update (see the module docstring).
-        ema_decay: decay of ``carry.ema`` (kept by ``init(..., ema=True)``); 0 leaves it as it is.
+        ema_decay: decay of ``carry.ema`` (kept by ``init(..., ema=True)``), warmed up as in the module
+            docstring; 0 leaves it as it is.
         unroll: write the micro-batch loop out instead of a ``lax.scan`` (faster convolutions on CPU).
 
     Returns:
@@ -249,7 +252,9 @@ def train_step(
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if ema_decay:
-        average = ema_update(average, {"params": params, "state": new_state}, ema_decay)
+        n = count.astype(jnp.float32)
+        decay = jnp.minimum(jnp.float32(ema_decay), (1.0 + n) / (10.0 + n))
+        average = ema_update(average, {"params": params, "state": new_state}, decay)
     return TrainState(params, new_state, opt_state, count + 1, average), out
 
 

@@ -112,7 +112,7 @@ class Trainer:
         # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast)
         if not self.on_cpu:
             auto = self.steps
-        elif self.seed_batching == "unroll" and cfg.seeds > 1:
+        elif (self.seed_batching == "unroll" and cfg.seeds > 1) or cfg.accumulate > 1:  # micro-batches unroll too
             auto = 1
         else:
             auto = _divisor_chunk(self.steps)
