@@ -9,6 +9,7 @@ Sections sit between <!-- NAME:begin --> and <!-- NAME:end --> markers:
   width-comparisons results/width_study/comparisons.md (the same run: differences with 95 % intervals)
   mnist-training results/mnist5k_*/result.json  (jaxcnn train ..., commands in README)
   train-speed    results/train_speed.json       (python experiments/train_speed.py --json ...)
+  train-options  results/train_options.json     (python experiments/train_options.py --json ...)
   benchmark      results/benchmark/report.md    (python experiments/benchmark.py)
   peers          results/peers.md               (python experiments/compare_peers.py --markdown ...)
 A results section whose file is absent is left as it is, so nothing is typed by hand.
@@ -122,6 +123,8 @@ SECTIONS = {
     "width-comparisons": lambda: text_file("width_study/comparisons.md"),
     "mnist-training": mnist_training,
     "train-speed": train_speed,
+    "train-options": lambda: json.loads(_text(RESULTS / "train_options.json"))["table"]
+    if (RESULTS / "train_options.json").exists() else None,
     "benchmark": lambda: text_file("benchmark/report.md"),
     "peers": lambda: text_file("peers.md"),
 }
