@@ -4,10 +4,12 @@ Command: python experiments/readme_tables.py --write README.md    (about 2 s)
          python experiments/readme_tables.py --check README.md    (exit 1 if a section is stale)
 Sections sit between <!-- NAME:begin --> and <!-- NAME:end --> markers:
   model-table    every registered model, counts from jaxcnn.summary (no arrays allocated)
+  train-config   every TrainConfig field with its default and help (jaxcnn.train.config)
   width-study    results/width_study/table.md   (python experiments/width_study.py --reference)
   width-comparisons results/width_study/comparisons.md (the same run: differences with 95 % intervals)
   mnist-training results/mnist5k_*/result.json  (jaxcnn train ..., commands in README)
   train-speed    results/train_speed.json       (python experiments/train_speed.py --json ...)
+  train-options  results/train_options.json     (python experiments/train_options.py --json ...)
   benchmark      results/benchmark/report.md    (python experiments/benchmark.py)
   peers          results/peers.md               (python experiments/compare_peers.py --markdown ...)
 A results section whose file is absent is left as it is, so nothing is typed by hand.
@@ -41,6 +43,20 @@ def model_table() -> str:
             f"| `{name}` | {shape} | {e.num_classes} | {t['learnable_params']:,} | {t['state_params']:,} "
             f"| {t['macs']:,} | {t['receptive_field'][0]} |"
         )
+    return "\n".join(rows)
+
+
+def train_config_table() -> str:
+    from dataclasses import fields
+
+    from jaxcnn.train.config import TrainConfig
+
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for f in fields(TrainConfig):
+        meaning = f.metadata["help"]
+        if "cli_default" in f.metadata:
+            meaning += f"; `jaxcnn train`/`study` default: {f.metadata['cli_default']}"
+        rows.append(f"| `{f.name}` | `{f.default!r}` | {meaning.replace('|', '/')} |")
     return "\n".join(rows)
 
 
@@ -102,10 +118,13 @@ def text_file(rel: str) -> str | None:
 
 SECTIONS = {
     "model-table": model_table,
+    "train-config": train_config_table,
     "width-study": width_study,
     "width-comparisons": lambda: text_file("width_study/comparisons.md"),
     "mnist-training": mnist_training,
     "train-speed": train_speed,
+    "train-options": lambda: json.loads(_text(RESULTS / "train_options.json"))["table"]
+    if (RESULTS / "train_options.json").exists() else None,
     "benchmark": lambda: text_file("benchmark/report.md"),
     "peers": lambda: text_file("peers.md"),
 }

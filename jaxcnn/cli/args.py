@@ -102,10 +102,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-_DATA_DEPENDENT = {"crop_pad": "default: 4 at 32 px and above, 2 at 16-31, 1 below",
-                   "flip": "default: on except for digits"}
-
-
 def add_recipe_flags(parser: argparse.ArgumentParser, *, defaults: TrainConfig | None = None) -> None:
     """One flag per TrainConfig field (default None: "not given", so a study file or preset may set it).
 
@@ -116,7 +112,8 @@ def add_recipe_flags(parser: argparse.ArgumentParser, *, defaults: TrainConfig |
     g = parser.add_argument_group("recipe (TrainConfig; `help(jaxcnn.train.TrainConfig)`)")
     for f in dataclasses.fields(TrainConfig):
         meta, kind = f.metadata, hints[f.name]
-        shown = _DATA_DEPENDENT.get(f.name) or f"default {getattr(base, f.name)!r}"
+        shown = (f"default from the data: {meta['cli_default']}; TrainConfig() has {f.default!r}"
+                 if "cli_default" in meta else f"default {getattr(base, f.name)!r}")
         kw: dict[str, Any] = {"default": None, "help": f"{meta['help']} ({shown})", "dest": f.name}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction

@@ -94,11 +94,18 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     print(f"{args.model} on {args.data}: test accuracy {100 * result.mean_accuracy:.2f} +- "
           f"{100 * result.std_accuracy:.2f}% over {len(result.seeds)} seed(s) [{accs}]; "
           f"train {result.train_seconds:.1f} s, compile {result.compile_seconds:.1f} s")
+    ema = result.history[-1].ema.get("test_accuracy")  # --ema: the average's accuracy beside the raw weights'
+    if ema:
+        print(f"EMA of the weights (--ema {cfg.ema}): test accuracy {100 * np.mean(ema):.2f}% "
+              f"[{', '.join(f'{100 * a:.2f}%' for a in ema)}]")
+    if "label_noise_flipped" in result.identity:
+        print(f"label noise: {result.identity['label_noise_flipped']} of {len(data.y_train)} training labels "
+              f"flipped to a wrong class (--label-noise-seed {cfg.label_noise_seed})")
     record = {"model": args.model, "options": options, "data": args.data, "seeds": result.seeds,
               "test_accuracy": result.test_accuracy, "mean": result.mean_accuracy, "std": result.std_accuracy,
               "train_seconds": result.train_seconds, "compile_seconds": result.compile_seconds,
               "config": asdict(cfg), "final_train_loss": float(np.mean(result.history[-1].train_loss)),
-              "identity": result.identity}
+              "identity": result.identity, "ema_test_accuracy": ema}
     atomic_write_text(args.out / "result.json", json.dumps(record, indent=1))
     return 0
 

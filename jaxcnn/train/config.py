@@ -15,6 +15,7 @@ OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_SLOTS)
 SCHEDULES = ("constant", "cosine", "step")
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
+PRECISIONS = ("float32", "bf16")
 
 
 def _real(v: object) -> bool:
@@ -45,7 +46,8 @@ class TrainConfig:
     """
 
     epochs: int = _field(10, "passes over the training set", positive=True)
-    batch: int = _field(128, "examples per step (split over all devices)", positive=True)
+    batch: int = _field(128, "examples per optimizer step (split over all devices, and into `accumulate` "
+                                  "micro-batches)", positive=True)
     optimizer: str = _field("momentum", "optimizer", choices=OPTIMIZERS)
     lr: float = _field(0.05, "peak learning rate", positive=True)
     momentum: float = _field(0.9, "momentum of momentum/nesterov, beta1 of adam/adamw")
@@ -57,8 +59,11 @@ class TrainConfig:
                                 positive=True)
     warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy, in [0, 1)")
-    crop_pad: int = _field(0, "random crop after padding by this many pixels (0 = off)")
-    flip: bool = _field(False, "random horizontal flips")
+    # the command line sets these two from the data (jaxcnn.train.prepare.augmentation): ``cli_default`` says how,
+    # in --help, help(TrainConfig) and README alike
+    crop_pad: int = _field(0, "random crop after padding by this many pixels (0 = off)",
+                           cli_default="4 at 32 px and above, 2 at 16-31 px, 1 below")
+    flip: bool = _field(False, "random horizontal flips", cli_default="on, except for digits")
     seed: int = _field(0, "first seed")
     seeds: int = _field(1, "K seeds trained together in one program: seed, seed+1, ..., seed+K-1", positive=True)
     eval_batch: int = _field(500, "examples per evaluation batch", positive=True)
@@ -74,6 +79,20 @@ class TrainConfig:
         "auto", "XLA options of the training programs: auto = the fastest candidate that keeps float32 accuracy, "
                 "measured once per model and machine (cached; jaxcnn.lowering.compile_options), or a candidate name",
         choices=compile_options.CHOICES)
+    # added by issue 27 (at the end, so positional construction keeps its meaning); at their defaults
+    # these change nothing, so records written before them read as runs at the defaults
+    ema: float = _field(0.0, "decay of an exponential moving average of the weights and BN statistics, updated "
+                             "after every step (decay min(ema, (1+n)/(10+n)) at step n), evaluated and checkpointed "
+                             "beside the raw ones (0 = off; e.g. 0.999)")
+    accumulate: int = _field(1, "micro-batches per optimizer step: each batch is split into this many equal parts "
+                                "whose mean gradient makes one update (batch stays the examples per update, so lr and "
+                                "schedule keep their meaning; batch must be a multiple)", positive=True)
+    precision: str = _field("float32", "compute dtype: float32, or bf16 (bfloat16 convolution/dense/BN arithmetic; "
+                                       "float32 master weights, BN statistics and loss)", choices=PRECISIONS)
+    label_noise: float = _field(0.0, "fraction of training labels replaced by a random incorrect class, drawn once "
+                                     "per example from label_noise_seed (fixed across epochs and seeds; test labels "
+                                     "stay clean), in [0, 1)")
+    label_noise_seed: int = _field(0, "seed of the label_noise draw, independent of the training seeds")
 
     def resume_problem(self, trained_epochs: object) -> str | None:
         """Why a checkpoint of a run with ``trained_epochs`` epochs cannot continue under this config, or None."""
@@ -112,6 +131,16 @@ class TrainConfig:
             (self.seed_batching in SEED_BATCHING, f"seed_batching must be one of {', '.join(SEED_BATCHING)}"),
             (self.compile_options in compile_options.CHOICES,
              f"compile_options must be one of {', '.join(compile_options.CHOICES)}"),
+            (_real(self.ema) and 0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0 = off), got {self.ema!r}"[:80]),
+            (_int(self.accumulate) and self.accumulate >= 1, "accumulate must be a positive int"),
+            (not _int(self.accumulate) or not _int(self.batch) or self.batch % self.accumulate == 0,
+             f"batch={self.batch} must be a multiple of accumulate={self.accumulate} (batch is the examples per "
+             f"update, split into accumulate micro-batches)"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (_real(self.label_noise) and 0 <= self.label_noise < 1,
+             f"label_noise must be a fraction in [0, 1), got {self.label_noise!r}"[:80]),
+            (_int(self.label_noise_seed) and 0 <= self.label_noise_seed < 2**63,
+             "label_noise_seed must be an int >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -132,4 +161,12 @@ def fill_new_fields(recorded: Mapping[str, Any], now: Mapping[str, Any], prefix:
 
 def describe() -> str:
     """Every TrainConfig field with its default and documentation, one per line."""
-    return "\n".join(f"{f.name} = {f.default!r}: {f.metadata['help']}" for f in fields(TrainConfig))
+    return "\n".join(f"{f.name} = {f.default!r}: {f.metadata['help']}" + (
+        f" [`jaxcnn train`/`study` default: {f.metadata['cli_default']}]" if "cli_default" in f.metadata else "")
+        for f in fields(TrainConfig))
+
+
+# help(TrainConfig) shows the class docstring, not field metadata: append the fields, generated from the
+# one definition above (so the docs cannot drift from the dataclass)
+TrainConfig.__doc__ = (TrainConfig.__doc__ or "") + "\n    Fields (name = default: meaning):\n\n" + "".join(
+    f"    * {line}\n" for line in describe().splitlines())

@@ -20,48 +20,11 @@ from jaxcnn.core import Layer
 from jaxcnn.storage import checkpoint, files
 from jaxcnn.summary import summary
 from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
-from jaxcnn.train import step
+from jaxcnn.train import options, step
 from jaxcnn.train.config import TrainConfig, TrainingError, fill_new_fields
 from jaxcnn.train.inputs import TrainData
+from jaxcnn.train.records import EpochRecord
 from jaxcnn.train.trainer import EpochOut, Trainer
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One epoch of a run; every list has one entry per seed (the seed order of ``FitResult.seeds``)."""
-
-    epoch: int  # counted from 0
-    step: int  # optimizer steps taken by the end of this epoch
-    train_loss: list[float]  # mean over the epoch's steps
-    train_accuracy: list[float]
-    test_loss: list[float]
-    test_accuracy: list[float]
-    test_top5: list[float]
-    seconds: float  # training time of the epoch (evaluation and checkpointing excluded)
-    images_per_second: float  # all seeds together
-    metrics: dict[str, list[float]] = field(default_factory=dict)  # fit(metrics=...) by name, averaged per epoch
-
-    _PER_SEED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5")
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as metrics.jsonl and checkpoints hold it (custom metrics as ``train_<name>``)."""
-        out = {f: getattr(self, f) for f in ("epoch", "step", *self._PER_SEED)}
-        out.update({f"train_{k}": v for k, v in self.metrics.items()})
-        return {**out, "seconds": self.seconds, "images_per_second": self.images_per_second}
-
-    @classmethod
-    def from_json(cls, value: Any, seeds: int) -> EpochRecord | None:
-        """The record of a decoded JSON value with ``seeds`` entries per list, or None if it is not one."""
-        if not isinstance(value, dict) or not all(isinstance(value.get(k), (int, float)) and not isinstance(
-                value.get(k), bool) for k in ("epoch", "step", "seconds", "images_per_second")):
-            return None
-        per_seed = {k: value.get(k) for k in cls._PER_SEED}
-        if not all(isinstance(v, list) and len(v) == seeds for v in per_seed.values()):
-            return None
-        metrics = {k[len("train_"):]: v for k, v in value.items()
-                   if k.startswith("train_") and k not in cls._PER_SEED and isinstance(v, list)}
-        return cls(epoch=int(value["epoch"]), step=int(value["step"]), seconds=float(value["seconds"]),
-                   images_per_second=float(value["images_per_second"]), metrics=metrics, **per_seed)
 
 
 @dataclass
@@ -78,6 +41,7 @@ class FitResult:
     initial_params: Any = None  # with fit(keep_initial=True): parameters before training, per seed
     compile_choice: dict[str, Any] | None = None  # the XLA options used and the measurements behind them
     identity: dict[str, Any] = field(default_factory=dict)  # what defines the run (see run_identity)
+    ema: Any = None  # with cfg.ema: {"params", "state"} of the moving average, per seed
 
     @property
     def mean_accuracy(self) -> float:
@@ -123,6 +87,7 @@ def run_identity(model: Layer, data: TrainData, cfg: TrainConfig, meta: dict[str
         "model_sha256": hashlib.sha256(repr(model).encode()).hexdigest(),
         "input_shape": list(np.shape(data.x_train)[1:]), "num_classes": int(data.num_classes),
         "data_sha256": h.hexdigest(), "train_examples": len(data.x_train), "test_examples": len(data.x_test),
+        **options.noise_record(data, cfg),  # how many labels the noise flipped (a fact of the run, not an input)
     })
 
 
@@ -168,8 +133,9 @@ def _resume_point(ck: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[int
 
 
 def _saved(carry: step.TrainState) -> dict[str, Any]:
-    """The trees a checkpoint holds."""
-    return {"params": carry.params, "state": carry.state, "opt_state": carry.opt_state}
+    """The trees a checkpoint holds (the EMA's beside the raw weights when the run keeps one)."""
+    return {"params": carry.params, "state": carry.state, "opt_state": carry.opt_state} | (
+        {} if carry.ema is None else {"ema": carry.ema})
 
 
 def _describe(fn: Any) -> str:
@@ -299,7 +265,7 @@ def _restore(trainer: Trainer, run: _Run, carry: step.TrainState
     tree, _ = checkpoint.load(ck, _saved(carry))
     # the step count is not saved (checkpoints keep the three trees they always had): it is the epochs' steps
     done = np.full(np.shape(carry.step), start * trainer.steps, np.int32)
-    carry = trainer.put(step.TrainState(tree["params"], tree["state"], tree["opt_state"], done))
+    carry = trainer.put(step.TrainState(tree["params"], tree["state"], tree["opt_state"], done, tree.get("ema")))
     if not run.quiet or skipped:
         print(f"resumed from {ck} after epoch {start} of {cfg.epochs}", file=sys.stderr)
     return start, history, carry
@@ -341,6 +307,7 @@ def _epoch_record(trainer: Trainer, epoch: int, out: EpochOut, seconds: float, r
         test_loss=ev["loss"].tolist(), test_accuracy=ev["accuracy"].tolist(), test_top5=ev["top5"].tolist(),
         seconds=seconds, images_per_second=cfg.seeds * trainer.steps * cfg.batch / seconds,
         metrics={k: v.mean(axis=1).tolist() for k, v in out.metrics.items()},
+        ema={f"test_{k[4:]}": v.tolist() for k, v in ev.items() if k.startswith("ema_")},
     )
 
 
@@ -393,5 +360,5 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
     return FitResult(
         params=carry.params, state=carry.state, history=history, test_accuracy=list(history[-1].test_accuracy),
         train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds, initial_params=initial,
-        compile_choice=choice, identity=run.identity,
+        compile_choice=choice, identity=run.identity, ema=carry.ema,
     )

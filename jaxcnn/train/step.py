@@ -4,8 +4,8 @@
 same math as ``fit`` (its compiled epochs add only data handling: normalisation, augmentation,
 shuffling, seeds and checkpoints)::
 
-    ts = init(model, key, in_shape, optimizer)               # TrainState(params, state, opt_state, step)
-    ts, out = train_step(model, optimizer, ts, x, y, key, loss=..., metrics=...)
+    ts = init(model, key, in_shape, optimizer)               # TrainState(params, state, opt_state, step, ema)
+    ts, out = train_step(model, optimizer, ts, x, y, key, loss=..., metrics=...)  # accumulate=, ema_decay=
     scores = evaluate(model, ts.params, ts.state, x_test, y_test)
 
 * ``optimizer`` is any ``optax.GradientTransformation``; :func:`resolve_optimizer` also takes a
@@ -17,6 +17,20 @@ shuffling, seeds and checkpoints)::
   updated model ``state`` and a ``key`` for the loss's own randomness (label noise), independent
   of the model's dropout keys. Extra ``metrics`` have the same signature and are reported, not
   differentiated.
+* ``train_step(..., accumulate=A)`` splits the batch into A micro-batches (rows ``i::A``) and makes one
+  update from the mean of their gradients: with equal micro-batches that is the gradient of the whole
+  batch's mean loss, so the update equals the big-batch one to float32 rounding, for any model whose
+  loss is a mean over independent examples. BatchNorm is not such a model: each micro-batch is
+  normalised with its own statistics (a smaller, "ghost" batch) and the running statistics move once
+  per micro-batch; dropout draws a key per micro-batch.
+* ``init(..., ema=True)`` adds ``TrainState.ema`` = ``{"params", "state"}``, starting at the initial
+  values; ``train_step(..., ema_decay=d)`` moves it after each update: ``ema = d_n * ema + (1 - d_n) * new``
+  with ``d_n = min(d, (1 + n) / (10 + n))`` at step ``n`` (counted from 0; TensorFlow's
+  ``ExponentialMovingAverage(num_updates=n)``), so the initial values weigh less than 1e-6 after 50
+  steps whatever ``d``; for the weights and the floating-point BatchNorm statistics alike (the
+  running statistics of the raw weights are themselves averages, and averaging them beside the
+  weights keeps the pair consistent, as timm's ModelEmaV2 averages every buffer); evaluate it with
+  ``evaluate(model, ts.ema["params"], ts.ema["state"], ...)``.
 """
 
 from __future__ import annotations
@@ -33,19 +47,19 @@ import optax
 from jaxcnn.core import Layer, Params, Shape, State
 
 __all__ = [
-    "LossFn", "TrainState", "cross_entropy", "decay_mask", "evaluate", "eval_sums", "init", "loss_and_grads",
-    "pad_batches", "resolve_optimizer", "train_step",
+    "LossFn", "TrainState", "accumulated_grads", "cross_entropy", "decay_mask", "ema_update", "evaluate", "eval_sums",
+    "init", "loss_and_grads", "pad_batches", "resolve_optimizer", "train_step",
 ]
 
 
-
 class TrainState(NamedTuple):
-    """What a training step reads and writes (a pytree): parameters, model state, optimizer state, step count."""
+    """What a training step reads and writes (a pytree): parameters, model state, optimizer state, step count, EMA."""
 
     params: Params
     state: State
     opt_state: Any
     step: jax.Array  # int32: optimizer steps taken
+    ema: Any = None  # {"params", "state"}: their moving average (init(ema=True)); None: no EMA kept
 
 
 LossFn = Callable[[jax.Array, jax.Array, dict[str, Any]], jax.Array]
@@ -107,7 +121,8 @@ def cross_entropy(label_smoothing: float = 0.0, num_classes: int | None = None) 
     return loss
 
 
-def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.GradientTransformation) -> TrainState:
+def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.GradientTransformation, *,
+         ema: bool = False) -> TrainState:
     """The :class:`TrainState` of ``model`` for per-example ``in_shape``, before any step.
 
     Args:
@@ -115,9 +130,22 @@ def init(model: Layer, key: jax.Array, in_shape: Shape, optimizer: optax.Gradien
         key: the random key of its initialisation.
         in_shape: one example's shape, e.g. ``(32, 32, 3)`` (no batch axis).
         optimizer: the optax transformation whose state is initialised.
+        ema: also keep a moving average of the params and state (``TrainState.ema``), starting at them.
     """
     params, state = model.init(key, in_shape)
-    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32))
+    average = {"params": params, "state": state} if ema else None
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), average)
+
+
+def ema_update(average: Any, new: Any, decay: float | jax.Array) -> Any:
+    """``decay * average + (1 - decay) * new`` on floating-point leaves; other leaves (counters) come from ``new``."""
+
+    def one(a, n):
+        if not jnp.issubdtype(jnp.result_type(n), jnp.floating):
+            return n
+        return (decay * a.astype(jnp.float32) + (1.0 - decay) * n.astype(jnp.float32)).astype(n.dtype)
+
+    return jax.tree_util.tree_map(one, average, new)
 
 
 def _scalar(value: Any, what: str) -> jax.Array:
@@ -148,6 +176,38 @@ def loss_and_grads(model: Layer, params: Params, state: State, x: jax.Array, y: 
     return jax.value_and_grad(objective, has_aux=True)(params)
 
 
+def accumulated_grads(model: Layer, params: Params, state: State, x: jax.Array, y: jax.Array, key: jax.Array,
+                      loss: LossFn | None = None, metrics: Mapping[str, LossFn] | None = None, accumulate: int = 1,
+                      unroll: bool = False) -> tuple[dict[str, jax.Array], State, Params]:
+    """``(outputs, new_state, grads)`` of the batch as ``accumulate`` micro-batches (rows ``i::accumulate``).
+
+    ``grads`` and ``outputs["loss"]`` and the metrics are means over the micro-batches, ``outputs["correct"]`` a
+    sum; the model state threads through them in order. ``unroll`` writes the micro-batch loop out (XLA:CPU
+    runs convolutions in a loop slowly); with ``accumulate=1`` this is one :func:`loss_and_grads` pass.
+    """
+    n = x.shape[0]
+    if accumulate < 1 or n % accumulate:
+        raise ValueError(f"accumulate={accumulate} must be a positive divisor of the batch of {n} examples")
+
+    def micro(st, xb, yb, k):
+        (value, (st, logits, batch)), grads = loss_and_grads(model, params, st, xb, yb, k, loss)
+        out = {"loss": value, "correct": jnp.sum(jnp.argmax(logits, -1) == yb)}
+        for name, fn in (metrics or {}).items():
+            out[name] = _scalar(fn(logits, yb, batch), f"metric {name!r}")
+        return st, (out, grads)
+
+    if accumulate == 1:  # the key as it always was, so runs without accumulation keep their randomness
+        state, (out, grads) = micro(state, x, y, key)
+        return out, state, grads
+    # strided rows: under a batch sharded over devices every micro-batch spans all of them
+    split = [jnp.swapaxes(v.reshape(n // accumulate, accumulate, *v.shape[1:]), 0, 1) for v in (x, y)]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(accumulate))
+    state, (outs, grads) = jax.lax.scan(lambda st, inp: micro(st, *inp), state, (*split, keys),
+                                        unroll=accumulate if unroll else 1)
+    out = {k: (jnp.sum(v) if k == "correct" else jnp.mean(v)) for k, v in outs.items()}
+    return out, state, jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+
+
 def train_step(
     model: Layer,
     optimizer: optax.GradientTransformation,
@@ -158,6 +218,9 @@ def train_step(
     *,
     loss: LossFn | None = None,
     metrics: Mapping[str, LossFn] | None = None,
+    accumulate: int = 1,
+    ema_decay: float = 0.0,
+    unroll: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on batch ``(x, y)``; returns the new :class:`TrainState` and {loss, correct, *metrics}.
 
@@ -172,20 +235,27 @@ def train_step(
         key: feeds the model's dropout (and ``batch["key"]`` of a custom loss).
         loss: ``(logits, labels, batch) -> scalar`` in place of cross-entropy.
         metrics: name -> function of the same signature, returned beside the loss.
+        accumulate: micro-batches whose mean gradient makes the one update (see the module docstring).
+        ema_decay: decay of ``carry.ema`` (kept by ``init(..., ema=True)``), warmed up as in the module
+            docstring; 0 leaves it as it is.
+        unroll: write the micro-batch loop out instead of a ``lax.scan`` (faster convolutions on CPU).
 
     Returns:
         ``(new TrainState, {"loss", "correct" (top-1 hits), *metrics})``.
     """
     if not isinstance(carry, TrainState):
         raise TypeError(f"train_step takes the TrainState that step.init returns, got {type(carry).__name__}")
-    params, state, opt_state, count = carry
-    (value, (new_state, logits, batch)), grads = loss_and_grads(model, params, state, x, y, key, loss)
+    if ema_decay and carry.ema is None:
+        raise ValueError("train_step: ema_decay needs a TrainState that keeps an EMA; make it with init(..., ema=True)")
+    params, state, opt_state, count, average = carry
+    out, new_state, grads = accumulated_grads(model, params, state, x, y, key, loss, metrics, accumulate, unroll)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    out = {"loss": value, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
-    for name, fn in (metrics or {}).items():
-        out[name] = _scalar(fn(logits, y, batch), f"metric {name!r}")
-    return TrainState(params, new_state, opt_state, count + 1), out
+    if ema_decay:
+        n = count.astype(jnp.float32)
+        decay = jnp.minimum(jnp.float32(ema_decay), (1.0 + n) / (10.0 + n))
+        average = ema_update(average, {"params": params, "state": new_state}, decay)
+    return TrainState(params, new_state, opt_state, count + 1, average), out
 
 
 def eval_sums(model: Layer, params: Params, state: State, x: jax.Array, y: jax.Array,

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxcnn.core import Layer
 from jaxcnn.lowering import compile_options
 from jaxcnn.train import distributed as _distributed
+from jaxcnn.train import options as _options
 from jaxcnn.train import step
 from jaxcnn.train.config import TrainConfig
 from jaxcnn.train.inputs import TrainData, augment, epoch_permutation
@@ -64,13 +65,15 @@ class Trainer:
 
     ``optimizer``, ``loss`` and ``metrics`` are as in :func:`fit`; by default the config's named
     optimizer (:func:`make_optimizer`) and cross-entropy with its label smoothing. ``devices`` (default:
-    every device of every process) are the mesh the batch is sharded over.
+    every device of every process) are the mesh the batch is sharded over. ``model`` and ``data`` are kept
+    as the run trains them: with the config's precision and label noise applied (:mod:`jaxcnn.train.options`).
     """
 
     def __init__(self, model: Layer, cfg: TrainConfig, data: TrainData,
                  devices: Sequence[jax.Device] | None = None, *, optimizer: step.OptimizerLike | None = None,
                  loss: step.LossFn | None = None, metrics: dict[str, step.LossFn] | None = None):
-        self.model, self.cfg, self.data = model, cfg.check(), data
+        self.cfg = cfg.check()
+        self.model, self.data = _options.apply(model, data, cfg)
         n = data.x_train.shape[0]
         if n < cfg.batch:
             raise ValueError(f"TrainConfig: batch={cfg.batch} is larger than the training set ({n} examples)")
@@ -118,7 +121,7 @@ class Trainer:
         # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast)
         if not self.on_cpu:
             auto = self.steps
-        elif self.seed_batching == "unroll" and cfg.seeds > 1:
+        elif (self.seed_batching == "unroll" and cfg.seeds > 1) or cfg.accumulate > 1:  # micro-batches unroll too
             auto = 1
         else:
             auto = _divisor_chunk(self.steps)
@@ -194,7 +197,7 @@ class Trainer:
         """The :class:`~jaxcnn.train.step.TrainState` of every seed, stacked on a leading axis."""
 
         def one(key):
-            return step.init(self.model, jax.random.fold_in(key, 0), self.in_shape, self.tx)
+            return step.init(self.model, jax.random.fold_in(key, 0), self.in_shape, self.tx, ema=self.cfg.ema > 0)
 
         if self.seed_batching == "vmap":
             carry = jax.jit(jax.vmap(one))(self.keys)
@@ -215,7 +218,8 @@ class Trainer:
         k_aug, k_drop = jax.random.split(key)
         x = (xb.astype(jnp.float32) - self.mean) / self.std
         x = augment(x, k_aug, self.cfg.crop_pad, self.cfg.flip)
-        carry, out = step.train_step(self.model, self.tx, carry, x, yb, k_drop, loss=self.loss, metrics=self.metrics)
+        carry, out = step.train_step(self.model, self.tx, carry, x, yb, k_drop, loss=self.loss, metrics=self.metrics,
+                                     accumulate=self.cfg.accumulate, ema_decay=self.cfg.ema, unroll=self.on_cpu)
         return carry, (out.pop("loss"), out.pop("correct"), out)
 
     def _permutation(self, epoch_key):
@@ -309,12 +313,18 @@ class Trainer:
                         {k: np.stack([np.asarray(o[2][k]) for o in outs], 1) for k in self.metrics})
 
     def evaluate(self, carry, x_test=None, y_test=None) -> dict[str, np.ndarray]:
-        """Test loss, top-1 and top-5 accuracy per seed."""
+        """Test loss, top-1 and top-5 accuracy per seed; of the EMA weights too (``ema_loss``, ...) when kept."""
         x = self.data.x_test if x_test is None else x_test
         y = self.data.y_test if y_test is None else y_test
         xp, yp, mask = step.pad_batches(x, y, self.cfg.eval_batch)
-        params, state = carry.params, carry.state
         if self.multiprocess:
             xp, yp, mask = self.put((xp, yp, mask))
-        loss, top1, top5 = (np.asarray(v) for v in self._eval_fn(params, state, xp, yp, mask))
-        return {"loss": loss / len(x), "accuracy": top1 / len(x), "top5": top5 / len(x)}
+        weights = {"": (carry.params, carry.state)}
+        if carry.ema is not None:
+            weights["ema_"] = (carry.ema["params"], carry.ema["state"])
+        out = {}
+        for prefix, (params, state) in weights.items():
+            loss, top1, top5 = (np.asarray(v) for v in self._eval_fn(params, state, xp, yp, mask))
+            out.update({f"{prefix}loss": loss / len(x), f"{prefix}accuracy": top1 / len(x),
+                        f"{prefix}top5": top5 / len(x)})
+        return out
