@@ -349,8 +349,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise InteropError(f"refused {path}: it is not plain weights (torch.load with weights_only=True: "
                            f"{str(e).splitlines()[0][:200]}); only load files you trust, and prefer .safetensors"
                            ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError, LookupError) as e:
-        # LookupError: torch.load's own reader indexes its record tables without checking (a damaged zip)
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError, LookupError) as e:  # damaged zip
         raise InteropError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {str(e)[:200]})"
                            ) from None
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
