@@ -374,7 +374,9 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
             "compile_options": choice}
     t_start = time.perf_counter()
     train_s = sum(h.seconds for h in history)
-    with _loggers.Session(run.loggers, {**run.identity, "config.epochs": cfg.epochs}, trainer.seeds, history) as log:
+    named = {"model": base["model"], "options": base["model_spec"]["options"]}  # a Python run's meta may lack them
+    with _loggers.Session(run.loggers, {**named, **run.identity, "config.epochs": cfg.epochs}, trainer.seeds,
+                          history) as log:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             out = trainer.run_epoch(carry, x_dev, y_dev, epoch)
