@@ -181,3 +181,22 @@ def test_missing_logging_package_and_unknown_logger_are_one_line_errors(register
     assert "--log takes tensorboard, mlflow" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing"), "--data", "digits"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_readme_commands_of_logging_evaluation_and_comparison_parse():
+    """Every `jaxcnn ...` line of the README's logging, eval and compare blocks is accepted by the CLI parser."""
+    import shlex
+    from pathlib import Path
+
+    from jaxcnn.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    commands = []
+    for block in ("logging-commands", "eval-commands", "compare-commands"):
+        section = readme.split(f"<!-- {block}:begin -->", 1)[1].split(f"<!-- {block}:end -->", 1)[0]
+        commands += [line.split("#")[0] for line in section.splitlines() if line.startswith("jaxcnn ")]
+    assert {c.split()[1] for c in commands} == {"train", "eval", "predict", "study", "compare"}
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # argparse exits 2 on an unknown or bad flag
+        assert args.command == shlex.split(command)[1]

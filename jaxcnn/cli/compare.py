@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from jaxcnn.cli.args import UsageError
+from jaxcnn.cli.args import UsageError, add_models_from
 
 __all__ = ["add_compare_parser", "cmd_compare"]
 
@@ -18,6 +18,7 @@ def add_compare_parser(sub: Any) -> None:
     c.add_argument("studies", nargs="+", type=Path, help="study folders (jaxcnn study --out); the first is the "
                                                         "baseline the others are compared with")
     c.add_argument("--out", type=Path, required=True, help="folder for compare.md, compare.json and the figure")
+    add_models_from(c)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

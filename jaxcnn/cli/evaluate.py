@@ -54,14 +54,24 @@ def _load(path: Path) -> Any:
         raise UsageError(str(err)) from None
 
 
-def _fit_to_model(x: np.ndarray, loaded: Any, spec: str) -> np.ndarray:
-    """Images of ``spec`` in the model's input shape: colour converted and zero-padded (a study's pad_to) if needed."""
+def _pad_to(loaded: Any) -> int | None:
+    """The ``pad_to`` of a study member's run (its record.json beside the checkpoints), else None."""
+    record = Path(loaded.path).parent / "record.json"
+    try:
+        value = json.loads(record.read_text()).get("pad_to") if record.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _fit_to_model(x: np.ndarray, loaded: Any, spec: str, pad: bool) -> np.ndarray:
+    """Images of ``spec`` in the model's input shape: colour converted, zero-padded if the run padded (pad_to)."""
     from jaxcnn.data.images import to_grey, to_rgb
 
     h, w, c = loaded.input_shape
     if x.shape[3] != c:
         x = to_grey(x) if c == 1 else to_rgb(x)
-    if x.shape[1] <= h and x.shape[2] <= w and x.shape[1:3] != (h, w):  # smaller: centred zero padding
+    if pad and x.shape[1] <= h and x.shape[2] <= w and x.shape[1:3] != (h, w):  # centred, as Task.padded does
         ph, pw = h - x.shape[1], w - x.shape[2]
         x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
         print(f"note: {spec}'s images zero-padded to {h}x{w}, as the run was trained", file=sys.stderr)
@@ -85,10 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loaded = _load(args.run)
     meta = loaded.meta
     fraction = args.test_fraction if args.test_fraction is not None else (meta.get("test_fraction") or 0.2)
-    size = meta.get("input_size") or None
+    size, pad = meta.get("input_size") or None, _pad_to(loaded) is not None
     try:
         prepared = prepare(args.data, size=size, test_fraction=fraction)
-        if prepared.data.x_test.shape[1] > loaded.input_shape[0]:  # an image source decoded at its default size
+        side = prepared.data.x_test.shape[1]
+        if side > loaded.input_shape[0] or (side < loaded.input_shape[0] and not pad):  # a resolution axis
             prepared = prepare(args.data, size=loaded.input_shape[0], test_fraction=fraction)
     except (jdata.DataError, ValueError, OSError) as err:
         raise UsageError(str(err)) from None
@@ -97,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "all": (np.concatenate([d.x_train, d.x_test]), np.concatenate([d.y_train, d.y_test]))}[args.split]
     if d.num_classes > loaded.num_classes:
         raise UsageError(f"--data {args.data} has {d.num_classes} classes, the model {loaded.num_classes}")
-    x = _fit_to_model(x, loaded, args.data)
+    x = _fit_to_model(x, loaded, args.data, pad)
     result = scores(loaded.logits(x, batch_size=args.batch), y, loaded.seeds, args.top_k)
     k = result.k
     print(f"{meta.get('model') or 'model'} from {loaded.path} on {args.data} ({args.split}, {result.examples} "

@@ -26,14 +26,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from jaxcnn.storage import files, locks
 
-if TYPE_CHECKING:
-    from jaxcnn.train.loop import EpochRecord
+# an epoch's record is jaxcnn.train.loop.EpochRecord; named only in words here, since loop imports this module
+EpochRecord = Any
 
 __all__ = ["KINDS", "LogSpec", "Logger", "LoggingError", "MLflowLogger", "Session", "TensorBoardLogger", "for_run",
            "parse_kinds", "progress", "require", "resolve", "run_params"]
