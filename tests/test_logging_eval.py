@@ -200,3 +200,13 @@ def test_the_readme_commands_of_logging_evaluation_and_comparison_parse():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])  # argparse exits 2 on an unknown or bad flag
         assert args.command == shlex.split(command)[1]
+
+
+def test_training_without_logging_imports_neither_library():
+    import subprocess
+
+    probe = ("import sys\nfrom jaxcnn.train import fit\nimport jaxcnn.train.loop, jaxcnn.study.runner, jaxcnn.cli\n"
+             "from jaxcnn.cli import build_parser\nbuild_parser()\n"
+             "print(sorted(m for m in ('mlflow', 'tensorboardX', 'tensorboard') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
