@@ -118,14 +118,15 @@ class TensorBoardLogger(Logger):
 
     def start(self, params: dict[str, str], seeds: list[int], history: list[EpochRecord]) -> None:
         """Open one writer per seed and one for the mean; write the parameters (and, if new, the history)."""
-        fresh = not any(self.logdir.rglob("events.out.tfevents.*"))  # a resumed run has logged its epochs
+        logged = any(self.logdir.rglob("events.out.tfevents.*"))  # a resumed run has logged its epochs
         self._seeds = list(seeds)
         for name in ["mean", *(f"seed_{s}" for s in seeds)]:
             self._writers[name] = self._writer_class(str(self.logdir / name), flush_secs=30)
-        if fresh:
+        if not logged or not history:
             table = "| parameter | value |\n|---|---|\n" + "\n".join(
                 f"| {k} | {v.replace('|', '/')} |" for k, v in sorted(params.items()))
             self._writers["mean"].add_text("parameters", table, 0)
+        if not logged:  # logging turned on when resuming: the epochs so far first
             for rec in history:
                 self.epoch(rec)
 
@@ -205,7 +206,7 @@ class MLflowLogger(Logger):
         from mlflow.entities import Param
 
         self._seeds = list(seeds)
-        self.run_id = self._previous()
+        self.run_id = self._previous() if history else None  # a new run in a reused folder gets a new MLflow run
         if self.run_id is not None:
             self.client.update_run(self.run_id, status="RUNNING")
             return
@@ -289,8 +290,12 @@ class LogSpec:
         with locks.held(out / ".mlflow.lock", blocking=True):
             study = self._study_logger(out, run_name=f"{Path(out).resolve().name} (study)",
                                        tags={"jaxcnn.study": str(Path(out).resolve())})
-            study.start({"study": str(Path(out).resolve())}, [], [])  # continues the run an earlier call made
-            return str(study.run_id)
+            run_id = study._previous()  # the run an earlier call, shard or thread made
+            if run_id is None:
+                study.start({"study": str(Path(out).resolve())}, [], [])
+                return str(study.run_id)
+            study.client.update_run(run_id, status="RUNNING")  # more members train under it now
+            return run_id
 
     def member(self, out: str | Path, variant: str, run_dir: str | Path) -> list[Logger]:
         """The loggers of one member: TensorBoard under ``OUT/tensorboard/<run folder>``, MLflow as a child run."""
