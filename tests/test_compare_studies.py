@@ -15,6 +15,14 @@ from jaxcnn.cli import main
 from jaxcnn.study.record import StudyRecord, write_record, write_results
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_mlflow_store():
+    """The tests' MLflow runs go to the run folders' own stores, whatever the environment names."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
 def _record(variant, accuracies, *, family="net", params=1000, macs=5000, options=None, lr=0.05):
     acc = [float(a) for a in accuracies]
     return StudyRecord(family=family, variant=variant, label="", learnable_params=params, macs=macs,

@@ -27,6 +27,14 @@ NAME = "tiny_eval_net"
 RECIPE = TrainConfig(epochs=2, batch=64, seeds=2, lr=0.1, schedule="constant", compile_options="xla")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_mlflow_store():
+    """The tests' MLflow runs go to the run folders' own stores, whatever the environment names."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def registered():
     def tiny_eval_net(num_classes: int = 10, width: float = 1.0, depth: int = 1):
@@ -210,3 +218,27 @@ def test_training_without_logging_imports_neither_library():
              "print(sorted(m for m in ('mlflow', 'tensorboardX', 'tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_mlflow_continues_a_run_only_when_fit_resumes_epochs(tmp_path):
+    """A resumed fit (history so far) continues the folder's MLflow run; a fresh run there gets a new one."""
+    from jaxcnn.train.loggers import MLflowLogger
+    from jaxcnn.train.loop import EpochRecord
+
+    rec = EpochRecord(epoch=0, step=10, train_loss=[1.0, 2.0], train_accuracy=[0.5, 0.6], test_loss=[1.1, 2.1],
+                      test_accuracy=[0.25, 0.75], test_top5=[0.9, 1.0], seconds=1.0, images_per_second=100.0)
+    first = MLflowLogger(state_dir=tmp_path)
+    first.start({"a": "1"}, [3, 4], [])
+    first.epoch(rec)
+    first.finish(False)
+    resumed = MLflowLogger(state_dir=tmp_path)
+    resumed.start({"a": "1"}, [3, 4], [rec])
+    assert resumed.run_id == first.run_id
+    resumed.finish(True)
+    fresh = MLflowLogger(state_dir=tmp_path)
+    fresh.start({"a": "2"}, [3, 4], [])
+    fresh.finish(True)
+    assert fresh.run_id != first.run_id
+    run = fresh.client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
+    assert run.data.metrics["test_accuracy"] == 0.5 and run.data.metrics["seed_4/test_accuracy"] == 0.75
