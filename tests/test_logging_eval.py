@@ -242,3 +242,27 @@ def test_mlflow_continues_a_run_only_when_fit_resumes_epochs(tmp_path):
     run = fresh.client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
     assert run.data.metrics["test_accuracy"] == 0.5 and run.data.metrics["seed_4/test_accuracy"] == 0.75
+
+
+def test_load_model_says_what_it_needs_when_the_checkpoint_cannot_rebuild_the_model(trained, tmp_path):
+    import shutil
+
+    out, _, _, resumed = trained
+    ck = checkpoint.latest(out)
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for p in (ck, ck.with_suffix(".npz")):
+        shutil.copy(p, copy / p.name)
+    meta = json.loads((copy / ck.name).read_text())
+    meta["model_spec"]["model"] = None  # as a model put together by hand records it
+    (copy / ck.name).write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match=r"built by hand\): pass that model, load_model\(DIR, model="):
+        load_model(copy)
+    loaded = load_model(copy, model=models.get(NAME, num_classes=10, depth=2))
+    np.testing.assert_array_equal(loaded.params["05_dense"]["w"], resumed.params["05_dense"]["w"])
+    del meta["model_spec"]  # a checkpoint from before model_spec: the weights load, images cannot be fed
+    (copy / ck.name).write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match="predates recorded input normalisation"):
+        load_model(copy)
+    with pytest.raises(checkpoint.CheckpointError, match="holds no complete checkpoint"):
+        load_model(tmp_path)
