@@ -1,4 +1,4 @@
-"""Command line: ``jaxcnn models | summary | train | bench | study``.
+"""Command line: ``jaxcnn models | summary | train | bench | study | eval | predict | compare``.
 
 Errors in what the user typed (unknown model, bad width, an input too small for the
 network) print one line naming the option or layer and exit with status 2.
@@ -20,6 +20,7 @@ from jaxcnn.cli.args import (
     add_compile_cache_flag,
     add_data_flags,
     add_distributed_flags,
+    add_log_flags,
     add_models_from,
     add_recipe_flags,
     as_flags,
@@ -28,6 +29,8 @@ from jaxcnn.cli.args import (
     positive,
 )
 from jaxcnn.cli.commands import cmd_bench, cmd_models, cmd_summary, cmd_train
+from jaxcnn.cli.compare import add_compare_parser, cmd_compare
+from jaxcnn.cli.evaluate import add_eval_parsers, cmd_eval, cmd_predict
 from jaxcnn.cli.study import add_study_parser, cmd_study
 from jaxcnn.lowering import compile_cache
 from jaxcnn.lowering.compile_options import CHOICES as COMPILE_CHOICES
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-format", choices=["npz", "safetensors"], default="npz",
                    help="array file of each checkpoint (safetensors: readable by other tools; resume reads either)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_log_flags(t)
     add_models_from(t)
     add_compile_cache_flag(t)
     add_recipe_flags(t)
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_cache_flag(b)
 
     add_study_parser(sub)
+    add_eval_parsers(sub)
+    add_compare_parser(sub)
     return parser
 
 
@@ -115,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcnn`` console script."""
     args = build_parser().parse_args(argv)
     handlers = {"models": cmd_models, "summary": cmd_summary, "bench": cmd_bench, "train": cmd_train,
-                "study": cmd_study}
+                "study": cmd_study, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare}
     if hasattr(args, "no_compile_cache"):  # the commands that compile: before their first program
         compile_cache.enable(not args.no_compile_cache)
     try:

@@ -20,7 +20,8 @@ from jaxcnn.train.cluster import Cluster, DistributedError, split_address
 from jaxcnn.train.config import TrainConfig
 
 __all__ = [
-    "FLAGS", "Parser", "UsageError", "add_data_flags", "add_distributed_flags", "add_models_from", "add_recipe_flags",
+    "FLAGS", "Parser", "UsageError", "add_data_flags", "add_distributed_flags", "add_log_flags", "add_models_from",
+    "add_recipe_flags",
     "as_flags", "cluster_from_args", "comma_list", "parse_options", "positive", "recipe_from_args", "recipe_overrides",
 ]
 
@@ -179,6 +180,18 @@ def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="do not keep or load compiled programs in $JAXCNN_CACHE_DIR/xla (default "
                              "~/.cache/jaxcnn/xla; JAXCNN_COMPILE_CACHE=0 does the same)")
+
+
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--log tensorboard,mlflow``, ``--mlflow-uri`` and ``--mlflow-experiment`` (jaxcnn.train.loggers)."""
+    g = parser.add_argument_group("experiment logging (pip install 'jaxcnn[logging]')")
+    g.add_argument("--log", default="", metavar="tensorboard,mlflow",
+                   help="also log parameters and per-epoch metrics (per seed and mean) to TensorBoard event files "
+                        "(OUT/tensorboard) and/or MLflow (OUT/mlruns unless --mlflow-uri or MLFLOW_TRACKING_URI)")
+    g.add_argument("--mlflow-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (a server http://..., or a store such as file:/path/mlruns)")
+    g.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                   help="MLflow experiment (default: jaxcnn for train, the study folder's name for study)")
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, print per-seed and mean test accuracy, write result.json into --out."""
     from jaxcnn.storage.checkpoint import CheckpointError
-    from jaxcnn.train import TrainingError, distributed
+    from jaxcnn.train import TrainingError, distributed, loggers
 
     try:
         cluster = cluster_from_args(args)
@@ -55,6 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             distributed.initialize(cluster)
         options = parse_options(args.model, args.option)
         models.get(args.model, **options)  # a bad name or option fails before the data is read
+        for kind in loggers.parse_kinds(args.log):  # so does a logging package that is not installed
+            loggers.require(kind)
         # the folder is held (and checked writable) before any work, for the whole run, result.json included
         with distributed.exclusive(args.out, files=("result.json", "metrics.jsonl")):
             return _train(args, options)
@@ -75,6 +77,7 @@ def _train(args: argparse.Namespace, options: dict) -> int:
 
     from jaxcnn.storage.files import atomic_write_text
     from jaxcnn.train import TrainConfig, distributed, fit
+    from jaxcnn.train.loggers import for_run
     from jaxcnn.train.prepare import augmentation, prepare
 
     prepared = prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
@@ -86,8 +89,10 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     cfg = recipe_from_args(args, TrainConfig(**augmentation(args.data, data.x_train.shape[1])))  # fit checks it
     meta = {"model": args.model, "options": options, "data": args.data, "input_size": args.input_size,
             "test_fraction": None if prepared.official_test else args.test_fraction}
+    logs = for_run(args.log, args.out, mlflow_uri=args.mlflow_uri, experiment=args.mlflow_experiment) \
+        if distributed.is_primary() else []
     result = fit(model, data, cfg, out_dir=args.out, resume=args.resume, quiet=args.quiet, meta=meta,
-                 checkpoint_format=args.checkpoint_format)
+                 checkpoint_format=args.checkpoint_format, loggers=logs)
     if not distributed.is_primary():  # process 0 reports and writes result.json; the others are done
         return 0
     accs = ", ".join(f"{100 * a:.2f}%" for a in result.test_accuracy)

@@ -39,6 +39,7 @@ from jaxcnn.cli.args import (
     UsageError,
     add_compile_cache_flag,
     add_data_flags,
+    add_log_flags,
     add_models_from,
     add_recipe_flags,
     parse_options,
@@ -100,6 +101,7 @@ def add_study_parser(sub: Any) -> argparse.ArgumentParser:
                    help="train N members at once, one per local device (default: one at a time on all devices)")
     p.add_argument("--plot-only", action="store_true", help="only redraw the table and figures from --out")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_log_flags(p)
     add_data_flags(p, default=None)
     add_recipe_flags(p)
     add_models_from(p)
@@ -179,6 +181,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from jaxcnn.study import finished_results, run_study
     from jaxcnn.study.report import write_report
     from jaxcnn.train import TrainConfig, TrainingError
+    from jaxcnn.train.loggers import LogSpec, parse_kinds
     from jaxcnn.train.prepare import augmentation, prepare
 
     doc = read_study_file(args.file) if args.file else {}
@@ -205,6 +208,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                                  f"{', '.join(m.variant for m in members)}")
             members = [m for m in members if m.variant in wanted]
         out = Path(args.out)
+        log = LogSpec(parse_kinds(args.log), mlflow_uri=args.mlflow_uri, experiment=args.mlflow_experiment) \
+            if args.log else None  # a missing package is found before anything trains
         if args.plot_only:
             records = finished_results(out, members or ())  # a missing or empty folder is an error, made nowhere
         else:
@@ -223,7 +228,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                        for m in members]
             shard = resolve(args.shard)
             records = run_study(members, task, out, quiet=args.quiet, command=command, shard=shard,
-                                devices=args.devices, compile_cache=not args.no_compile_cache)
+                                devices=args.devices, log=log,
+                                compile_cache=not args.no_compile_cache)
             if not records and shard is not None:
                 print(f"shard {shard}: no member finished yet in {out}; nothing to draw", file=sys.stderr)
                 return 0
@@ -232,6 +238,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             out, records, pairs=lambda rs: neighbour_pairs(plan.varied, rs),
             grid=tuple(grid_axes[:2]) if len(grid_axes) >= 2 and not args.sample else None, axis_value=axis_value,
             edf=bool(args.sample))
+        if log is not None:
+            log.report(out, [*paths, out / "results.jsonl", out / "results.csv"])
     except (PlanError, StudyError, LayerError, jdata.DataError, CheckpointError, TrainingError, ShardError,
             ValueError, OSError) as e:
         raise UsageError(str(e)) from None

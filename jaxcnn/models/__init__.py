@@ -124,7 +124,19 @@ def get(name: str, *, num_classes: int | None = None, width: float | None = None
         if not _fits(value, kind):
             raise ValueError(f"{base}'s option {key} must be {_want(kind, params[key])} ({kind}), "
                              f"got {type(value).__name__} {str(value)[:40]!r}")
-    return e.build(num_classes=k, width=w, **options)
+    model = e.build(num_classes=k, width=w, **options)
+    try:  # what built it, so fit records a name that rebuilds it (jaxcnn.storage.weights.load_model)
+        object.__setattr__(model, "_jaxcnn_built_as", {"name": base, "width": w, "options": dict(options),
+                                                       "num_classes": int(k)})
+    except (AttributeError, TypeError):  # a layer with __slots__: it stays unnamed, as a hand-built model is
+        pass
+    return model
+
+
+def built_as(model: Layer) -> dict[str, Any] | None:
+    """The registry name, width, options and classes :func:`get` built ``model`` from (None: built otherwise)."""
+    found = getattr(model, "_jaxcnn_built_as", None)
+    return dict(found) if isinstance(found, dict) else None
 
 
 def _kind(p: inspect.Parameter) -> str:
@@ -267,5 +279,5 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-__all__ = ["Entry", "REGISTRY", "builder_options", "builder_parameters", "entry", "get", "load_models_from", "names",
-           "parse_name", "parse_option", "register", "register_model"]
+__all__ = ["Entry", "REGISTRY", "builder_options", "builder_parameters", "built_as", "entry", "get", "load_models_from",
+           "names", "parse_name", "parse_option", "register", "register_model"]

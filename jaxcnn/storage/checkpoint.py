@@ -142,12 +142,14 @@ def verify(json_path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
+def load(json_path: str | Path, template: Any, *, allow_extra: bool = False) -> tuple[Any, dict[str, Any]]:
     """Load a checkpoint into the structure of ``template``, validating checksum, keys, shapes, dtypes.
 
     Args:
         json_path: the checkpoint's JSON file (as :func:`save` returns it).
         template: a pytree of the expected structure, shapes and dtypes (e.g. a fresh TrainState's trees).
+        allow_extra: ignore arrays the template does not name (load ``{"params", "state"}`` of a checkpoint that
+            also holds ``opt_state``); :func:`jaxcnn.storage.weights.load_model` needs no template at all.
 
     Returns:
         ``(tree, meta)``; :class:`CheckpointError` names the file and the first thing that does not fit.
@@ -172,13 +174,10 @@ def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     name = path_name if as_safetensors else jax.tree_util.keystr
     expected = {name(p): leaf for p, leaf in leaves}
-    if set(arrays) != set(expected):
-        missing = sorted(set(expected) - set(arrays))[:5]
-        extra = sorted(set(arrays) - set(expected))[:5]
-        raise CheckpointError(
-            f"checkpoint {json_path} does not fit this model: missing {missing}, unexpected {extra}"
-            " (was it saved for another model or width?)"
-        )
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or (extra and not allow_extra):
+        raise CheckpointError(f"checkpoint {json_path} does not fit the template: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]}; {_key_hint(missing, extra)}")
     out = []
     for key, leaf in expected.items():
         arr = arrays[key]
@@ -187,10 +186,43 @@ def load(json_path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
         if tuple(arr.shape) != tuple(np.shape(want)) or arr.dtype != np.asarray(want).dtype:
             raise CheckpointError(
                 f"checkpoint {json_path}: {key} has shape {arr.shape} {arr.dtype}, "
-                f"the model needs {np.shape(want)} {np.asarray(want).dtype}"
+                f"the template needs {np.shape(want)} {np.asarray(want).dtype}{_shape_hint(arr.shape, np.shape(want))}"
             )
         out.append(jax.random.wrap_key_data(arr) if is_key else arr)
     return jax.tree_util.tree_unflatten(treedef, out), meta
+
+
+def _top(key: str) -> str:
+    """The first tree key of an array name: ``['opt_state'][0]...`` (npz) or ``opt_state/0/...`` (safetensors)."""
+    return key[2:key.index("']")] if key.startswith("['") and "']" in key else key.split("/", 1)[0]
+
+
+def _key_hint(missing: list[str], extra: list[str]) -> str:
+    """The likely cause of a key mismatch: a tree the template lacks or adds, else another model."""
+    only_file = sorted({_top(k) for k in extra} - {_top(k) for k in missing})
+    only_template = sorted({_top(k) for k in missing} - {_top(k) for k in extra})
+    if extra and not missing:
+        return (f"the file also holds {', '.join(only_file) or 'arrays'} that the template lacks: add them to the "
+                "template, pass allow_extra=True, or load the model and weights alone with "
+                "jaxcnn.storage.weights.load_model(DIR)")
+    if missing and not extra:
+        return (f"the template holds {', '.join(only_template) or 'arrays'} that the file lacks: it was saved "
+                "with fewer trees (another program or optimizer); build the template without them")
+    if any(_top(k) == "opt_state" for k in missing + extra) and not any(
+            _top(k) in ("params", "state") for k in missing + extra):
+        return ("only the optimizer state differs: the run used another optimizer or recipe (see the 'config' in "
+                "its JSON); jaxcnn.storage.weights.load_model(DIR) loads the weights without it")
+    return "the parameters differ: it was saved for another model, width or builder options (see its JSON's 'model')"
+
+
+def _shape_hint(have: tuple[int, ...], want: tuple[int, ...]) -> str:
+    """Why a shape may differ: the leading seed axis of fit's checkpoints, else another width."""
+    if tuple(have[1:]) == tuple(want):
+        return (f"; the file holds {have[0]} seed(s) on a leading axis (fit's checkpoints do): stack the template "
+                "per seed, or use jaxcnn.storage.weights.load_model(DIR)")
+    if tuple(want[1:]) == tuple(have):
+        return "; the template has a leading (seed) axis that the file lacks: drop it"
+    return " (another width, input size or number of classes?)"
 
 
 _STEP = re.compile(r"^ckpt-(\d+)\.json$")

@@ -9,7 +9,8 @@ Public import paths:
 * ``jaxcnn.study.plot`` — figures (matplotlib ``Figure`` objects, no pyplot);
 * ``jaxcnn.study.plan`` — an ablation as data: models x axes -> checked members (``jaxcnn study``);
 * ``jaxcnn.study.report`` — table.md, comparisons.md and the figures every study writes;
-* ``jaxcnn.study.shard`` — ``--shard I/N`` and SLURM array selection of members.
+* ``jaxcnn.study.shard`` — ``--shard I/N`` and SLURM array selection of members;
+* ``jaxcnn.study.compare`` — finished studies side by side (``jaxcnn compare``).
 """
 
 import importlib

@@ -261,3 +261,30 @@ def error_edf(results: Sequence[StudyRecord], stem: Path) -> list[Path]:
     ax.legend()
     ax.set_title("error EDF of the sampled members")
     return _save(fig, stem)
+
+
+def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], stem: Path, *, title: str = "") -> list[Path]:
+    """A confusion matrix (rows: true class, columns: predicted), each row as shares of that class's examples.
+
+    ``counts`` may be fractional (a mean over seeds); cells show the row share in percent.
+    """
+    counts = np.asarray(counts, np.float64)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+    n = len(class_names)
+    side = min(0.45 * n + 2.5, 16)
+    fig = _figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
+    image = ax.imshow(100 * rows, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, label="share of the true class (%)")
+    ax.set_xticks(range(n), list(class_names), rotation=90 if n > 6 else 0, fontsize=7 if n > 12 else 9)
+    ax.set_yticks(range(n), list(class_names), fontsize=7 if n > 12 else 9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 20:  # beyond that the numbers overprint; the colours still read
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion matrix")
+    return _save(fig, stem)

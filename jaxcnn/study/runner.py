@@ -48,6 +48,7 @@ from jaxcnn.study.stats import convergence
 from jaxcnn.summary import summary
 from jaxcnn.train import fit
 from jaxcnn.train.config import fill_new_fields
+from jaxcnn.train.loggers import LogSpec
 
 
 def _slug(variant: str) -> str:
@@ -136,8 +137,11 @@ def first_conv_kernel(model, params, in_shape) -> np.ndarray | None:
 
 
 def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command: str = "",
-               devices: Sequence[jax.Device] | None = None) -> StudyRecord:
-    """Train one member (resuming if a checkpoint exists) on ``devices`` (default all) and return its record."""
+               devices: Sequence[jax.Device] | None = None, log: LogSpec | None = None) -> StudyRecord:
+    """Train one member (resuming if a checkpoint exists) on ``devices`` (default all) and return its record.
+
+    ``log`` (``--log``) sends its epochs to TensorBoard/MLflow as one run of the study's (jaxcnn.train.loggers).
+    """
     model = models.get(m.build_name, num_classes=task.data.num_classes, **m.options)
     totals = summary(model, task.in_shape).totals
     run_dir = out / "runs" / run_folder(m.variant, m.options)
@@ -146,7 +150,7 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
               f"{totals['macs']:,} MACs", file=sys.stderr)
     meta = {"model": m.build_name, "options": m.options, "dataset": task.name}
     res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta, keep_initial=True,
-              devices=devices)
+              devices=devices, loggers=log.member(out, m.variant, run_dir) if log is not None else None)
     # first-layer filters, trained and at initialisation (seed 0), for the filter figures
     k_trained = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.params), task.in_shape)
     k_init = first_conv_kernel(model, jax.tree_util.tree_map(lambda a: a[0], res.initial_params), task.in_shape)
@@ -256,17 +260,18 @@ def finished_results(out: str | Path, members: Sequence[Member] = ()) -> list[St
 
 
 def _train_and_record(m: Member, task: Task, out: Path, members: Sequence[Member], *, quiet: bool, command: str,
-                      device: jax.Device | None = None) -> None:
+                      device: jax.Device | None = None, log: LogSpec | None = None) -> None:
     """Train one member, write its record.json, and merge it into the study's results at once."""
     t0 = time.perf_counter()
-    rec = run_member(m, task, out, quiet=quiet, command=command, devices=[device] if device is not None else None)
+    rec = run_member(m, task, out, quiet=quiet, command=command, devices=[device] if device is not None else None,
+                     log=log)
     rec = replace(rec, wall_seconds=round(time.perf_counter() - t0, 2))
     write_record(out / "runs" / run_folder(m.variant, m.options) / RECORD_NAME, rec)
     merge_results(out, members)
 
 
 def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Member], n: int, *, quiet: bool,
-                command: str) -> None:
+                command: str, log: LogSpec | None = None) -> None:
     """Train ``todo`` one member per local device at a time: device k takes members k, k+n, ... (fixed, in order)."""
     local = jax.local_devices()
     if n > len(local):
@@ -278,7 +283,7 @@ def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Me
         try:
             with jax.default_device(device):  # thread-local: this thread's arrays and programs live on its device
                 for m, t in group:
-                    _train_and_record(m, t, out, members, quiet=quiet, command=command, device=device)
+                    _train_and_record(m, t, out, members, quiet=quiet, command=command, device=device, log=log)
         except BaseException as e:  # reported after the other devices finish their members
             errors.append(e)
 
@@ -294,7 +299,7 @@ def _on_devices(todo: list[tuple[Member, Task]], out: Path, members: Sequence[Me
 
 def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool = False,
               command: str = "", shard: Shard | None = None, devices: int | None = None,
-              compile_cache: bool = True) -> list[StudyRecord]:
+              log: LogSpec | None = None, compile_cache: bool = True) -> list[StudyRecord]:
     """Train every member (of ``shard``, if given) not finished in ``out``; return all finished records, member order.
 
     Args:
@@ -306,6 +311,7 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
         shard: this process's subset of ``members`` (:mod:`jaxcnn.study.shard`); None runs them all.
         devices: train n members at once, one per local device, instead of sharding each member's
             batch over all of them (the default).
+        log: TensorBoard/MLflow logging of every member (:class:`jaxcnn.train.loggers.LogSpec`).
         compile_cache: keep compiled programs in JAX's persistent cache
             (:func:`jaxcnn.lowering.compile_cache.enable`), so members that share a program, a resumed study
             and a rerun load it instead of compiling it again. False leaves JAX's setting as it is.
@@ -335,10 +341,10 @@ def run_study(members: list[Member], task: Task, out: str | Path, *, quiet: bool
             continue
         todo.append((m, tasks[key]))
     if devices:
-        _on_devices(todo, out, members, devices, quiet=quiet, command=command)
+        _on_devices(todo, out, members, devices, quiet=quiet, command=command, log=log)
     else:
         for m, t in todo:
-            _train_and_record(m, t, out, members, quiet=quiet, command=command)
+            _train_and_record(m, t, out, members, quiet=quiet, command=command, log=log)
     order = {_key(m) for m in members}
     return [r for r in merge_results(out, members) if _key(r) in order]
 

@@ -24,7 +24,9 @@
 
 Public import paths: ``jaxcnn.train`` (``fit``, ``TrainConfig``, ``TrainData``, ``Trainer``),
 ``jaxcnn.train.step`` (the pure train step and ``TrainState`` for a loop of one's own),
-``jaxcnn.train.prepare`` (data spec -> split -> normalisation -> ``TrainData``), and
+``jaxcnn.train.prepare`` (data spec -> split -> normalisation -> ``TrainData``),
+``jaxcnn.train.loggers`` (TensorBoard and MLflow logging, ``fit(loggers=...)``),
+``jaxcnn.train.evaluation`` (accuracy per seed, top-k, confusion of loaded weights), and
 ``jaxcnn.train.distributed`` (the multi-process runtime).
 """
 

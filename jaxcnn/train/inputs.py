@@ -20,6 +20,7 @@ class TrainData:
     num_classes: int
     mean: np.ndarray | None = None  # per channel, from the training split only
     std: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # recorded in checkpoints, for `jaxcnn predict`
 
     def __post_init__(self) -> None:
         for name in ("x_train", "x_test"):

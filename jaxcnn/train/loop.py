@@ -17,9 +17,10 @@ import numpy as np
 import optax
 
 from jaxcnn.core import Layer
-from jaxcnn.storage import checkpoint, files
+from jaxcnn.storage import checkpoint, files, weights
 from jaxcnn.summary import summary
 from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
+from jaxcnn.train import loggers as _loggers
 from jaxcnn.train import options, step
 from jaxcnn.train.config import TrainConfig, TrainingError, fill_new_fields
 from jaxcnn.train.inputs import TrainData
@@ -52,17 +53,6 @@ class FitResult:
     def std_accuracy(self) -> float:
         """Standard deviation (ddof=0) of the final test accuracy over seeds."""
         return float(np.std(self.test_accuracy))
-
-
-def _progress(rec: EpochRecord, epochs: int, done_in_run: int, elapsed: float) -> str:
-    done = rec.epoch + 1
-    bar = "=" * int(20 * done / epochs)
-    eta = elapsed / done_in_run * (epochs - done)
-    return (
-        f"epoch {done:>3}/{epochs} [{bar:<20}] loss {np.mean(rec.train_loss):.4f} "
-        f"train {100 * np.mean(rec.train_accuracy):5.1f}% test {100 * np.mean(rec.test_accuracy):5.1f}% "
-        f"{rec.images_per_second:,.0f} img/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
-    )
 
 
 # options that may change when a run is resumed: more epochs extend it, the rest would change its meaning
@@ -162,6 +152,7 @@ def fit(
     checkpoint_format: str = "npz",
     distributed: bool | _distributed.Cluster = False,
     devices: Sequence[jax.Device] | None = None,
+    loggers: Sequence[_loggers.Logger | str] | str | None = None,
 ) -> FitResult:
     """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
 
@@ -191,6 +182,8 @@ def fit(
             ``fit`` with the same arguments and data; ``cfg.batch`` is the global batch, split over all
             processes' devices; only process 0 writes to ``out_dir`` (which every process must see).
         devices: restrict the run to these devices (default: all of them, of every process).
+        loggers: ``"tensorboard"``, ``"mlflow"`` (into ``out_dir``) or :mod:`jaxcnn.train.loggers` objects; each
+            gets the run's identity, every epoch per seed and mean, and how it ended (process 0 only).
 
     Returns:
         :class:`FitResult`: final parameters and state per seed, the history, accuracies and timings.
@@ -206,7 +199,8 @@ def fit(
     meta = {**(meta or {}), **custom}  # a resumed run must bring the same custom parts
     run = _Run(out=Path(out_dir) if out_dir is not None else None, resume=resume,
                quiet=quiet or not _distributed.is_primary(), meta=meta, on_epoch=on_epoch, keep_initial=keep_initial,
-               checkpoint_format=checkpoint_format, identity=run_identity(model, data, cfg, meta))
+               checkpoint_format=checkpoint_format, identity=run_identity(model, data, cfg, meta),
+               loggers=tuple(_loggers.resolve(loggers, out_dir)) if _distributed.is_primary() else ())
     if run.out is None:
         return _fit(trainer, run)
     with _distributed.exclusive(run.out, files=("metrics.jsonl",)) as lock:
@@ -229,6 +223,7 @@ class _Run:
     keep_initial: bool
     checkpoint_format: str
     identity: dict[str, Any]  # run_identity: compared with a checkpoint's on resume
+    loggers: tuple[_loggers.Logger, ...] = ()  # TensorBoard, MLflow (jaxcnn.train.loggers)
 
     @property
     def writes(self) -> bool:
@@ -339,24 +334,29 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
     if start < cfg.epochs:
         trainer, compile_s = _compiled(trainer, run, carry, x_dev, y_dev)
     choice = trainer.choice.record() if trainer.choice is not None else None
-    base = {"model": run.meta.get("model"), "config": asdict(cfg), **run.meta, "identity": run.identity,
+    base = {**weights.model_record(model, data, run.meta), "config": asdict(cfg), **run.meta, "identity": run.identity,
             "summary_totals": summary(model, trainer.in_shape).totals, "versions": files.versions(),
             "compile_options": choice}
     t_start = time.perf_counter()
     train_s = sum(h.seconds for h in history)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        out = trainer.run_epoch(carry, x_dev, y_dev, epoch)
-        seconds = time.perf_counter() - t0
-        rec = _epoch_record(trainer, epoch, out, seconds, run)
-        carry = out.carry
-        train_s += seconds
-        history.append(rec)
-        _write_epoch(run, carry, history, base)
-        if run.on_epoch is not None:
-            run.on_epoch(rec)
-        if not run.quiet:
-            print(_progress(rec, cfg.epochs, epoch + 1 - start, time.perf_counter() - t_start), file=sys.stderr)
+    named = {"model": base["model"], "options": base["model_spec"]["options"]}  # a Python run's meta may lack them
+    with _loggers.Session(run.loggers, {**named, **run.identity, "config.epochs": cfg.epochs}, trainer.seeds,
+                          history) as log:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            out = trainer.run_epoch(carry, x_dev, y_dev, epoch)
+            seconds = time.perf_counter() - t0
+            rec = _epoch_record(trainer, epoch, out, seconds, run)
+            carry = out.carry
+            train_s += seconds
+            history.append(rec)
+            _write_epoch(run, carry, history, base)
+            log.epoch(rec)
+            if run.on_epoch is not None:
+                run.on_epoch(rec)
+            if not run.quiet:
+                print(_loggers.progress(rec, cfg.epochs, epoch + 1 - start, time.perf_counter() - t_start),
+                      file=sys.stderr)
     return FitResult(
         params=carry.params, state=carry.state, history=history, test_accuracy=list(history[-1].test_accuracy),
         train_seconds=train_s, compile_seconds=compile_s, seeds=trainer.seeds, initial_params=initial,

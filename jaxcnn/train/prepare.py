@@ -53,7 +53,8 @@ def prepare(spec: str, *, size: int | None = None, test_fraction: float = 0.2,
         train = jdata.stratified_subset(train, subset[0], seed=0)
         test = jdata.stratified_subset(test, subset[1], seed=0)
     mean, std = jdata.normalization_stats(train.x)
-    data = TrainData(train.x, train.y, test.x, test.y, splits["train"].num_classes, mean, std)
+    data = TrainData(train.x, train.y, test.x, test.y, splits["train"].num_classes, mean, std,
+                     class_names=splits["train"].class_names)
     return Prepared(data, jdata.source(spec), official, len(np.unique(train.y)))
 
 
