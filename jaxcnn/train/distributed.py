@@ -117,7 +117,8 @@ def initialize(cluster: Cluster | None = None) -> None:
         f"{'process 1' if n == 2 else f'processes 1 .. {n - 1} once each'} with the same --coordinator, or raise "
         "--init-timeout"))
     try:
-        jax.distributed.initialize(**kwargs)
+        with peers.service_errors_end_in_one_line():
+            jax.distributed.initialize(**kwargs)
     except (ValueError, RuntimeError, TypeError) as e:
         watchdog.disarm()
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ import jax
 
 from jaxcnn.train.cluster import DistributedError
 
-__all__ = ["STATE", "Watchdog", "claim_port", "exit_without_shutdown", "give_up", "heartbeat", "lost_peer", "where"]
+__all__ = ["STATE", "Watchdog", "claim_port", "exit_without_shutdown", "give_up", "heartbeat", "lost_peer",
+           "service_errors_end_in_one_line", "where"]
 
 
 class Watchdog:
@@ -160,6 +163,42 @@ def heartbeat(client: Any, pid: int, n: int, timeout: float) -> None:
                 give_up(f"--distributed: lost process {j} of {n} (no heartbeat for {timeout:g} s, --peer-timeout) "
                         f"{where()}")
         time.sleep(interval)
+
+
+@contextmanager
+def service_errors_end_in_one_line() -> Iterator[None]:
+    """While JAX's distributed client is made, give it an error callback that ends in :func:`give_up`.
+
+    When a process dies, the coordination service tells every other process, whose client by default
+    terminates it (SIGABRT, a C++ stack: JAX passes no callback). Whether that or the failed collective
+    (:func:`lost_peer`) comes first is a race a busy machine decides; with this callback both end in the
+    same line. A jaxlib without the hook keeps its default (the heartbeat and watchdog still bound the time).
+    """
+    from jax._src import distributed as jdist
+
+    module = jdist._jax
+    make = getattr(module, "get_distributed_runtime_client", None)
+    if make is None or "missed_heartbeat_callback" not in (make.__doc__ or ""):
+        yield
+        return
+
+    def on_error(status: Any, *_: Any) -> None:
+        STATE["lost"] = True
+        first = (str(status).strip().splitlines() or ["an error"])[0][:160]
+        if STATE["stopping"]:  # a normal exit under way: a peer that finished first is no failure of ours
+            sys.stderr.flush()
+            os._exit(0)
+        give_up(f"--distributed: lost another process {where()} (the coordination service reported: {first})")
+
+    def with_callback(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("missed_heartbeat_callback", on_error)
+        return make(*args, **kwargs)
+
+    module.get_distributed_runtime_client = with_callback
+    try:
+        yield
+    finally:
+        module.get_distributed_runtime_client = make
 
 
 def exit_without_shutdown() -> None:
