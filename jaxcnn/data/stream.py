@@ -196,6 +196,7 @@ class _Decode:
         position, index = (int(v) for v in record)
         x = self.images.decode(index)
         if self.augment is not None:
+            x = np.array(x)  # writable: Pillow's array is read-only
             # the draw depends on (key, position) only: the same for any worker count and after a resume
             rng = np.random.default_rng(np.random.SeedSequence([*self.key, position]))
             y = np.asarray(self.augment(x, rng))
@@ -223,7 +224,7 @@ class ImageStream:
 
     def __init__(self, images: ImageFiles, records: np.ndarray | Sequence[int], batch: int, *, workers: int = 0,
                  positions: np.ndarray | None = None, augment: Augment | None = None, key: Sequence[int] = ()):
-        grain = require_grain()
+        require_grain()  # before any work: the one-line error naming the extra
         records = np.asarray(records, np.int64).reshape(-1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise DataError(f"`workers={workers}` must be an int >= 0 (Grain worker processes; 0 decodes in "
@@ -237,22 +238,23 @@ class ImageStream:
             raise DataError(f"ImageStream: {len(positions)} positions for {len(records)} records")
         self.batches = len(records) // batch
         self.batch, self.workers = batch, workers
-        table = np.stack([positions, records], 1)[: self.batches * batch]
-        ds = grain.MapDataset.source(table).map(_Decode(images, augment, key)).batch(batch, drop_remainder=True)
-        # no reader threads in this process: with workers the reading is theirs, without it is on demand
-        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        if workers:
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
-        self._dataset = it
+        self._table = np.stack([positions, records], 1)[: self.batches * batch]
+        self._decode = _Decode(images, augment, key)
         self._it: Any = None
-        self._state: dict[str, Any] | None = None
         self.done = 0  # batches returned so far
 
     def _iterator(self) -> Any:
         if self._it is None:
-            self._it = iter(self._dataset)
-            if self._state is not None:
-                self._it.set_state(self._state["grain"])
+            grain = require_grain()
+            # from the first batch not yet returned: a resumed stream is a shorter one, so its state does not
+            # depend on the worker count
+            ds = grain.MapDataset.source(self._table[self.done * self.batch:]).map(self._decode)
+            ds = ds.batch(self.batch, drop_remainder=True)
+            # no reader threads in this process: with workers the reading is theirs, without it is on demand
+            it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+            if self.workers:
+                it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2))
+            self._it = iter(it)
         return self._it
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -266,17 +268,22 @@ class ImageStream:
         return x
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-able state: a stream built alike and given it continues with this one's next batch."""
-        return {"batches_done": self.done, "grain": self._iterator().get_state()}
+        """JSON-able state: a stream built alike (any worker count) and given it continues with this one's next
+        batch. ``batches_done`` is what resumes; ``records`` (how many) and ``sha256`` (of the order) check it."""
+        return {"batches_done": self.done, "records": len(self._table),
+                "sha256": hashlib.sha256(np.ascontiguousarray(self._table).data).hexdigest()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (:meth:`get_state` of a stream over the same images, records and batch)."""
-        if not isinstance(state, dict) or not isinstance(state.get("batches_done"), int) or "grain" not in state:
+        if not isinstance(state, dict) or not isinstance(state.get("batches_done"), int):
             raise DataError(f"ImageStream.set_state: {str(state)[:80]} is not a stream state")
-        if not 0 <= state["batches_done"] <= self.batches:
-            raise DataError(f"ImageStream.set_state: the state is at batch {state['batches_done']} of a stream of "
-                            f"{self.batches}; it belongs to another stream")
-        self._it, self._state, self.done = None, state, state["batches_done"]
+        mine = self.get_state()
+        if {k: state.get(k) for k in ("records", "sha256")} != {k: mine[k] for k in ("records", "sha256")} \
+                or not 0 <= state["batches_done"] <= self.batches:
+            raise DataError("ImageStream.set_state: the state belongs to a stream of other records or another "
+                            "order; resume with the seed, epoch and data that wrote it")
+        self.close()
+        self.done = state["batches_done"]
 
     def close(self) -> None:
         """Stop the worker processes (a stream read to its end or dropped stops them too)."""
