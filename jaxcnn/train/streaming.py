@@ -214,4 +214,5 @@ def note(spec: str, images: jstream.ImageFiles, budget: int) -> None:
     """Say on stderr why ``spec`` is streamed."""
     print(f"note: streaming {spec} from disk: its {len(images):,} images decoded at "
           f"{'x'.join(map(str, images.shape[1:]))} would take {jstream.human(images.nbytes)}, over the memory "
-          f"budget of {jstream.human(budget)} (`memory_budget`; `stream=False` loads them anyway)", file=sys.stderr)
+          f"budget of {jstream.human(budget)} (--memory-budget, memory_budget=; --no-stream, stream=False, loads "
+          "them anyway)", file=sys.stderr)
