@@ -198,3 +198,14 @@ def test_cli_streaming_flags_reach_prepare():
         args = build_parser().parse_args([*command, "--stream", "--memory-budget", "6GB", "--workers", "2"])
         assert data_options(args) == {"stream": True, "memory_budget": "6GB", "workers": 2}
         assert data_options(build_parser().parse_args(command))["stream"] is None
+
+
+def test_a_study_cannot_pad_streamed_images_and_says_what_to_do(folder):
+    from jaxcnn.study import Task
+    from jaxcnn.study.record import StudyError
+
+    data = prepare(f"folder:{folder}", size=SIDE, stream=True).data
+    task = Task("streamed", data)
+    assert task.padded(SIDE) is task  # nothing to pad: fine
+    with pytest.raises(StudyError, match="--no-stream"):
+        task.padded(SIDE + 4)
