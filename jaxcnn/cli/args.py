@@ -21,8 +21,8 @@ from jaxcnn.train.config import TrainConfig
 
 __all__ = [
     "FLAGS", "Parser", "UsageError", "add_data_flags", "add_distributed_flags", "add_log_flags", "add_models_from",
-    "add_recipe_flags",
-    "as_flags", "cluster_from_args", "comma_list", "parse_options", "positive", "recipe_from_args", "recipe_overrides",
+    "add_recipe_flags", "as_flags", "cluster_from_args", "comma_list", "data_options", "parse_options", "positive",
+    "recipe_from_args", "recipe_overrides",
 ]
 
 
@@ -38,7 +38,8 @@ def _flag(name: str) -> str:
 FLAGS: dict[str, str] = {f.name: _flag(f.name) for f in dataclasses.fields(TrainConfig)}
 FLAGS.update({"spec": "--data", "size": "--input-size", "test_fraction": "--test-fraction", "resume": "--resume",
               "out_dir": "--out", "devices": "--devices", "shard": "--shard", "coordinator": "--coordinator",
-              "num_processes": "--num-processes", "process_id": "--process-id", "options": "--option"})
+              "num_processes": "--num-processes", "process_id": "--process-id", "options": "--option",
+              "stream": "--stream", "memory_budget": "--memory-budget", "workers": "--workers"})
 
 
 def as_flags(message: str) -> str:
@@ -149,6 +150,21 @@ def add_data_flags(parser: argparse.ArgumentParser, *, default: str | None = "mn
     parser.add_argument("--input-size", type=positive(int), default=None, help="resize images to N x N")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="stratified test share when the data has no official test split (default 0.2)")
+    g = parser.add_argument_group("image files larger than memory (folder:, list:; needs jaxcnn[stream])")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode the images from disk as training reads them (Grain) instead of all at once "
+                        "(default: stream only when decoded they would exceed --memory-budget)")
+    g.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="decoded size above which image files are streamed, e.g. 6GB (default: a quarter of the "
+                        "machine's memory)")
+    g.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="with streaming: Grain worker processes decoding ahead of training (default 0: decode in "
+                        "the training process)")
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The streaming arguments of :func:`jaxcnn.train.prepare.prepare` that ``add_data_flags`` defined."""
+    return {"stream": args.stream, "memory_budget": args.memory_budget, "workers": args.workers}
 
 
 def parse_options(model: str, pairs: list[str]) -> dict[str, Any]:

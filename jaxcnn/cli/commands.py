@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 from jaxcnn import models
-from jaxcnn.cli.args import UsageError, cluster_from_args, parse_options, recipe_from_args
+from jaxcnn.cli.args import UsageError, cluster_from_args, data_options, parse_options, recipe_from_args
 from jaxcnn.core import LayerError
 from jaxcnn.summary import summary
 
@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace, options: dict) -> int:
     from jaxcnn.train.loggers import for_run
     from jaxcnn.train.prepare import augmentation, prepare
 
-    prepared = prepare(args.data, size=args.input_size, test_fraction=args.test_fraction)
+    prepared = prepare(args.data, size=args.input_size, test_fraction=args.test_fraction, **data_options(args))
     data = prepared.data
     if prepared.train_classes < 2:
         print(f"jaxcnn train: warning: the training data ({args.data}) holds only one class, so every "

@@ -42,6 +42,7 @@ from jaxcnn.cli.args import (
     add_log_flags,
     add_models_from,
     add_recipe_flags,
+    data_options,
     parse_options,
     positive,
     recipe_overrides,
@@ -213,8 +214,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         if args.plot_only:
             records = finished_results(out, members or ())  # a missing or empty folder is an error, made nowhere
         else:
-            prepared = prepare(spec, size=size, test_fraction=test_fraction)
-            task = _task(prepared, spec, test_fraction)
+            prepared = prepare(spec, size=size, test_fraction=test_fraction, **data_options(args))
+            task = _task(prepared, spec, test_fraction, data_options(args))
             in_shape = task.in_shape
             if members is None:  # --sample: drawn now, since the windows need the data's classes and shape
                 k = task.data.num_classes
@@ -250,7 +251,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task(prepared: Any, spec: str, test_fraction: float) -> Any:
+def _task(prepared: Any, spec: str, test_fraction: float, streaming: dict[str, Any]) -> Any:
     """The study's Task; members with another ``input_size`` get the data prepared again at that size (cached)."""
     from jaxcnn.study import Task
     from jaxcnn.train.prepare import prepare
@@ -259,7 +260,7 @@ def _task(prepared: Any, spec: str, test_fraction: float) -> Any:
 
     def resize(n: int) -> Task:
         if n not in cache:
-            p = prepare(spec, size=n, test_fraction=test_fraction)
+            p = prepare(spec, size=n, test_fraction=test_fraction, **streaming)
             cache[n] = Task(p.name, p.data)
         return cache[n]
 

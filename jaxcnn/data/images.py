@@ -35,43 +35,51 @@ def _eight_bit(im, where: str, path: Path):
     return Image.fromarray(((a + 128) // 257).astype(np.uint8), "L")  # v / 257 = v * 255 / 65535; no ties
 
 
-def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[str]) -> np.ndarray:
-    """Decode, orient, convert (RGB or L) and bilinearly resize each image; ``where[i]`` names it in errors."""
+def decode_image(p: Path, size: int, grey: bool, where: str) -> np.ndarray:
+    """One image file decoded, oriented, converted (RGB or L) and bilinearly resized: (size, size, channels) uint8.
+
+    The one decoder of every image source, in memory or streamed; ``where`` names the source in errors.
+    """
     import warnings
 
     from PIL import Image, ImageOps  # deferred: only image sources need Pillow
 
+    try:
+        f = open_regular(p, "image")
+    except FileProblem as e:
+        raise DataError(f"{where}: {e}") from None
+    try:
+        with f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
+            im = Image.open(f)
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise DataError(f"{where}: image {p} is {im.size[0]}x{im.size[1]}, more than the "
+                                f"{MAX_IMAGE_PIXELS:,} pixels jaxcnn decodes (MAX_IMAGE_PIXELS); shrink it first")
+            im = ImageOps.exif_transpose(im)  # cameras store rotation as a tag; apply it so pixels are upright
+            if im.mode.startswith("I"):  # 16-bit grey PNGs: convert("L") would clip every value above 255
+                im = _eight_bit(im, where, p)
+            im = im.convert("L" if grey else "RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(im).reshape(size, size, 1 if grey else 3)
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataError(f"{where}: image {p} has more than the {MAX_IMAGE_PIXELS:,} pixels jaxcnn decodes "
+                        "(MAX_IMAGE_PIXELS); shrink it first") from None
+    except Exception as e:  # Pillow raises many types for undecodable files
+        raise DataError(f"{where}: cannot decode image {p} ({type(e).__name__}: {e}); "
+                        f"remove or replace it") from None
+
+
+def _read_images(paths: Sequence[Path], size: int, grey: bool, where: Sequence[str]) -> np.ndarray:
+    """Every image of ``paths`` decoded (:func:`decode_image`) into one array; ``where[i]`` names it in errors."""
     channels = 1 if grey else 3
     check_memory(len(paths) * size * size * channels, f"{len(paths):,} images of {size}x{size}x{channels}",
-                 "pass a smaller `size`")
+                 "pass a smaller `size`, or stream the images (`stream=True`)")
     x = np.empty((len(paths), size, size, channels), np.uint8)
     for i, p in enumerate(paths):
-        try:
-            f = open_regular(p, "image")
-        except FileProblem as e:
-            raise DataError(f"{where[i]}: {e}") from None
-        try:
-            with f, warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
-                im = Image.open(f)
-                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{where[i]}: image {p} is {im.size[0]}x{im.size[1]}, more than the "
-                                    f"{MAX_IMAGE_PIXELS:,} pixels jaxcnn decodes (MAX_IMAGE_PIXELS); shrink it first")
-                im = ImageOps.exif_transpose(im)  # cameras store rotation as a tag; apply it so pixels are upright
-                if im.mode.startswith("I"):  # 16-bit grey PNGs: convert("L") would clip every value above 255
-                    im = _eight_bit(im, where[i], p)
-                im = im.convert("L" if grey else "RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                x[i] = np.asarray(im).reshape(size, size, channels)
-        except DataError:
-            raise
-        except Image.DecompressionBombError:
-            raise DataError(f"{where[i]}: image {p} has more than the {MAX_IMAGE_PIXELS:,} pixels jaxcnn decodes "
-                            "(MAX_IMAGE_PIXELS); shrink it first") from None
-        except Exception as e:  # Pillow raises many types for undecodable files
-            raise DataError(f"{where[i]}: cannot decode image {p} ({type(e).__name__}: {e}); "
-                            f"remove or replace it") from None
+        x[i] = decode_image(p, size, grey, where[i])
     return x
 
 
@@ -83,9 +91,8 @@ def check_size(size: int | None, default: int) -> int:
     return int(size)
 
 
-def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> Dataset:
-    """Images in ``path/<class>/*.png|jpg|jpeg|bmp``, classes sorted by folder name, resized to size x size."""
-    size = check_size(size, 32)
+def folder_files(path: str | os.PathLike) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
+    """The image files of ``path/<class>/*.png|jpg|jpeg|bmp`` with their int32 labels and the sorted class names."""
     root = require_path(Path(path), "folder of class sub-folders", "folder:PATH")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; pass `spec=folder:PATH` with a folder of class sub-folders")
@@ -102,14 +109,22 @@ def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> 
                             f"add some or remove the folder")
         paths += files
         found += [k] * len(files)
-    x = _read_images(paths, size, grey, [str(root)] * len(paths))
-    return Dataset(x, np.asarray(found, np.int32), len(classes), f"folder:{root}", tuple(classes))
+    return paths, np.asarray(found, np.int32), tuple(classes)
 
 
-def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, size: int = 32,
-              grey: bool = False) -> Dataset:
-    """Images named in a ``path label`` list file (relative to ``root`` or the list's folder); '#' comments ok."""
+def load_folder(path: str | os.PathLike, size: int = 32, grey: bool = False) -> Dataset:
+    """Images in ``path/<class>/*.png|jpg|jpeg|bmp``, classes sorted by folder name, resized to size x size."""
     size = check_size(size, 32)
+    paths, y, classes = folder_files(path)
+    root = Path(path)
+    x = _read_images(paths, size, grey, [str(root)] * len(paths))
+    return Dataset(x, y, len(classes), f"folder:{root}", classes)
+
+
+def list_files(file: str | os.PathLike, root: str | os.PathLike | None = None
+               ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The images named in a ``path label`` list file (relative to ``root`` or the list's folder), with their
+    int32 labels and each one's ``FILE:LINE`` for errors; '#' comments ok."""
     file = require_path(Path(file), "image list file (one 'path label' per line)", "list:FILE[:ROOT]")
     if not file.is_file():
         raise DataError(f"{file} is not a file; pass `spec=list:FILE[:ROOT]` with a 'path label' list file")
@@ -141,9 +156,16 @@ def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, si
         where.append(f"{file}:{n}")
     if not paths:
         raise DataError(f"{file} lists no images; expected lines of 'path label'")
+    return paths, np.asarray(found, np.int32), where  # each label checked in [0, MAX_CLASSES) above
+
+
+def load_list(file: str | os.PathLike, root: str | os.PathLike | None = None, size: int = 32,
+              grey: bool = False) -> Dataset:
+    """Images named in a ``path label`` list file (relative to ``root`` or the list's folder); '#' comments ok."""
+    size = check_size(size, 32)
+    paths, y, where = list_files(file, root)
     x = _read_images(paths, size, grey, where)
-    y = np.asarray(found, np.int32)  # each checked in [0, MAX_CLASSES) above
-    return Dataset(x, y, int(y.max()) + 1, f"list:{file}")
+    return Dataset(x, y, int(y.max()) + 1, f"list:{Path(file)}")
 
 
 # Image transforms

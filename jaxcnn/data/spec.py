@@ -23,6 +23,14 @@ def source(spec: str) -> str:
     return str(spec).partition(":")[0].strip().lower()
 
 
+def list_arg(arg: str) -> tuple[str, str | None]:
+    """``(FILE, ROOT or None)`` of the argument of ``list:FILE[:ROOT]`` (a FILE that itself has ':' still works)."""
+    if not Path(arg).exists() and ":" in arg:
+        file, root = arg.rsplit(":", 1)
+        return file, root
+    return arg, None
+
+
 def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Splits:
     """Load a data spec (see ``SPEC_HELP``): ``{"train": ...}`` plus ``"test"`` where the source has one.
 
@@ -55,10 +63,7 @@ def load(spec: str, *, size: int | None = None, grey: bool | None = None) -> Spl
     elif kind == "folder":
         return {"train": load_folder(arg, size=size or 32, grey=bool(grey))}
     elif kind == "list":
-        file, root = arg, None
-        if not Path(arg).exists() and ":" in arg:  # list:FILE:ROOT (a FILE that itself has ':' still works)
-            file, root = arg.rsplit(":", 1)
-        return {"train": load_list(file, root, size=size or 32, grey=bool(grey))}
+        return {"train": load_list(*list_arg(arg), size=size or 32, grey=bool(grey))}
     elif kind == "npz":
         splits = load_npz(arg)
     else:

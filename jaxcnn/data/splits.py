@@ -41,6 +41,32 @@ def _resolve(n: int, fraction: float | None, size: int | None, what: str) -> int
     return 0
 
 
+def split_indices(y: np.ndarray, num_classes: int, test_fraction: float | None = None, *,
+                  test_size: int | None = None, val_fraction: float | None = None, val_size: int | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, ...]:
+    """The sorted example indices of :func:`stratified_split`'s parts, from the labels alone (no images needed)."""
+    n = len(y)
+    k_test = _resolve(n, test_fraction, test_size, "test")
+    k_val = _resolve(n, val_fraction, val_size, "val")
+    if test_fraction is None and test_size is None:
+        raise DataError("stratified_split: give test_fraction or test_size")
+    if k_test < 1 or k_test + k_val >= n:
+        raise DataError(f"stratified_split: {k_test} test + {k_val} validation examples out of {n} leave "
+                        f"no training data or no test data; choose smaller or larger fractions")
+    counts = np.bincount(y, minlength=num_classes)
+    t = _allocate(counts, k_test, counts)
+    v = _allocate(counts, k_val, counts - t) if k_val else np.zeros_like(t)
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[np.ndarray], ...] = ([], [], [])
+    for c in range(num_classes):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        parts[2].append(idx[:t[c]])
+        parts[1].append(idx[t[c]:t[c] + v[c]])
+        parts[0].append(idx[t[c] + v[c]:])
+    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
+    return (train, val, test) if k_val else (train, test)
+
+
 def stratified_split(ds: Dataset, test_fraction: float | None = None, *, test_size: int | None = None,
                      val_fraction: float | None = None, val_size: int | None = None,
                      seed: int = 0) -> tuple[Dataset, ...]:
@@ -49,41 +75,30 @@ def stratified_split(ds: Dataset, test_fraction: float | None = None, *, test_si
     Each class gives the floor or ceiling of its proportional share to test, then likewise to val (while it has
     examples left); the same seed always gives the same split. Examples keep their original order within a part.
     """
-    n = len(ds)
-    k_test = _resolve(n, test_fraction, test_size, "test")
-    k_val = _resolve(n, val_fraction, val_size, "val")
-    if test_fraction is None and test_size is None:
-        raise DataError("stratified_split: give test_fraction or test_size")
-    if k_test < 1 or k_test + k_val >= n:
-        raise DataError(f"stratified_split: {k_test} test + {k_val} validation examples out of {n} leave "
-                        f"no training data or no test data; choose smaller or larger fractions")
-    counts = ds.class_counts()
-    t = _allocate(counts, k_test, counts)
-    v = _allocate(counts, k_val, counts - t) if k_val else np.zeros_like(t)
+    parts = split_indices(ds.y, ds.num_classes, test_fraction, test_size=test_size, val_fraction=val_fraction,
+                          val_size=val_size, seed=seed)
+    names = (" [train]", " [val]", " [test]") if len(parts) == 3 else (" [train]", " [test]")
+    return tuple(ds.take(idx, name) for idx, name in zip(parts, names, strict=True))
+
+
+def subset_indices(y: np.ndarray, num_classes: int, n: int, seed: int = 0) -> np.ndarray:
+    """The sorted indices of :func:`stratified_subset` from the labels alone (all of them if n >= len(y))."""
+    if n < 1:
+        raise DataError(f"stratified_subset: n must be at least 1, got {n}")
+    if n >= len(y):
+        return np.arange(len(y))
+    counts = np.bincount(y, minlength=num_classes)
+    take = _allocate(counts, n, counts)
     rng = np.random.default_rng(seed)
-    parts: tuple[list[np.ndarray], ...] = ([], [], [])
-    for c in range(ds.num_classes):
-        idx = rng.permutation(np.flatnonzero(ds.y == c))
-        parts[2].append(idx[:t[c]])
-        parts[1].append(idx[t[c]:t[c] + v[c]])
-        parts[0].append(idx[t[c] + v[c]:])
-    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
-    if k_val:
-        return ds.take(train, " [train]"), ds.take(val, " [val]"), ds.take(test, " [test]")
-    return ds.take(train, " [train]"), ds.take(test, " [test]")
+    idx = [rng.permutation(np.flatnonzero(y == c))[:take[c]] for c in range(num_classes)]
+    return np.sort(np.concatenate(idx))
 
 
 def stratified_subset(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     """``n`` examples with the class proportions of ``ds`` (deterministic in ``seed``); all of ``ds`` if n >= len."""
-    if n < 1:
-        raise DataError(f"stratified_subset: n must be at least 1, got {n}")
-    if n >= len(ds):
+    if n >= len(ds) >= 1:
         return ds
-    counts = ds.class_counts()
-    take = _allocate(counts, n, counts)
-    rng = np.random.default_rng(seed)
-    idx = [rng.permutation(np.flatnonzero(ds.y == c))[:take[c]] for c in range(ds.num_classes)]
-    return ds.take(np.sort(np.concatenate(idx)), f" [subset {n}]")
+    return ds.take(subset_indices(ds.y, ds.num_classes, n, seed), f" [subset {n}]")
 
 
 def _scale(x: np.ndarray) -> float:

@@ -59,6 +59,9 @@ class Task:
         h, w = self.in_shape[:2]
         if h >= size and w >= size:
             return self
+        if not isinstance(self.data.x_train, np.ndarray):
+            raise StudyError(f"padding images to {size}x{size} (pad_to) needs them in memory, but this study's data "
+                             "is streamed from disk; pass --no-stream (or a larger --memory-budget), or drop pad_to")
         ph, pw = max(0, size - h), max(0, size - w)
         widths = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
         d = self.data

@@ -8,7 +8,8 @@
   convolutions inside a while loop about 10x slower than outside one (measured here;
   jax issue #12868), and an unrolled chunk has no loop. ``mode="step"`` is the streaming path: one
   jitted step per batch, batches gathered on the host and prefetched to the device,
-  for data that does not fit in device memory. Both do exactly the same math.
+  for data that does not fit in device memory. Both do exactly the same math. Image files too large to
+  decode whole stream from disk (:mod:`jaxcnn.train.streaming`: the step mode's batches, decoded by Grain).
 * K seeds of one architecture train together: init, shuffles, augmentation and
   dropout keys are independent per seed, and every step runs all seeds: ``vmap``-ed over seeds on
   GPU/TPU, unrolled (one copy of the step per seed) on CPU, where it is faster (``seed_batching``).

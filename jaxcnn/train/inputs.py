@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import jax
@@ -38,6 +39,15 @@ class TrainData:
             from jaxcnn.data import normalization_stats  # chunked: no float64 copy of the whole set
 
             self.mean, self.std = normalization_stats(self.x_train)
+
+    def digest(self) -> str:
+        """sha256 of the exact data (both splits, their shapes and dtypes, the normalisation): the run identity's."""
+        h = hashlib.sha256()
+        for name in ("x_train", "y_train", "x_test", "y_test", "mean", "std"):
+            a = np.ascontiguousarray(np.asarray(getattr(self, name)))
+            h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.data)
+        return h.hexdigest()
 
 
 def augment(x: jax.Array, key: jax.Array, crop_pad: int, flip: bool) -> jax.Array:

@@ -66,17 +66,12 @@ def run_identity(model: Layer, data: TrainData, cfg: TrainConfig, meta: dict[str
     size, normalisation) enter as sha256 hashes; the recipe as ``config.*``; the caller's ``meta`` (the
     command line's model name, --option values, data spec, --test-fraction, --input-size) as given.
     """
-    h = hashlib.sha256()
-    for name in ("x_train", "y_train", "x_test", "y_test", "mean", "std"):
-        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
-        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.data)
     config = {f"config.{k}": v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
     return files.json_form({
         **(meta or {}), **config,
         "model_sha256": hashlib.sha256(repr(model).encode()).hexdigest(),
         "input_shape": list(np.shape(data.x_train)[1:]), "num_classes": int(data.num_classes),
-        "data_sha256": h.hexdigest(), "train_examples": len(data.x_train), "test_examples": len(data.x_test),
+        "data_sha256": data.digest(), "train_examples": len(data.x_train), "test_examples": len(data.x_test),
         **options.noise_record(data, cfg),  # how many labels the noise flipped (a fact of the run, not an input)
     })
 
@@ -192,7 +187,8 @@ def fit(
         raise ValueError(f"checkpoint_format must be one of {', '.join(checkpoint.FORMATS)}, got {checkpoint_format!r}")
     if distributed:
         _distributed.initialize(distributed if isinstance(distributed, _distributed.Cluster) else None)
-    trainer = Trainer(model, cfg, data, devices, optimizer=optimizer, loss=loss, metrics=metrics)
+    trainer = getattr(data, "trainer_class", Trainer)(model, cfg, data, devices, optimizer=optimizer, loss=loss,
+                                                      metrics=metrics)  # streamed data brings its own
     custom = {f"custom.{k}": _describe(v) for k, v in (("optimizer", optimizer), ("loss", loss)) if v is not None}
     if metrics:
         custom["custom.metrics"] = sorted(metrics)
@@ -261,6 +257,7 @@ def _restore(trainer: Trainer, run: _Run, carry: step.TrainState
     # the step count is not saved (checkpoints keep the three trees they always had): it is the epochs' steps
     done = np.full(np.shape(carry.step), start * trainer.steps, np.int32)
     carry = trainer.put(step.TrainState(tree["params"], tree["state"], tree["opt_state"], done, tree.get("ema")))
+    trainer.restore_input(ck_meta.get("input"), start, ck)  # a streamed run's input position (none in memory)
     if not run.quiet or skipped:
         print(f"resumed from {ck} after epoch {start} of {cfg.epochs}", file=sys.stderr)
     return start, history, carry
@@ -350,7 +347,7 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
             carry = out.carry
             train_s += seconds
             history.append(rec)
-            _write_epoch(run, carry, history, base)
+            _write_epoch(run, carry, history, {**base, **trainer.input_meta()})
             log.epoch(rec)
             if run.on_epoch is not None:
                 run.on_epoch(rec)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxcnn import data as jdata
+from jaxcnn.data.stream import STREAM_SOURCES, image_files, require_grain, use_stream
+from jaxcnn.data.stream import memory_budget as memory_budget_bytes
 from jaxcnn.train import TrainData
 
 # sources of hand-written digits: a mirrored digit is another symbol (or none), so no flips
@@ -36,14 +38,31 @@ class Prepared:
 
 
 def prepare(spec: str, *, size: int | None = None, test_fraction: float = 0.2,
-            subset: tuple[int, int] | None = None) -> Prepared:
+            subset: tuple[int, int] | None = None, stream: bool | None = None,
+            memory_budget: int | str | None = None, workers: int = 0) -> Prepared:
     """Load ``spec`` (see :data:`jaxcnn.data.SPEC_HELP`) at ``size`` x ``size`` into train/test arrays.
 
     ``test_fraction`` (in (0, 1)) is the stratified test share when the source has no test split;
     ``subset=(n_train, n_test)`` keeps stratified subsets of both (before the statistics are taken).
+    Image files (``folder:``/``list:``) are streamed from disk (:class:`jaxcnn.train.streaming.StreamData`,
+    decoded by ``workers`` Grain processes) when ``stream`` is True, or when it is None and, decoded, they
+    would take more than ``memory_budget`` (bytes or text like "6GB"; default: a quarter of the memory).
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"`test_fraction` must be between 0 and 1, got {test_fraction}")
+    if jdata.source(spec) in STREAM_SOURCES and stream is not False:
+        images, y, k, _ = image_files(spec, size)
+        if use_stream(images.nbytes, stream, memory_budget):
+            require_grain()
+            from jaxcnn.train import streaming
+
+            if stream is None:
+                streaming.note(spec, images, memory_budget_bytes(memory_budget))
+            data = streaming.streamed(images, y, k, test_fraction=test_fraction, subset=subset, workers=workers)
+            return Prepared(data, jdata.source(spec), False, len(np.unique(data.y_train)))
+    elif stream:
+        raise jdata.DataError(f"`stream=True` reads image files one at a time (folder:PATH, list:FILE); {spec} is "
+                              "one file, loaded in memory: drop `stream`")
     splits = jdata.load(spec, size=size)
     train, test = splits["train"], splits.get("test")
     official = test is not None

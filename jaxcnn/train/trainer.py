@@ -312,6 +312,13 @@ class Trainer:
                         np.stack([np.asarray(o[1]) for o in outs], 1),
                         {k: np.stack([np.asarray(o[2][k]) for o in outs], 1) for k in self.metrics})
 
+    def input_meta(self) -> dict[str, Any]:
+        """What a checkpoint records of the input position besides the epoch: nothing for in-memory data."""
+        return {}
+
+    def restore_input(self, saved: Any, start: int, where: Any) -> None:
+        """Continue the input from a checkpoint's ``input`` record (in-memory data: the epoch says it all)."""
+
     def evaluate(self, carry, x_test=None, y_test=None) -> dict[str, np.ndarray]:
         """Test loss, top-1 and top-5 accuracy per seed; of the EMA weights too (``ema_loss``, ...) when kept."""
         x = self.data.x_test if x_test is None else x_test
