@@ -43,9 +43,11 @@ def test_four_seeds_under_vmap_equal_four_separate_runs(seed_batching):
 
 
 def test_compiled_epoch_equals_per_step_path():
+    # two seeds: the per-step path once gave every seed the labels of all seeds (an unsliced label batch that
+    # one_hot broadcast into an averaged loss), which one seed could not show
     data = tiny_data()
-    a = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, mode="epoch", chunk=3), quiet=True)
-    b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, mode="step"), quiet=True)
+    a = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, seeds=2, mode="epoch", chunk=3), quiet=True)
+    b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, seeds=2, mode="step"), quiet=True)
     for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.history[-1].train_loss, b.history[-1].train_loss, rtol=1e-4)
@@ -202,3 +204,12 @@ def test_seed_batching_option_is_checked_and_auto_unrolls_on_cpu():
     assert auto.seed_batching == "unroll" and auto.chunk == 1  # the seeds fill each program
     vmapped = Trainer(tiny_model(), TrainConfig(batch=32, seeds=3, seed_batching="vmap"), data)
     assert vmapped.seed_batching == "vmap" and vmapped.chunk > 1  # multi-step chunks as for one seed
+
+
+def test_cross_entropy_refuses_labels_that_do_not_match_the_logits():
+    import jax.numpy as jnp
+
+    from jaxcnn.train.step import cross_entropy
+
+    with pytest.raises(ValueError, match=r"labels of shape \(2, 4\) do not match logits of shape \(4, 3\)"):
+        cross_entropy()(jnp.zeros((4, 3)), jnp.zeros((2, 4), jnp.int32), {})

@@ -112,6 +112,9 @@ def cross_entropy(label_smoothing: float = 0.0, num_classes: int | None = None) 
     """
 
     def loss(logits: jax.Array, labels: jax.Array, batch: dict[str, Any]) -> jax.Array:
+        if labels.shape != logits.shape[:-1]:  # one_hot would broadcast: a silently averaged loss, not an error
+            raise ValueError(f"cross_entropy: labels of shape {labels.shape} do not match logits of shape "
+                             f"{logits.shape} (one integer label per row of logits)")
         target = jax.nn.one_hot(labels, num_classes or logits.shape[-1])
         if label_smoothing:
             target = optax.smooth_labels(target, label_smoothing)

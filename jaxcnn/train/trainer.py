@@ -137,7 +137,7 @@ class Trainer:
         # several processes read the outputs back (losses, parameters to save): they must be replicated
         self._out = {"out_shardings": self.replicated} if self.multiprocess else {}
         self._step_fn = jax.jit(
-            self._seedwise(self._step, (0, 0, None, 0)), donate_argnums=(0,), compiler_options=options, **self._out
+            self._seedwise(self._step, (0, 0, 0, 0)), donate_argnums=(0,), compiler_options=options, **self._out
         )
         self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options,
                                 **self._out)
