@@ -40,8 +40,8 @@ def model_table() -> str:
         t = summary(models.get(name), e.input_shape).totals
         shape = "x".join(map(str, e.input_shape))
         rows.append(
-            f"| `{name}` | {shape} | {e.num_classes} | {t['learnable_params']:,} | {t['state_params']:,} "
-            f"| {t['macs']:,} | {t['receptive_field'][0]} |"
+            f"| `{name}` | {shape} | {e.num_classes} | {t.learnable_params:,} | {t.state_params:,} "
+            f"| {t.macs:,} | {t.receptive_field[0]} |"
         )
     return "\n".join(rows)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,38 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Totals:
+    """The whole model's figures (per example unless named per batch); JSON names each field the same."""
+
+    learnable_params: int
+    state_params: int  # BatchNorm running statistics
+    total_params: int
+    learnable_bytes: int
+    state_bytes: int
+    total_param_bytes: int
+    macs: int  # forward multiply-accumulates of conv and dense layers, one example
+    flops: int  # 2 x macs
+    other_ops: int  # bias, BN, activations, pooling: not in macs
+    input_elements: int
+    activations: int  # output elements of every leaf layer, one example
+    activation_bytes_per_example: int
+    forward_activation_bytes: int  # for the batch
+    train_memory_bytes: int  # estimate for the batch and optimizer
+    train_memory_is_estimate: bool
+    inference_peak_bytes: int  # estimate for the batch
+    inference_peak_is_estimate: bool
+    train_flops_estimate: int  # 3 x forward FLOPs, for the batch
+    forward_flops_batch: int
+    receptive_field: list[int]
+    jump: list[int]
+    output_shape: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The totals as a JSON-ready dict (the field names as keys)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Summary:
     """Rows plus totals; ``str()`` prints the table, ``to_json()`` serialises it."""
 
@@ -70,7 +102,7 @@ class Summary:
     batch: int
     optimizer: str
     rows: list[Row]
-    totals: dict[str, Any] = field(default_factory=dict)
+    totals: Totals
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (rows as dicts) for JSON."""
@@ -81,7 +113,7 @@ class Summary:
             "optimizer": self.optimizer,
             "conventions": CONVENTIONS,
             "rows": [asdict(r) for r in self.rows],
-            "totals": self.totals,
+            "totals": self.totals.to_dict(),
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -202,30 +234,30 @@ def summary(
     slots = OPTIMIZER_SLOTS[optimizer]
     train_bytes = param_bytes * (2 + slots) + state_bytes + batch * (n_in + acts) * act_bytes
     peak = _peak(model, input_shape)
-    totals = {
-        "learnable_params": learn_total,
-        "state_params": state_total,
-        "total_params": learn_total + state_total,
-        "learnable_bytes": param_bytes,
-        "state_bytes": state_bytes,
-        "total_param_bytes": param_bytes + state_bytes,
-        "macs": macs,
-        "flops": 2 * macs,
-        "other_ops": other,
-        "input_elements": n_in,
-        "activations": acts,
-        "activation_bytes_per_example": acts * act_bytes,
-        "forward_activation_bytes": batch * acts * act_bytes,
-        "train_memory_bytes": train_bytes,
-        "train_memory_is_estimate": True,
-        "inference_peak_bytes": param_bytes + state_bytes + batch * peak * act_bytes,
-        "inference_peak_is_estimate": True,
-        "train_flops_estimate": 3 * 2 * macs * batch,
-        "forward_flops_batch": 2 * macs * batch,
-        "receptive_field": list(root.rf),
-        "jump": list(root.jump),
-        "output_shape": list(root.out_shape),
-    }
+    totals = Totals(
+        learnable_params=learn_total,
+        state_params=state_total,
+        total_params=learn_total + state_total,
+        learnable_bytes=param_bytes,
+        state_bytes=state_bytes,
+        total_param_bytes=param_bytes + state_bytes,
+        macs=macs,
+        flops=2 * macs,
+        other_ops=other,
+        input_elements=n_in,
+        activations=acts,
+        activation_bytes_per_example=acts * act_bytes,
+        forward_activation_bytes=batch * acts * act_bytes,
+        train_memory_bytes=train_bytes,
+        train_memory_is_estimate=True,
+        inference_peak_bytes=param_bytes + state_bytes + batch * peak * act_bytes,
+        inference_peak_is_estimate=True,
+        train_flops_estimate=3 * 2 * macs * batch,
+        forward_flops_batch=2 * macs * batch,
+        receptive_field=list(root.rf),
+        jump=list(root.jump),
+        output_shape=list(root.out_shape),
+    )
     return Summary(name or type(model).__name__, input_shape, batch, optimizer, rows, totals)
 
 
@@ -291,21 +323,21 @@ def format_table(s: Summary, *, leaves_only: bool = False, max_depth: int | None
         "-" * (sum(widths) + 2 * (len(widths) - 1)),
         *(fmt(line) for line in lines),
         "-" * (sum(widths) + 2 * (len(widths) - 1)),
-        f"output shape:           {_fmt_shape(tuple(t['output_shape']))}",
-        f"learnable parameters:   {t['learnable_params']:,} ({_mib(t['learnable_bytes'])})",
-        f"state (BN statistics):  {t['state_params']:,} ({_mib(t['state_bytes'])})",
-        f"total parameters:       {t['total_params']:,} ({_mib(t['total_param_bytes'])})",
-        f"MACs per example:       {t['macs']:,}",
-        f"FLOPs per example:      {t['flops']:,} (= 2 x MACs)",
-        f"other ops per example:  {t['other_ops']:,} (bias, BN, activations, pooling; not in MACs)",
-        f"activations:            {t['activations']:,} per example; {_mib(t['forward_activation_bytes'])}"
+        f"output shape:           {_fmt_shape(tuple(t.output_shape))}",
+        f"learnable parameters:   {t.learnable_params:,} ({_mib(t.learnable_bytes)})",
+        f"state (BN statistics):  {t.state_params:,} ({_mib(t.state_bytes)})",
+        f"total parameters:       {t.total_params:,} ({_mib(t.total_param_bytes)})",
+        f"MACs per example:       {t.macs:,}",
+        f"FLOPs per example:      {t.flops:,} (= 2 x MACs)",
+        f"other ops per example:  {t.other_ops:,} (bias, BN, activations, pooling; not in MACs)",
+        f"activations:            {t.activations:,} per example; {_mib(t.forward_activation_bytes)}"
         f" forward for batch {s.batch}",
-        f"training memory:        {_mib(t['train_memory_bytes'])} (estimate: params x (2 + {s.optimizer} slots)"
+        f"training memory:        {_mib(t.train_memory_bytes)} (estimate: params x (2 + {s.optimizer} slots)"
         " + state + batch x activations)",
-        f"inference peak:         {_mib(t['inference_peak_bytes'])} (estimate: params + live activations)",
-        f"training FLOPs / step:  {t['train_flops_estimate']:,} (estimate: 3 x forward, batch {s.batch})",
-        f"receptive field:        {t['receptive_field'][0]}x{t['receptive_field'][1]}, "
-        f"jump {t['jump'][0]}x{t['jump'][1]}",
+        f"inference peak:         {_mib(t.inference_peak_bytes)} (estimate: params + live activations)",
+        f"training FLOPs / step:  {t.train_flops_estimate:,} (estimate: 3 x forward, batch {s.batch})",
+        f"receptive field:        {t.receptive_field[0]}x{t.receptive_field[1]}, "
+        f"jump {t.jump[0]}x{t.jump[1]}",
         f"conventions: {CONVENTIONS}",
     ]
     return "\n".join(out)

@@ -57,14 +57,14 @@ IN_A = (224, 224, 3)
 
 def test_a_totals_without_bias():
     # SPEC A: "total 6,810,720" (model 1) and "12,938,336" (model 2); bias=False is the default
-    assert summary(models.get("spec_a_4conv"), IN_A).totals["learnable_params"] == 6_810_720
-    assert summary(models.get("spec_a_3conv"), IN_A).totals["learnable_params"] == 12_938_336
+    assert summary(models.get("spec_a_4conv"), IN_A).totals.learnable_params == 6_810_720
+    assert summary(models.get("spec_a_3conv"), IN_A).totals.learnable_params == 12_938_336
 
 
 def test_a_totals_with_bias():
     # SPEC A: "With biases the totals are 6,811,330 and 12,938,690."
-    assert summary(models.get("spec_a_4conv", bias=True), IN_A).totals["learnable_params"] == 6_811_330
-    assert summary(models.get("spec_a_3conv", bias=True), IN_A).totals["learnable_params"] == 12_938_690
+    assert summary(models.get("spec_a_4conv", bias=True), IN_A).totals.learnable_params == 6_811_330
+    assert summary(models.get("spec_a_3conv", bias=True), IN_A).totals.learnable_params == 12_938_690
 
 
 def test_a_per_layer_rows():
@@ -77,7 +77,7 @@ def test_a_per_layer_rows():
     s2 = summary(models.get("spec_a_3conv"), IN_A)
     assert [r.learnable_params for r in weighted_rows(s2)] == [864, 18_432, 73_728, 12_845_056, 256]
     # the paradox itself: removing a conv+pool block raises the count
-    assert s2.totals["learnable_params"] > s.totals["learnable_params"]
+    assert s2.totals.learnable_params > s.totals.learnable_params
 
 
 def test_a_hand_built_model_matches_registry():
@@ -95,7 +95,7 @@ def test_a_global_average_pool_collapses_the_fc():
     s = summary(models.get("spec_a_4conv", head="gap"), IN_A)
     fc1 = row(s, "fc1")
     assert fc1.learnable_params == 256 * 128 == 32_768
-    assert s.totals["learnable_params"] == 6_810_720 - 6_422_528 + 32_768
+    assert s.totals.learnable_params == 6_810_720 - 6_422_528 + 32_768
 
 
 # -- B. the MNIST net (SPEC B, seeds/003) -----------------------------------------------------
@@ -117,9 +117,9 @@ def test_b_mnist_rows():
         assert (r.out_shape, r.learnable_params) == (shape, params), name
     assert [p for _, _, p in expected] == [832, 0, 9_248, 0, 205_056, 2_570]
     assert row(s, "flatten").out_shape == (800,)
-    assert s.totals["learnable_params"] == 217_706  # SPEC B total
-    assert s.totals["state_params"] == 0
-    assert s.totals["output_shape"] == [10]
+    assert s.totals.learnable_params == 217_706  # SPEC B total
+    assert s.totals.state_params == 0
+    assert s.totals.output_shape == [10]
 
 
 @pytest.mark.parametrize("n", [1, 16, 32, 100])
@@ -127,8 +127,8 @@ def test_b_batchnorm_adds_2n_learnable_and_2n_state(n):
     # SPEC B: "BatchNorm over n channels adds 2n learnable parameters and 2n state entries"
     plain = summary(Sequential([Conv(n, 3, use_bias=False)]), (6, 6, 3)).totals
     with_bn = summary(Sequential([Conv(n, 3, use_bias=False), BatchNorm()]), (6, 6, 3)).totals
-    assert with_bn["learnable_params"] - plain["learnable_params"] == 2 * n
-    assert with_bn["state_params"] - plain["state_params"] == 2 * n
+    assert with_bn.learnable_params - plain.learnable_params == 2 * n
+    assert with_bn.state_params - plain.state_params == 2 * n
 
 
 # -- C. small kernels (SPEC C, seeds/002 and seeds/001) -----------------------------------------
@@ -139,24 +139,24 @@ SIZES_C = [(4, 8, 5, 7), (16, 16, 14, 14), (64, 32, 28, 20), (3, 96, 9, 11)]  # 
 @pytest.mark.parametrize("c,f,h,w", SIZES_C)
 def test_c_one_5x5_vs_two_3x3(c, f, h, w):
     one = summary(Conv(f, 5, 1, "SAME", use_bias=False), (h, w, c)).totals
-    assert one["learnable_params"] == 25 * c * f
-    assert one["macs"] == 25 * h * w * c * f
-    assert one["receptive_field"] == [5, 5]
+    assert one.learnable_params == 25 * c * f
+    assert one.macs == 25 * h * w * c * f
+    assert one.receptive_field == [5, 5]
     # two stacked 3x3 with C = F (the C -> C comparison of seeds/002)
     two = summary(Sequential([Conv(c, 3, 1, "SAME", use_bias=False)] * 2), (h, w, c)).totals
-    assert two["learnable_params"] == 18 * c * c
-    assert two["macs"] == 18 * h * w * c * c
-    assert two["receptive_field"] == [5, 5]
-    assert two["output_shape"] == [h, w, c]
+    assert two.learnable_params == 18 * c * c
+    assert two.macs == 18 * h * w * c * c
+    assert two.receptive_field == [5, 5]
+    assert two.output_shape == [h, w, c]
 
 
 @pytest.mark.parametrize("c", [1, 8, 64, 256])
 def test_c_three_3x3_vs_one_7x7(c):
     three = summary(Sequential([Conv(c, 3, 1, "SAME", use_bias=False)] * 3), (12, 12, c)).totals
     seven = summary(Conv(c, 7, 1, "SAME", use_bias=False), (12, 12, c)).totals
-    assert three["learnable_params"] == 27 * c * c
-    assert seven["learnable_params"] == 49 * c * c
-    assert three["receptive_field"] == seven["receptive_field"] == [7, 7]
+    assert three.learnable_params == 27 * c * c
+    assert seven.learnable_params == 49 * c * c
+    assert three.receptive_field == seven.receptive_field == [7, 7]
 
 
 @pytest.mark.parametrize("c", [4, 16, 64, 256])
@@ -168,8 +168,8 @@ def test_c_bottleneck_3_25_c_squared(c):
         Conv(c, 1, 1, "VALID", use_bias=False),
     ])
     plain = Conv(c, 3, 1, "SAME", use_bias=False)
-    assert summary(block, (7, 7, c)).totals["learnable_params"] * 4 == 13 * c * c
-    assert summary(plain, (7, 7, c)).totals["learnable_params"] == 9 * c * c
+    assert summary(block, (7, 7, c)).totals.learnable_params * 4 == 13 * c * c
+    assert summary(plain, (7, 7, c)).totals.learnable_params == 9 * c * c
 
 
 # -- D. ResNet bottleneck vs ResNeXt block (SPEC D, seeds/004) --------------------------------
@@ -188,7 +188,7 @@ def test_d_resnet_bottleneck_69632():
     assert conv_weight_count(s) == 69_632
     bn = sum(r.learnable_params for r in leaf_rows(s) if r.kind == "bn")
     assert bn == 2 * (64 + 64 + 256)
-    assert s.totals["learnable_params"] == 69_632 + bn
+    assert s.totals.learnable_params == 69_632 + bn
 
 
 def test_d_resnext_grouped_block_70144():
@@ -212,11 +212,11 @@ def test_d_explicit_32_paths_count_like_the_grouped_conv():
     grouped = summary(bottleneck(128, 256, groups=32), in_shape)
     first_two = sum(r.learnable_params for r in leaf_rows(grouped) if r.name.endswith(("conv1", "conv2")))
     paths2 = summary(Parallel([_path(2) for _ in range(32)]), in_shape)
-    assert paths2.totals["output_shape"] == [14, 14, 128]
-    assert paths2.totals["learnable_params"] == first_two == 32 * (1_024 + 144)
+    assert paths2.totals.output_shape == [14, 14, 128]
+    assert paths2.totals.learnable_params == first_two == 32 * (1_024 + 144)
     # all three stages per path: the summing that merges the paths has no parameters
     paths3 = summary(Parallel([_path(3) for _ in range(32)]), in_shape)
-    assert paths3.totals["learnable_params"] == 70_144
+    assert paths3.totals.learnable_params == 70_144
 
 
 def _np_conv(x, w, pad):
@@ -255,7 +255,7 @@ def test_d_explicit_paths_compute_the_grouped_block():
 @pytest.mark.parametrize("w,f,p,s", [(224, 3, 1, 1), (224, 7, 3, 2), (10, 3, 0, 2), (32, 5, 0, 1), (13, 3, 1, 2),
                                      (227, 11, 0, 4), (7, 7, 0, 1), (9, 1, 0, 3)])
 def test_e_output_size_formula(w, f, p, s):
-    out = summary(Conv(2, f, s, p), (w, w + 1, 1)).totals["output_shape"]
+    out = summary(Conv(2, f, s, p), (w, w + 1, 1)).totals.output_shape
     assert out[0] == (w - f + 2 * p) // s + 1
     assert out[1] == (w + 1 - f + 2 * p) // s + 1
 
@@ -264,41 +264,41 @@ def test_e_output_size_formula(w, f, p, s):
 def test_e_dilation_effective_kernel(f, d):
     k_eff = d * (f - 1) + 1
     t = summary(Conv(2, f, 1, "VALID", dilation=d), (40, 40, 1)).totals
-    assert t["output_shape"][:2] == [40 - k_eff + 1] * 2
-    assert t["receptive_field"] == [k_eff, k_eff]
+    assert t.output_shape[:2] == [40 - k_eff + 1] * 2
+    assert t.receptive_field == [k_eff, k_eff]
     # the kernel still holds f x f weights
-    assert t["learnable_params"] == f * f * 2 + 2
+    assert t.learnable_params == f * f * 2 + 2
 
 
 def test_e_stacked_3x3_receptive_fields():
     for n, rf in ((1, 3), (2, 5), (3, 7)):
         t = summary(Sequential([Conv(4, 3, 1, "SAME")] * n), (16, 16, 4)).totals
-        assert t["receptive_field"] == [rf, rf]
-        assert t["jump"] == [1, 1]
+        assert t.receptive_field == [rf, rf]
+        assert t.jump == [1, 1]
 
 
 def test_e_dilated_stacks():
-    assert summary(Conv(4, 3, dilation=2), (16, 16, 4)).totals["receptive_field"] == [5, 5]
+    assert summary(Conv(4, 3, dilation=2), (16, 16, 4)).totals.receptive_field == [5, 5]
     stack = Sequential([Conv(4, 3, dilation=d) for d in (1, 2, 4)])
     s = summary(stack, (32, 32, 4))
     assert [r.rf[0] for r in leaf_rows(s)] == [3, 7, 15]
-    assert s.totals["receptive_field"] == [15, 15]
+    assert s.totals.receptive_field == [15, 15]
 
 
 def test_e_parallel_branches_take_the_largest():
     branches = Parallel([Conv(2, 1), Conv(2, 3), Conv(2, 5)])
-    assert summary(branches, (16, 16, 3)).totals["receptive_field"] == [5, 5]
+    assert summary(branches, (16, 16, 3)).totals.receptive_field == [5, 5]
     # after a stride-2 3x3 conv: rf 3, jump 2; each branch composes from there
     s = summary(Sequential([Conv(4, 3, 2), branches]), (16, 16, 3))
     convs = [r for r in leaf_rows(s) if r.kind == "conv"]
     assert [r.rf[0] for r in convs] == [3, 3 + 0 * 2, 3 + 2 * 2, 3 + 4 * 2]
     assert all(r.jump == (2, 2) for r in convs)
-    assert s.totals["receptive_field"] == [11, 11]
-    assert s.totals["output_shape"] == [8, 8, 6]
+    assert s.totals.receptive_field == [11, 11]
+    assert s.totals.output_shape == [8, 8, 6]
 
 
 def test_e_global_pooling_covers_the_input():
-    assert summary(GlobalAvgPool(), (9, 13, 2)).totals["receptive_field"] == [9, 13]
+    assert summary(GlobalAvgPool(), (9, 13, 2)).totals.receptive_field == [9, 13]
     s = summary(Sequential([Conv(4, 3, 2), Conv(4, 3, 2), GlobalAvgPool()]), (32, 32, 3))
     assert all(v >= 32 for v in row(s, "02_gap").rf)
     assert all(v < 32 for v in row(s, "01_conv").rf)
@@ -353,7 +353,7 @@ def test_e_published_receptive_fields_and_every_layer(name, before_pool, rf, jum
 
 def test_e_allconv6_with_its_pool():
     # features.md 2.4: 255 including the 7x7 average pool at 224 (global there)
-    assert summary(models.get("allconv6"), (224, 224, 3)).totals["receptive_field"] == [255, 255]
+    assert summary(models.get("allconv6"), (224, 224, 3)).totals.receptive_field == [255, 255]
     literal = models.get("allconv6", global_pool=False)
     assert row(summary(literal, (224, 224, 3)), "pool").rf == (255, 255)
 
@@ -381,8 +381,8 @@ def test_f_vgg_shaped_network_logits_and_score_map():
     assert [(r.in_shape, r.out_shape) for r in head] == [((7, 7, 8), (1, 1, 16)), ((1, 1, 16), (1, 1, 16)),
                                                           ((1, 1, 16), (1, 1, 5))]
     assert [r.learnable_params for r in head] == [7 * 7 * 8 * 16 + 16, 16 * 16 + 16, 16 * 5 + 5]
-    assert summary(conv_model, (224, 224, 3)).totals["learnable_params"] == \
-        summary(model, (224, 224, 3)).totals["learnable_params"]
+    assert summary(conv_model, (224, 224, 3)).totals.learnable_params == \
+        summary(model, (224, 224, 3)).totals.learnable_params
     x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
     y = np.asarray(_fwd(model)(params, state, x))
     conv = _fwd(conv_model)
@@ -391,7 +391,7 @@ def test_f_vgg_shaped_network_logits_and_score_map():
     np.testing.assert_allclose(yc.reshape(2, 5), y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
     big = conv(conv_params, state, jax.random.normal(jax.random.key(2), (1, 384, 384, 3)))
     assert big.shape == (1, 6, 6, 5)  # (12 - 7) / 1 + 1 = 6
-    assert summary(conv_model, (384, 384, 3)).totals["output_shape"] == [6, 6, 5]
+    assert summary(conv_model, (384, 384, 3)).totals.output_shape == [6, 6, 5]
 
 
 def test_f_valid_network_score_map_is_the_sliding_window():
@@ -450,7 +450,7 @@ def vgg():
 
 
 def test_g_vgg16_params_and_first_fc(vgg):
-    assert vgg.totals["learnable_params"] == VGG_PARAMS
+    assert vgg.totals.learnable_params == VGG_PARAMS
     assert row(vgg, "fc6").learnable_params == 7 * 7 * 512 * 4096 + 4096 == 102_764_544
     assert row(vgg, "fc6").learnable_params / VGG_PARAMS > 0.70
     # cs231n's per-layer weights exclude biases: conv1_1 = 1,728, FC1 = 102,760,448
@@ -460,10 +460,10 @@ def test_g_vgg16_params_and_first_fc(vgg):
 
 def test_g_early_layers_hold_most_activations(vgg):
     early = sum(r.activations for r in leaf_rows(vgg) if r.name.startswith(("conv1_", "pool1", "conv2_", "pool2")))
-    assert early / vgg.totals["activations"] > 0.5
+    assert early / vgg.totals.activations > 0.5
     # cs231n's table sums to 15,237,608 (not the printed "24M", cs231n issue #88)
-    assert vgg.totals["input_elements"] == 224 * 224 * 3 == 150_528
-    assert vgg.totals["activations"] + vgg.totals["input_elements"] == CS231N_ACTIVATIONS
+    assert vgg.totals.input_elements == 224 * 224 * 3 == 150_528
+    assert vgg.totals.activations + vgg.totals.input_elements == CS231N_ACTIVATIONS
 
 
 @pytest.mark.parametrize("optimizer,slots", [("sgd", 0), ("momentum", 1), ("adam", 2)])
@@ -472,7 +472,7 @@ def test_g_training_memory_formula(optimizer, slots, batch):
     assert OPTIMIZER_SLOTS[optimizer] == slots
     t = summary(models.get("vgg16"), (224, 224, 3), batch=batch, optimizer=optimizer).totals
     expected = VGG_PARAMS * (2 + slots) * 4 + batch * CS231N_ACTIVATIONS * 4
-    assert t["train_memory_bytes"] == expected
+    assert t.train_memory_bytes == expected
     # cs231n: params x3 (params + grads + momentum) ~ 1,583 MiB; Adam x4 ~ 2,111 MiB
     if optimizer == "momentum":
         assert round(VGG_PARAMS * 3 * 4 / 2**20) == 1583
@@ -484,10 +484,10 @@ def test_g_training_memory_counts_bn_state_once():
     # with BatchNorm the running statistics are saved but get no gradient or optimizer slot
     t = summary(models.get("vgg16_bn"), (224, 224, 3), optimizer="adam").totals
     bn_channels = 2 * 64 + 2 * 128 + 3 * 256 + 6 * 512
-    assert t["state_params"] == 2 * bn_channels
-    assert t["learnable_params"] == VGG_PARAMS + 2 * bn_channels
-    n_act = t["input_elements"] + t["activations"]
-    assert t["train_memory_bytes"] == t["learnable_params"] * 4 * 4 + t["state_params"] * 4 + n_act * 4
+    assert t.state_params == 2 * bn_channels
+    assert t.learnable_params == VGG_PARAMS + 2 * bn_channels
+    n_act = t.input_elements + t.activations
+    assert t.train_memory_bytes == t.learnable_params * 4 * 4 + t.state_params * 4 + n_act * 4
     # each BN output is one more kept tensor the size of its conv's output
     conv_outputs = sum(n * (224 // 2**b) ** 2 * c for b, (n, c) in enumerate(((2, 64), (2, 128), (3, 256),
                                                                                (3, 512), (3, 512))))
@@ -498,5 +498,5 @@ def test_g_activation_bytes_scale_with_batch_and_dtype():
     m = models.get("mnist_net")
     one = summary(m, (28, 28, 1)).totals
     eight = summary(m, (28, 28, 1), batch=8, activation_dtype="bfloat16").totals
-    assert eight["forward_activation_bytes"] == 8 * one["activations"] * 2
-    assert math.isclose(one["flops"], 2 * one["macs"])
+    assert eight.forward_activation_bytes == 8 * one.activations * 2
+    assert math.isclose(one.flops, 2 * one.macs)

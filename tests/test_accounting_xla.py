@@ -35,7 +35,7 @@ EXACT_ZOO = [
 @pytest.mark.parametrize("case", EXACT_ZOO, ids=[c[0] for c in EXACT_ZOO])
 def test_xla_flops_equal_two_macs(case):
     _, model, shape, batch = case
-    macs = summary(model, shape).totals["macs"]
+    macs = summary(model, shape).totals.macs
     assert xla_flops(model, shape, batch=batch) == 2 * macs * batch
 
 
@@ -85,15 +85,15 @@ def test_xla_flops_count_only_real_taps(case):
     expected = _tap_flops((k, k), (s, s), (d, d), padding, shape, per_tap)
     got = xla_flops(model, shape)
     assert got == expected
-    assert got < 2 * summary(model, shape).totals["macs"]  # every case here has padded taps
+    assert got < 2 * summary(model, shape).totals.macs  # every case here has padded taps
 
 
 def test_xla_padding_reference_figures():
     # features.md 2.6 (measured on jax 0.10.2 CPU): 495,616 vs 589,824; depthwise 15,488 vs 18,432
     conv = Conv(32, 3, 1, "SAME", use_bias=False)
-    assert (xla_flops(conv, (8, 8, 16)), 2 * summary(conv, (8, 8, 16)).totals["macs"]) == (495_616, 589_824)
+    assert (xla_flops(conv, (8, 8, 16)), 2 * summary(conv, (8, 8, 16)).totals.macs) == (495_616, 589_824)
     dw = DepthwiseConv(3, 1, "SAME", impl="xla")
-    assert (xla_flops(dw, (8, 8, 16)), 2 * summary(dw, (8, 8, 16)).totals["macs"]) == (15_488, 18_432)
+    assert (xla_flops(dw, (8, 8, 16)), 2 * summary(dw, (8, 8, 16)).totals.macs) == (15_488, 18_432)
 
 
 # -- learnable + state counts against the arrays init returns -----------------------------------
@@ -114,6 +114,6 @@ def test_summary_counts_equal_init_leaf_sizes(name, shape, opts):
     leaf_sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(params)]
     state_sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(state)]
     t = summary(model, shape).totals
-    assert sum(leaf_sizes) == t["learnable_params"] == count_params(params)
-    assert sum(state_sizes) == t["state_params"]
-    assert (t["state_params"] > 0) == (name != "mnist_net")  # every other model here has BatchNorm
+    assert sum(leaf_sizes) == t.learnable_params == count_params(params)
+    assert sum(state_sizes) == t.state_params
+    assert (t.state_params > 0) == (name != "mnist_net")  # every other model here has BatchNorm

@@ -77,8 +77,8 @@ def test_squeeze_excite_accounting():
     assert s.macs == 2 * 16 * 4  # the two 1x1 convolutions on the pooled map; the multiply is not a MAC
     assert s.other_ops == 2 * 7 * 7 * 16 + 2 * 4 + 2 * 16  # pool + multiply, biases + activations
     t = summary(Sequential([Conv(16, 3), layer]), (7, 7, 3)).totals
-    assert t["learnable_params"] == (3 * 3 * 3 * 16 + 16) + (16 * 4 + 4 + 4 * 16 + 16)
-    assert t["macs"] == 7 * 7 * 16 * 27 + 128
+    assert t.learnable_params == (3 * 3 * 3 * 16 + 16) + (16 * 4 + 4 + 4 * 16 + 16)
+    assert t.macs == 7 * 7 * 16 * 27 + 128
     assert SqueezeExcite.decayed == ("reduce_w", "expand_w")
 
 
@@ -181,7 +181,7 @@ def test_subsample_pad_is_the_papers_option_a_and_follows_scaled_widths():
     for m in (0.5, 0.3, 1.7):
         scaled = scale_width(model, m)
         assert scaled.spec((8, 8, 3)).out_shape[-1] == round(32 * m)  # body and shortcut still agree
-    assert summary(model, (8, 8, 3)).totals["learnable_params"] == (27 * 16 + 16) + (9 * 16 * 32 + 32) + (
+    assert summary(model, (8, 8, 3)).totals.learnable_params == (27 * 16 + 16) + (9 * 16 * 32 + 32) + (
         9 * 32 * 32 + 32)
     with pytest.raises(ShapeError, match="exceed features"):
         SubsamplePad(4).spec((8, 8, 8))
@@ -225,9 +225,9 @@ def test_projection_follows_scale_width_and_trains_with_decay_mask():
                         PreActResidual(_bn_relu(), Conv(16, 3, use_bias=False), Projection(16)),
                         GlobalAvgPool(), Dense(3, keep_width=True)])
     shape = (6, 6, 3)
-    assert summary(model, shape).totals["learnable_params"] == summary(
+    assert summary(model, shape).totals.learnable_params == summary(
         Sequential([Conv(16, 3), BatchNorm(), Conv(16, 3, use_bias=False), GlobalAvgPool(), Dense(3)]),
-        shape).totals["learnable_params"]  # the identity Projection owns nothing
+        shape).totals.learnable_params  # the identity Projection owns nothing
     wide = scale_width(model, 2)  # 16 -> 32 after a fixed 16-channel stem: now it must project
     assert wide.spec(shape).out_shape == (3,)
     assert wide.layers[1].shortcut.projects((6, 6, 16))

@@ -48,10 +48,10 @@ TABLE6 = {
 def test_mobilenet_table6_width_multiplier(alpha):
     m_macs, m_params, macs, params = TABLE6[alpha]
     t = totals("mobilenet_v1", width=alpha)
-    assert printed(t["macs"] / 1e6, m_macs)
-    assert round(t["learnable_params"] / 1e6, 1) == m_params
-    assert (t["macs"], t["learnable_params"]) == (macs, params)
-    assert t["output_shape"] == [1000]
+    assert printed(t.macs / 1e6, m_macs)
+    assert round(t.learnable_params / 1e6, 1) == m_params
+    assert (t.macs, t.learnable_params) == (macs, params)
+    assert t.output_shape == [1000]
 
 
 def test_mobilenet_width_suffix_is_the_width_option():
@@ -75,8 +75,8 @@ def printed(value, shown):
 def test_mobilenet_table7_resolution_multiplier(size):
     m_macs, macs = TABLE7[size]
     t = totals("mobilenet_v1", (size, size, 3))
-    assert printed(t["macs"] / 1e6, m_macs) and t["macs"] == macs
-    assert round(t["learnable_params"] / 1e6, 1) == 4.2  # resolution does not change parameters
+    assert printed(t.macs / 1e6, m_macs) and t.macs == macs
+    assert round(t.learnable_params / 1e6, 1) == 4.2  # resolution does not change parameters
 
 
 def test_mobilenet_other_cells_and_table9():
@@ -84,10 +84,10 @@ def test_mobilenet_other_cells_and_table9():
     # params; the count here is 1,331,592 (1.33M, the same as Table 6's 0.5-224 row, which the
     # paper prints as 1.3), so only the mult-adds are checked against Table 9
     t = totals("mobilenet_v1", (160, 160, 3), width=0.5)
-    assert printed(t["macs"] / 1e6, 76) and t["learnable_params"] == 1_331_592
+    assert printed(t.macs / 1e6, 76) and t.learnable_params == 1_331_592
     # features.md 2.1 computed grid of the other alpha x resolution cells
-    assert round(totals("mobilenet_v1", (192, 192, 3), width=0.75)["macs"] / 1e6, 2) == 239.27
-    assert round(totals("mobilenet_v1", (128, 128, 3), width=0.25)["macs"] / 1e6, 2) == 13.57
+    assert round(totals("mobilenet_v1", (192, 192, 3), width=0.75).macs / 1e6, 2) == 239.27
+    assert round(totals("mobilenet_v1", (128, 128, 3), width=0.25).macs / 1e6, 2) == 13.57
 
 
 def test_mobilenet_tf_slim_per_layer_vector():
@@ -111,17 +111,17 @@ def test_mobilenet_bn_conventions():
     bn = [r for r in leaves(s) if r.kind == "bn"]
     assert sum(r.out_shape[-1] for r in bn) == 10_944
     assert sum(r.learnable_params for r in bn) == 2 * 10_944  # scale + offset: learnable
-    assert s.totals["state_params"] == 21_888  # running mean + var: state
-    no_bn = s.totals["learnable_params"] - 2 * 10_944
+    assert s.totals.state_params == 21_888  # running mean + var: state
+    no_bn = s.totals.learnable_params - 2 * 10_944
     assert no_bn == 4_210_088  # conv weights + FC 1024x1000 + 1000
-    assert s.totals["learnable_params"] + s.totals["state_params"] == 4_253_864  # Keras "Total params"
+    assert s.totals.learnable_params + s.totals.state_params == 4_253_864  # Keras "Total params"
 
 
 def test_mobilenet_table2_mult_add_shares():
     # paper Table 2: Conv 1x1 94.86%, Conv DW 3.06%, Conv 3x3 1.19% (printed; a digit swap for
     # 1.91%: 10,838,016 / 568,740,352, the only value that makes the column sum to 100%), FC 0.18%
     s = summary(models.get("mobilenet_v1"), IN224)
-    total = s.totals["macs"]
+    total = s.totals.macs
     share = {"pw": 0, "dw": 0, "conv3x3": 0, "fc": 0}
     for r in leaves(s):
         if r.kind == "dwconv":
@@ -142,22 +142,22 @@ def test_mobilenet_table2_mult_add_shares():
 def test_mobilenet_table3_separable_layer(c, size, m_macs, m_params):
     sep = Sequential([DepthwiseConv(3), Conv(c, 1, 1, "VALID", use_bias=False)])
     t = summary(sep, (size, size, c)).totals
-    assert round(t["macs"] / 1e6, 1) == m_macs
-    assert round(t["learnable_params"] / 1e6, 2) == m_params
+    assert round(t.macs / 1e6, 1) == m_macs
+    assert round(t.learnable_params / 1e6, 2) == m_params
 
 
 def test_mobilenet_table3_full_conv():
     t = summary(Conv(512, 3, use_bias=False), (14, 14, 512)).totals
-    assert round(t["macs"] / 1e6) == 462 and round(t["learnable_params"] / 1e6, 2) == 2.36
+    assert round(t.macs / 1e6) == 462 and round(t.learnable_params / 1e6, 2) == 2.36
 
 
 def test_mobilenet_table5_shallow():
     # paper Table 5: Shallow MobileNet 307M mult-adds, 2.9M params (the 0.75 MobileNet is 325 / 2.6)
     # (alpha 1 without the five 14x14x512 separable blocks)
     t = totals("mobilenet_v1", shallow=True)
-    assert round(t["macs"] / 1e6) == 307 and round(t["learnable_params"] / 1e6, 1) == 2.9
+    assert round(t.macs / 1e6) == 307 and round(t.learnable_params / 1e6, 1) == 2.9
     five_blocks = 5 * (14 * 14 * 512 * 9 + 14 * 14 * 512 * 512)
-    assert t["macs"] == 568_740_352 - five_blocks
+    assert t.macs == 568_740_352 - five_blocks
 
 
 # -- torchvision -------------------------------------------------------------------------------
@@ -175,15 +175,15 @@ TORCHVISION = {
 def test_torchvision_counts(name):
     params, gmacs, digits = TORCHVISION[name]
     t = totals(name)
-    assert t["learnable_params"] == params
-    assert round(t["macs"] / 1e9, digits) == gmacs
-    assert t["output_shape"] == [1000]
+    assert t.learnable_params == params
+    assert round(t.macs / 1e9, digits) == gmacs
+    assert t.output_shape == [1000]
 
 
 def test_keras_counts_add_running_statistics():
     # features.md 2.2: Keras counts BN with 4n; DenseNet121 = 8,062,504
     t = totals("densenet121")
-    assert t["learnable_params"] + t["state_params"] == 8_062_504
+    assert t.learnable_params + t.state_params == 8_062_504
 
 
 # -- allconv families ----------------------------------------------------------------------------
@@ -209,12 +209,12 @@ def test_allconv6_width_family(name):
     convs = [r for r in leaves(s) if r.kind == "conv"]
     assert tuple(r.out_shape[-1] for r in convs) == channels
     assert [r.out_shape[0] for r in convs] == [112, 56, 28, 14, 7]
-    assert (s.totals["learnable_params"], s.totals["macs"]) == (params, macs)
+    assert (s.totals.learnable_params, s.totals.macs) == (params, macs)
     # the _bn variant drops the conv biases and adds BN scale/offset (learnable) + mean/var (state)
     bn = summary(models.get(name + "_bn"), IN224).totals
-    assert bn["learnable_params"] == params - sum(channels) + 2 * sum(channels)
-    assert bn["state_params"] == 2 * sum(channels)
-    assert bn["macs"] == macs
+    assert bn.learnable_params == params - sum(channels) + 2 * sum(channels)
+    assert bn.state_params == 2 * sum(channels)
+    assert bn.macs == macs
 
 
 def test_allconv6_baseline_per_layer():
@@ -240,7 +240,7 @@ DEPTH = {
 def test_allconv_depth_family(name):
     params, macs, rf = DEPTH[name]
     s = summary(models.get(name), IN224)
-    assert (s.totals["learnable_params"], s.totals["macs"]) == (params, macs)
+    assert (s.totals.learnable_params, s.totals.macs) == (params, macs)
     (pool,) = [r for r in s.rows if r.name == "pool"]
     last_relu = s.rows[s.rows.index(pool) - 1]
     assert last_relu.kind == "relu" and last_relu.rf == (rf, rf)
@@ -254,7 +254,7 @@ def test_allconv6_crelu_halves_conv1_2_filters():
     crelus = [r for r in leaves(s) if r.kind == "crelu"]
     assert [r.out_shape[-1] for r in crelus] == [64, 64]  # the next layer sees the full width
     # conv1 3x3x3x32+32, conv2 3x3x64x32+32, conv3 3x3x64x128+128, then as allconv6
-    assert s.totals["learnable_params"] == 896 + 18_464 + 73_856 + 147_584 + 295_168 + 5_140
+    assert s.totals.learnable_params == 896 + 18_464 + 73_856 + 147_584 + 295_168 + 5_140
 
 
 # -- every registry entry -------------------------------------------------------------------------
@@ -290,11 +290,11 @@ def test_registry_summary_at_default_input_allocates_nothing(name, monkeypatch):
     monkeypatch.setattr(jax.random, "key", refuse)
     s = summary(models.get(name), e.input_shape)
     assert len(jax.live_arrays()) == before
-    assert s.totals["output_shape"] == [e.num_classes]
-    assert s.totals["learnable_params"] > 0 and s.totals["macs"] > 0
+    assert s.totals.output_shape == [e.num_classes]
+    assert s.totals.learnable_params > 0 and s.totals.macs > 0
     # container rows hold the sums of their leaves
-    assert s.rows[0].learnable_params == s.totals["learnable_params"]
-    assert sum(r.macs for r in leaves(s)) == s.totals["macs"]
+    assert s.rows[0].learnable_params == s.totals.learnable_params
+    assert sum(r.macs for r in leaves(s)) == s.totals.macs
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -306,7 +306,7 @@ def test_registry_traces_at_small_width(name):
                          jax.ShapeDtypeStruct((2, *shape), jnp.float32))
     assert out.shape == (2, 7)
     t = summary(model, shape).totals
-    assert (count_params(params), count_params(state)) == (t["learnable_params"], t["state_params"])
+    assert (count_params(params), count_params(state)) == (t.learnable_params, t.state_params)
 
 
 def _run(name):
@@ -317,7 +317,7 @@ def _run(name):
     y = np.asarray(y)
     assert y.shape == (2, 7) and np.isfinite(y).all()
     t = summary(model, shape).totals
-    assert (count_params(params), count_params(state)) == (t["learnable_params"], t["state_params"])
+    assert (count_params(params), count_params(state)) == (t.learnable_params, t.state_params)
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
 
 

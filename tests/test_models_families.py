@@ -36,7 +36,7 @@ CIFAR = (32, 32, 3)
 
 
 def params_of(model, shape=CIFAR):
-    return summary(model, shape).totals["learnable_params"]
+    return summary(model, shape).totals.learnable_params
 
 
 def totals(name, **options):
@@ -61,21 +61,21 @@ PUBLISHED = [
 @pytest.mark.parametrize("name,options,count", PUBLISHED, ids=[f"{n}-{o}" for n, o, _ in PUBLISHED])
 def test_published_parameter_counts(name, options, count):
     t = summary(models.get(name, **options), models.entry(name).input_shape).totals
-    assert t["learnable_params"] == count
-    assert t["output_shape"] == [models.entry(name).num_classes]
+    assert t.learnable_params == count
+    assert t.output_shape == [models.entry(name).num_classes]
 
 
 def test_efficientnet_b0_multiply_adds_and_official_variants():
     t = totals("efficientnet_b0")
-    assert round(t["macs"] / 1e9, 2) == 0.39  # the paper's "0.39B FLOPS" are multiply-adds
-    assert t["macs"] == 385_814_752  # exact: conv, depthwise, SE 1x1 and dense MACs at 224
+    assert round(t.macs / 1e9, 2) == 0.39  # the paper's "0.39B FLOPS" are multiply-adds
+    assert t.macs == 385_814_752  # exact: conv, depthwise, SE 1x1 and dense MACs at 224
     # torchvision's weights metadata (num_params), at the official resolutions
     official = {"b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232, "b4": 19_341_616, "b5": 30_389_784,
                 "b6": 43_040_704, "b7": 66_347_960}
     for v, count in official.items():
         e = models.entry(f"efficientnet_{v}")
         assert e.input_shape == (VARIANTS[v][2],) * 2 + (3,) and e.num_classes == 1000
-        assert totals(f"efficientnet_{v}")["learnable_params"] == count, v
+        assert totals(f"efficientnet_{v}").learnable_params == count, v
     assert [models.entry(f"efficientnet_b{i}").input_shape[0] for i in range(8)] == [224, 240, 260, 300, 380, 456,
                                                                                       528, 600]
 

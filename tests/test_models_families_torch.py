@@ -25,7 +25,7 @@ CIFAR = (32, 32, 3)
 
 
 def params_of(model, shape=CIFAR):
-    return summary(model, shape).totals["learnable_params"]
+    return summary(model, shape).totals.learnable_params
 
 
 class TorchCifarResNet(nn.Module):

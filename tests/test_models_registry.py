@@ -60,7 +60,7 @@ def test_decorator_registers_by_function_name_and_docstring(clean_registry):
                                                                       {"depth": 1})
     assert models.builder_options("tiny_user_net") == ["depth", "act"]
     assert models.parse_option("tiny_user_net", "depth", "3") == 3
-    assert summary(models.get("tiny_user_net/2"), (28, 28, 1)).totals["output_shape"] == [7]
+    assert summary(models.get("tiny_user_net/2"), (28, 28, 1)).totals.output_shape == [7]
 
     models.register_model(lambda num_classes, width=1.0: tiny_user_net(num_classes), input_shape=(4, 4, 1),
                           num_classes=2, name="renamed_user_net", description="given")
@@ -83,7 +83,7 @@ def test_load_models_from_a_file(tmp_path, clean_registry):
     assert e.description == "My net: depth conv-BN-ReLU blocks, GAP, dense."
     assert models.builder_options("my_file_net") == ["depth"]
     t = summary(models.get("my_file_net", depth=3), e.input_shape).totals
-    assert t["learnable_params"] == (3 * 3 * 3 * 16 + 2 * 16) + 2 * (9 * 16 * 16 + 2 * 16) + (16 * 10 + 10)
+    assert t.learnable_params == (3 * 3 * 3 * 16 + 2 * 16) + 2 * (9 * 16 * 16 + 2 * 16) + (16 * 10 + 10)
     assert models.load_models_from(str(path)) == ["my_file_net"]  # a second load is a no-op, not a duplicate
     with pytest.raises(ValueError, match="my_file_net depth=0: depth must be >= 1"):
         models.get("my_file_net", depth=0)
@@ -144,4 +144,4 @@ def test_readme_registration_example_runs(clean_registry):
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
     assert models.entry("mynet").description == "My net: depth conv-BN-ReLU blocks, GAP, dense."
-    assert summary(models.get("mynet/2", depth=4), (32, 32, 3)).totals["output_shape"] == [10]
+    assert summary(models.get("mynet/2", depth=4), (32, 32, 3)).totals.output_shape == [10]

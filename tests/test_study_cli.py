@@ -90,7 +90,7 @@ def test_grid_trains_every_member_writes_every_output_skips_on_rerun_and_shards_
     for r in records:
         width, depth = float(r["model"].split("/")[1]), r["options"]["depth"]
         built = models.get(f"tiny_study_net/{width:g}", num_classes=10, depth=depth)
-        assert r["learnable_params"] == summary(built, (8, 8, 1)).totals["learnable_params"]
+        assert r["learnable_params"] == summary(built, (8, 8, 1)).totals.learnable_params
         assert len(r["accuracies"]) == 2 and r["train_examples"] > 0 and r["code"]
     for name in ("table.md", "comparisons.md", "results.csv", "accuracy_vs_params.png", "accuracy_vs_macs.png",
                  "accuracy_vs_time.png", "curves.png", "heatmap.png"):

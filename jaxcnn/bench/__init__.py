@@ -194,7 +194,7 @@ def _model_program(
         model = mixed_precision(model, dtype)
     c = models.entry(name).input_shape[-1]
     in_shape = (input_size, input_size, c)
-    macs = summary(model, in_shape).totals["macs"]
+    macs = summary(model, in_shape).totals.macs
     carry, train_step, infer_step = _steps(model, in_shape)
     x = jax.random.normal(jax.random.key(1), (batch, *in_shape), jnp.float32)
     y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)

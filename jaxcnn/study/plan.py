@@ -238,7 +238,7 @@ def in_window(m: Member, num_classes: int, in_shape: Sequence[int], *, params: t
                          member_input_shape(m, in_shape)).totals
     except (ValueError, LayerError, TypeError):
         return True  # an invalid member is not the window's to judge: check_members names it
-    return all(lo <= totals[key] <= hi for key, window in (("learnable_params", params), ("macs", macs))
+    return all(lo <= getattr(totals, key) <= hi for key, window in (("learnable_params", params), ("macs", macs))
                if window is not None for lo, hi in [window])
 
 

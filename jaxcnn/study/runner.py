@@ -146,8 +146,8 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
     totals = summary(model, task.in_shape).totals
     run_dir = out / "runs" / run_folder(m.variant, m.options)
     if not quiet:
-        print(f"== {m.family} {m.variant} ({m.label}): {totals['learnable_params']:,} params, "
-              f"{totals['macs']:,} MACs", file=sys.stderr)
+        print(f"== {m.family} {m.variant} ({m.label}): {totals.learnable_params:,} params, "
+              f"{totals.macs:,} MACs", file=sys.stderr)
     meta = {"model": m.build_name, "options": m.options, "dataset": task.name}
     res = fit(model, task.data, m.recipe, out_dir=run_dir, resume=True, quiet=quiet, meta=meta, keep_initial=True,
               devices=devices, loggers=log.member(out, m.variant, run_dir) if log is not None else None)
@@ -165,9 +165,9 @@ def run_member(m: Member, task: Task, out: Path, *, quiet: bool = False, command
         variant=m.variant,
         label=m.label,
         options=m.options,
-        learnable_params=totals["learnable_params"],
-        state_params=totals["state_params"],
-        macs=totals["macs"],
+        learnable_params=totals.learnable_params,
+        state_params=totals.state_params,
+        macs=totals.macs,
         input_shape=list(task.in_shape),
         dataset=task.name,
         seeds=res.seeds,

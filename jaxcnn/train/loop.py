@@ -332,7 +332,7 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
         trainer, compile_s = _compiled(trainer, run, carry, x_dev, y_dev)
     choice = trainer.choice.record() if trainer.choice is not None else None
     base = {**weights.model_record(model, data, run.meta), "config": asdict(cfg), **run.meta, "identity": run.identity,
-            "summary_totals": summary(model, trainer.in_shape).totals, "versions": files.versions(),
+            "summary_totals": summary(model, trainer.in_shape).totals.to_dict(), "versions": files.versions(),
             "compile_options": choice}
     t_start = time.perf_counter()
     train_s = sum(h.seconds for h in history)
