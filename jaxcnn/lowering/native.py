@@ -39,6 +39,10 @@ _TARGETS = {
     "dw": "jaxcnn_depthwise_weight_grad",
 }
 _SYMBOLS = {"fwd": "JaxcnnDepthwiseForward", "dx": "JaxcnnDepthwiseInputGrad", "dw": "JaxcnnDepthwiseWeightGrad"}
+# the dense convolutions' weight gradient (csrc/conv_wgrad.cc), used by jaxcnn.lowering.native_dense
+TARGET_DENSE_W, TARGET_DENSE_WB = "jaxcnn_conv_weight_grad", "jaxcnn_conv_weight_bias_grad"
+_TARGETS.update(dense_w=TARGET_DENSE_W, dense_wb=TARGET_DENSE_WB)
+_SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_wb="JaxcnnConvWeightBiasGrad")
 
 _state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "warned_inapplicable": False, "enabled": None}
 
@@ -96,7 +100,7 @@ def warn_unavailable() -> None:
     _state["warned"] = True
     warnings.warn(
         f"jaxcnn: native CPU kernels unavailable ({load_error()}); using XLA's lowerings instead, which are "
-        "slower for depthwise convolutions. Set JAXCNN_NATIVE=0 to silence this.",
+        "slower for depthwise convolutions and dense weight gradients. Set JAXCNN_NATIVE=0 to silence this.",
         RuntimeWarning,
         stacklevel=3,
     )
