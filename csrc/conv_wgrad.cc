@@ -258,9 +258,11 @@ void WeightGrad(ffi::ThreadPool& pool, const float* x, const float* dy, float* d
   const int64_t rows = g.n * g.oh, pixels = rows * g.ow, blocks = g.cp / kPad;
   // Row ranges P (each with a private accumulator): one per 1024 pixels, at most kItems; the rest of
   // the kItems go to channel ranges Q (whole 16-channel blocks, at least 32 channels each).
-  const int64_t p_count = std::max<int64_t>(1, std::min<int64_t>({kItems, rows, pixels / 1024}));
-  const int64_t q_count = std::max<int64_t>(1, std::min<int64_t>(kItems / p_count, blocks / 2));
   const int64_t acc_size = g.kh * g.m * g.cp;
+  // ... and no more accumulators than fit in about 32 MB (a 3x3 512 -> 512 layer's are 9 MB each)
+  const int64_t acc_cap = std::max<int64_t>(1, (int64_t{32} << 20) / (4 * (acc_size + g.cp)));
+  const int64_t p_count = std::max<int64_t>(1, std::min<int64_t>({kItems, rows, pixels / 1024, acc_cap}));
+  const int64_t q_count = std::max<int64_t>(1, std::min<int64_t>(kItems / p_count, blocks / 2));
   const bool bias = db != nullptr;
   if (p_count == 1 && g.cp == g.co) {
     // one row range and no channel padding: accumulate straight into dw (no copy, no reduction)
