@@ -168,10 +168,13 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
   const int64_t cw = it.c_hi - it.c_lo;
   const int64_t xrow = g.wp * g.ci;  // floats per padded input row
   const int64_t drow = g.ow * cw;    // floats per packed dy row
-  // rows per chunk: their packed dy and input rows (one per kernel row) in about 768 KB (within L2;
-  // large, because every chunk streams this item's whole accumulator through the tiles once)
+  // rows per chunk: their packed dy and input rows (one per kernel row) in about 768 KB (within L2), or
+  // in twice this item's accumulator when that is larger (up to 6 MB): every chunk streams the whole
+  // accumulator through the tiles once, which dominates for deep layers with few pixels
   const int64_t per_row = std::max<int64_t>(1, (drow + g.kh * xrow) * 4);
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(it.r_hi - it.r_lo, (768 << 10) / per_row));
+  const int64_t acc_bytes = 4 * g.kh * g.m * cw;
+  const int64_t budget = std::min<int64_t>(int64_t{6} << 20, std::max<int64_t>(int64_t{768} << 10, 2 * acc_bytes));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(it.r_hi - it.r_lo, budget / per_row));
   std::vector<float> dpack(chunk * drow), xpack(chunk * g.kh * xrow);
   std::vector<const float*> xr(chunk), dr(chunk);
   std::vector<char> valid(chunk * g.kh);
