@@ -3,6 +3,7 @@
 Command: python experiments/profile_layers.py [--models allconv6:32:128,mbv1_1.0:32:128,mbv1_0.25:32:128]
                                               [--reps 5] [--min-ms 30] [--markdown out.md]
          python experiments/profile_layers.py --models mbv1_1.0:224:8      (the optional 224x224 case)
+         python experiments/profile_layers.py --step --min-ms 300   (whole train steps, dense rule off/on)
 Expected runtime on the 2-core CPU: about 4 minutes for the three default cases (one compile per
 layer and direction, then interleaved timing).
 
@@ -17,7 +18,9 @@ model, it times (median of ``--reps`` interleaved repetitions, each ``>= --min-m
   (``phase`` for strided, ``xla`` otherwise; depthwise layers: the native kernel in both);
 * ``BN``: BatchNorm in training mode after the layer, forward and backward (allconv6 has none);
 * the same four in PyTorch eager, channels_last (``torch.nn.Conv2d`` / ``BatchNorm2d``, autograd
-  with only the input or only the weight requiring grad), in the same process and repetitions.
+  with only the input or only the weight requiring grad), in the same process, right after the
+  layer's jaxcnn timings (interleaved among themselves, not with JAX's: switching between the two
+  runtimes' thread pools call by call slowed PyTorch 10-100x on the shared 2-core machine).
 
 Every timing is of the operation alone in its own program, so fusion with neighbours (ReLU,
 BatchNorm) that a whole train step gets is not included. The table goes into README ("Speed").
@@ -207,9 +210,14 @@ def _profile_layer(lay: ConvLayer, rng: np.random.Generator, reps: int, min_s: f
     if lay.bn:
         bnf = _jax_bn(lay)
         cands["BN"] = lambda: jax.block_until_ready(bnf(ct, ct))
-    if torch_on:
-        for k, f in _torch_fns(lay, threads).items():
-            cands[f"torch {k}"] = f
+    row = {"layer": lay, "lowering": "+".join(sorted(ran))}
+    row.update(_medians(cands, reps, min_s))
+    if torch_on:  # timed apart from JAX: alternating the two runtimes' thread pools on 2 cores slowed torch 10-100x
+        row.update(_medians({f"torch {k}": f for k, f in _torch_fns(lay, threads).items()}, reps, min_s))
+    return row
+
+
+def _medians(cands: dict[str, Callable[[], object]], reps: int, min_s: float) -> dict[str, float]:
     for f in cands.values():  # compile / warm up
         f()
     calls = {k: _time(f, min_s, None)[1] for k, f in cands.items()}
@@ -217,9 +225,7 @@ def _profile_layer(lay: ConvLayer, rng: np.random.Generator, reps: int, min_s: f
     for _ in range(reps):  # interleaved: a busy moment of the shared machine hits all alike
         for k, f in cands.items():
             times[k].append(_time(f, min_s, calls[k])[0])
-    row = {"layer": lay, "lowering": "+".join(sorted(ran))}
-    row.update({k: 1e3 * statistics.median(v) for k, v in times.items()})
-    return row
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def profile(case: str, reps: int, min_s: float, threads: int, torch_on: bool, routing: bool = False) -> list[dict]:
@@ -232,6 +238,54 @@ def profile(case: str, reps: int, min_s: float, threads: int, torch_on: bool, ro
         print(f"  {case} {lay.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float)),
               file=sys.stderr, flush=True)
     return rows
+
+
+def _step_fn(case: str, dense_native: bool) -> tuple[Callable[[], object], str]:
+    """One jitted train step (forward, loss, backward, SGD) of the case's model, with or without the dense rule."""
+    from jaxcnn import models
+
+    model, size, batch = case.split(":")
+    size, n = int(size), int(batch)
+    net = (models.get("allconv6", num_classes=10) if model == "allconv6"
+           else models.get("mobilenet_v1", width=float(model[5:]), num_classes=10, padding=1))
+    params, state = net.init(jax.random.key(0), (size, size, 3))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((n, size, size, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, n), jnp.int32)
+
+    def loss(p, s):
+        out, s = net.apply(p, s, x, train=True)
+        return -jnp.mean(jax.nn.log_softmax(out)[jnp.arange(n), y]), s
+
+    def step(p, s):
+        (_, s), g = jax.value_and_grad(loss, has_aux=True)(p, s)
+        return jax.tree.map(lambda a, b: a - 0.01 * b, p, g), s
+
+    rules = convmod.dense_native_wins, convmod.dot_wins
+    try:  # "before": the rules say no, so auto picks what it picked before the native dense kernel
+        if not dense_native:
+            convmod.dense_native_wins, convmod.dot_wins = (lambda *a: False), (lambda *a: False)
+        with convmod.lowerings_used() as ran:
+            exe = jax.jit(step).lower(params, state).compile()
+    finally:
+        convmod.dense_native_wins, convmod.dot_wins = rules
+    return (lambda: jax.block_until_ready(exe(params, state))), "+".join(sorted(ran))
+
+
+def step_ab(case: str, reps: int, min_s: float) -> str:
+    """Whole train steps with the dense rule on and off, interleaved; one markdown row."""
+    fns = {on: _step_fn(case, on) for on in (False, True)}
+    for f, _ in fns.values():
+        f()
+    calls = {on: _time(f, min_s, None)[1] for on, (f, _) in fns.items()}
+    times: dict[bool, list[float]] = {on: [] for on in fns}
+    for _ in range(reps):
+        for on, (f, _) in fns.items():
+            times[on].append(_time(f, min_s, calls[on])[0])
+    off, on = (1e3 * statistics.median(times[k]) for k in (False, True))
+    n = int(case.split(":")[2])
+    return (f"| {case} | {fns[False][1]} | {off:.1f} | {n / off * 1e3:,.0f} | {fns[True][1]} | {on:.1f} | "
+            f"{n / on * 1e3:,.0f} | {off / on:.2f} |")
 
 
 COLS = ("fwd", "dx", "dW", "dW before", "BN", "torch fwd", "torch dx", "torch dW", "torch BN")
@@ -269,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--no-torch", action="store_true", help="jaxcnn only")
     ap.add_argument("--markdown", help="also write the tables to this file")
+    ap.add_argument("--step", action="store_true",
+                    help="instead: whole train steps (SGD, XLA default options) before/after the native dense rule")
     ap.add_argument("--routing", action="store_true",
                     help="also time every lowering auto chooses between (xla, phase, native, dot), printed per layer")
     args = ap.parse_args(argv)
@@ -280,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             print("profile_layers: torch is not installed (pip install -e '.[peers]'); timing jaxcnn only",
                   file=sys.stderr)
             torch_on = False
+    if args.step:
+        print("| case | before: lowerings | ms | img/s | after: lowerings | ms | img/s | speed-up |\n"
+              "|---|---|---:|---:|---|---:|---:|---:|")
+        for case in args.models.split(","):
+            print(step_ab(case, args.reps, args.min_ms / 1e3), flush=True)
+        return 0
     parts = []
     for case in args.models.split(","):
         rows = profile(case, args.reps, args.min_ms / 1e3, args.torch_threads, torch_on, args.routing)

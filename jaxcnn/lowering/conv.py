@@ -23,10 +23,12 @@ All compute the same function; which is fastest depends on the backend:
   differentiation both work (a ``custom_jvp`` whose tangent map is written so that
   JAX's transpose of it is the phase form).
 * ``native``: the C++ depthwise kernels of :mod:`jaxcnn.lowering.native` (XLA FFI custom calls, CPU
-  only) for depthwise convolutions with channel multiplier 1, dilation 1 and float32;
-  any other conv falls back to what ``auto`` picks for it (a one-time warning for
-  grouped convs it cannot take, and if the library is missing). XLA:CPU has no fast
-  depthwise weight gradient: per layer of MobileNet v1 (``python
+  only) for depthwise convolutions with channel multiplier 1, dilation 1 and float32, and for dense
+  float32 convolutions (dilation 1) the native weight (+ bias) gradient of
+  :mod:`jaxcnn.lowering.native_dense`, with the forward and input gradient on XLA (``phase`` when
+  strided, ``dot`` for 1x1 stride-1 unpadded kernels, ``xla`` otherwise); any other conv falls back
+  to what ``auto`` picks for it (a one-time warning for grouped convs it cannot take, and if the
+  library is missing). XLA:CPU has no fast depthwise weight gradient: per layer of MobileNet v1 (``python
   experiments/bench_depthwise.py``, 2-core CPU, candidates interleaved, medians) the native
   weight gradient ran 2-23x faster than ``shift``'s and 12-290x faster than ``xla``'s, the
   native forward 1.5-7x faster than ``shift``'s (one layer, 32x32x32 at batch 128, 0.6x).
@@ -34,13 +36,19 @@ All compute the same function; which is fastest depends on the backend:
   one in isolation, but the whole MobileNet v1 train step ran faster with every direction
   native (224x224, batch 8: 2.8 img/s with ``shift``, 3.9 with only the stride-1 input
   gradient left to XLA, 5.9 all native; 32x32, batch 128: 112, 151, 159), so all three
-  directions run natively.
+  directions run natively. The dense weight gradient measured 1.3-11x faster than XLA's on every
+  dense layer of allconv6 and MobileNet v1 (see :data:`DOT_MAX_PIXELS` and README "Speed").
+* ``dot``: a 1x1 stride-1 unpadded dense convolution as one matrix product over (N*H*W, C), so
+  both gradients are dots too (XLA:CPU otherwise computes the 1x1 weight gradient as a patch
+  convolution); anything else falls back to ``xla``.
 * ``auto``, chosen per backend and layer by measurement: on CPU, ``native`` for depthwise
   kernels it covers (``shift`` when the library is unavailable or disabled with
   ``JAXCNN_NATIVE=0``), ``shift`` for other grouped/depthwise kernels and for dense
   kernels larger than their (unpadded) input (XLA:CPU takes 5-10x longer there, e.g. a
-  3x3 kernel on a 2x2 map), ``phase`` for strided dense kernels, ``xla`` otherwise;
-  ``xla`` everywhere on GPU and TPU.
+  3x3 kernel on a 2x2 map), ``native`` for float32 dense kernels (:func:`dense_native_wins`)
+  except 1x1 stride-1 ones with at most :data:`DOT_MAX_PIXELS` output pixels, which get ``dot``;
+  without the library (or with ``JAXCNN_NATIVE=0``, bfloat16, dilation) ``phase`` for strided
+  dense kernels and ``xla`` otherwise; ``xla`` everywhere on GPU and TPU.
 """
 
 from __future__ import annotations

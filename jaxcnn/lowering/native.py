@@ -2,7 +2,9 @@
 
 Today: depthwise convolution (channel multiplier 1, float32, dilation 1, any stride and
 non-negative padding), forward, input gradient and weight gradient, from
-``csrc/depthwise.cc``, compiled into ``jaxcnn/_native*.so`` by ``pip install -e .``.
+``csrc/depthwise.cc``, compiled into ``jaxcnn/_native*.so`` by ``pip install -e .``; the same
+library holds the dense convolutions' weight gradient (``csrc/conv_wgrad.cc``), whose JAX side is
+:mod:`jaxcnn.lowering.native_dense`.
 
 Each direction is a JAX primitive lowered to an ``ffi_call``. The three are bilinear and
 transpose into each other (the input gradient of the forward is the input-gradient kernel,
