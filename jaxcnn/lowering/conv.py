@@ -36,7 +36,7 @@ All compute the same function; which is fastest depends on the backend:
   one in isolation, but the whole MobileNet v1 train step ran faster with every direction
   native (224x224, batch 8: 2.8 img/s with ``shift``, 3.9 with only the stride-1 input
   gradient left to XLA, 5.9 all native; 32x32, batch 128: 112, 151, 159), so all three
-  directions run natively. The dense weight gradient measured 1.3-11x faster than XLA's on every
+  directions run natively. The dense weight gradient measured 1.3-13x faster than XLA's on every
   dense layer of allconv6 and MobileNet v1 (see :data:`DOT_MAX_PIXELS` and README "Speed").
 * ``dot``: a 1x1 stride-1 unpadded dense convolution as one matrix product over (N*H*W, C), so
   both gradients are dots too (XLA:CPU otherwise computes the 1x1 weight gradient as a patch
@@ -154,7 +154,7 @@ def choose(
 
 # Measured per layer shape (weight gradient alone, native vs XLA's, and vs a dot for 1x1 convs; medians of
 # interleaved repetitions on the shared 2-core Zen 4; python experiments/profile_layers.py --routing, README
-# "Speed"): the native kernel was 1.3-11x faster than XLA's on every dense layer of allconv6 and MobileNet v1
+# "Speed"): the native kernel was 1.3-13x faster than XLA's on every dense layer of allconv6 and MobileNet v1
 # (3..1024 channels, 1x1 and 3x3, stride 1 and 2, 128..200k output pixels), and faster than a dot for 1x1
 # convs down to 512 output pixels; at 128 pixels (MobileNet's 1x1x1024 layers at batch 128) the dot was
 # 2x faster: the kernel's fixed cost, clearing and reducing a Cin x Cout accumulator, is no longer small.
