@@ -21,11 +21,14 @@
 #include <mutex>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using jaxcnn_native::ParallelFor;
 
 // GCC vector type of 16 floats, loadable from any float address. The compiler maps it to one
 // AVX-512 register, two AVX2 registers or four SSE registers, per function target below.
@@ -104,45 +107,6 @@ PairSumFn SelectPairSum() {
 
 const PairSumFn kPairSet = SelectPairSum<false>();
 const PairSumFn kPairAdd = SelectPairSum<true>();
-
-// Runs body(i) for i in [0, n): on the calling thread and up to (pool threads - 1) tasks on
-// XLA's intra-op pool. Items are claimed from a shared counter, so the caller never waits for
-// a task that has not started (no deadlock when the pool is busy, e.g. when XLA runs this
-// handler on a pool thread), and a task that starts late finds nothing left and returns.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
-  const int64_t workers = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), n);
-  if (workers <= 1) {
-    for (int64_t i = 0; i < n; ++i) body(i);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  const F* fn = &body;  // only dereferenced for a claimed item, i.e. while the caller still waits
-  auto work = [state, n, fn]() {
-    for (;;) {
-      const int64_t i = state->next.fetch_add(1);
-      if (i >= n) return;
-      (*fn)(i);
-      if (state->done.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        state->cv.notify_all();
-      }
-    }
-  };
-  for (int64_t t = 1; t < workers; ++t) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == n; });
-}
 
 struct Geometry {
   int64_t n, h, w, c;  // input

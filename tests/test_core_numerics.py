@@ -39,7 +39,7 @@ from jaxcnn import (
     Tanh,
     mixed_precision,
 )
-from jaxcnn.lowering import native
+from jaxcnn.lowering import native, native_dense
 from jaxcnn.lowering.conv import IMPLS, choose, conv2d
 
 KEY = jax.random.key(0)
@@ -114,7 +114,7 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
 
     ref = None
     # XLA first: the others are compared to it
-    impls = ["xla", "shift", "im2col", "phase", "native"] if all_impls else ["xla"]
+    impls = ["xla", "shift", "im2col", "phase", "native", "dot"] if all_impls else ["xla"]
     for impl in impls:
         layer = dataclasses.replace(base, impl=impl)
         y, gp, gx = _forward_and_grads(layer, params, x, jnp.asarray(cot, jnp.float32))
@@ -133,7 +133,10 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
         # the same values; comparing the jaxprs saves compiling a fourth copy
         assert set(IMPLS) == {"auto", *impls}
         native_ok = native.depthwise_applicable(jnp.float32, w.shape, in_shape[2], groups, dilation, pads)
-        picked = choose("auto", groups, in_shape[:2], kernel, stride, dilation, native_ok=native_ok)
+        dense_ok = native_dense.applicable(jnp.float32, groups, dilation, pads)
+        picked = choose("auto", groups, in_shape[:2], kernel, stride, dilation, native_ok=native_ok,
+                        dense_ok=dense_ok, channels=(in_shape[2], w.shape[3]), batch=x.shape[0],
+                        unpadded=not any(p for pair in pads for p in pair))
         too_small = any(n < d * (k - 1) + 1 for n, k, d in zip(in_shape[:2], kernel, dilation, strict=True))
         if jax.default_backend() != "cpu":
             assert picked == "xla"
@@ -141,6 +144,8 @@ def test_conv_impls_match_numpy(depthwise, hp, in_shape, all_impls):
             assert picked == "native"
         elif groups > 1 or too_small:
             assert picked == "shift"
+        elif dense_ok and native.available():  # the native weight gradient (no 1x1 case here: no dot)
+            assert picked == "native"
         else:
             assert picked == ("phase" if stride != (1, 1) and dilation == (1, 1) else "xla")
 

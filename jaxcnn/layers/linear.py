@@ -24,10 +24,8 @@ from jaxcnn.lowering.conv import conv2d
 def convolve(layer: Any, params: dict, x: jax.Array, pads: tuple[Pair, Pair], groups: int) -> jax.Array:
     """Cast, convolve with the layer's lowering, add the bias."""
     x, w = cast_inputs(x, params["w"], layer.compute_dtype)
-    y = conv2d(x, w, layer.stride, pads, layer.dilation, groups, layer.impl)
-    if layer.use_bias:
-        y = y + params["b"].astype(y.dtype)
-    return y
+    # the bias goes in with the convolution: a native weight gradient computes its gradient in the same pass
+    return conv2d(x, w, layer.stride, pads, layer.dilation, groups, layer.impl, params["b"] if layer.use_bias else None)
 
 
 

@@ -23,10 +23,12 @@ All compute the same function; which is fastest depends on the backend:
   differentiation both work (a ``custom_jvp`` whose tangent map is written so that
   JAX's transpose of it is the phase form).
 * ``native``: the C++ depthwise kernels of :mod:`jaxcnn.lowering.native` (XLA FFI custom calls, CPU
-  only) for depthwise convolutions with channel multiplier 1, dilation 1 and float32;
-  any other conv falls back to what ``auto`` picks for it (a one-time warning for
-  grouped convs it cannot take, and if the library is missing). XLA:CPU has no fast
-  depthwise weight gradient: per layer of MobileNet v1 (``python
+  only) for depthwise convolutions with channel multiplier 1, dilation 1 and float32, and for dense
+  float32 convolutions (dilation 1) the native weight (+ bias) gradient of
+  :mod:`jaxcnn.lowering.native_dense`, with the forward and input gradient on XLA (``phase`` when
+  strided, ``dot`` for 1x1 stride-1 unpadded kernels, ``xla`` otherwise); any other conv falls back
+  to what ``auto`` picks for it (a one-time warning for grouped convs it cannot take, and if the
+  library is missing). XLA:CPU has no fast depthwise weight gradient: per layer of MobileNet v1 (``python
   experiments/bench_depthwise.py``, 2-core CPU, candidates interleaved, medians) the native
   weight gradient ran 2-23x faster than ``shift``'s and 12-290x faster than ``xla``'s, the
   native forward 1.5-7x faster than ``shift``'s (one layer, 32x32x32 at batch 128, 0.6x).
@@ -34,13 +36,19 @@ All compute the same function; which is fastest depends on the backend:
   one in isolation, but the whole MobileNet v1 train step ran faster with every direction
   native (224x224, batch 8: 2.8 img/s with ``shift``, 3.9 with only the stride-1 input
   gradient left to XLA, 5.9 all native; 32x32, batch 128: 112, 151, 159), so all three
-  directions run natively.
+  directions run natively. The dense weight gradient measured 1.3-13x faster than XLA's on every
+  dense layer of allconv6 and MobileNet v1 (see :data:`DOT_MAX_PIXELS` and README "Speed").
+* ``dot``: a 1x1 stride-1 unpadded dense convolution as one matrix product over (N*H*W, C), so
+  both gradients are dots too (XLA:CPU otherwise computes the 1x1 weight gradient as a patch
+  convolution); anything else falls back to ``xla``.
 * ``auto``, chosen per backend and layer by measurement: on CPU, ``native`` for depthwise
   kernels it covers (``shift`` when the library is unavailable or disabled with
   ``JAXCNN_NATIVE=0``), ``shift`` for other grouped/depthwise kernels and for dense
   kernels larger than their (unpadded) input (XLA:CPU takes 5-10x longer there, e.g. a
-  3x3 kernel on a 2x2 map), ``phase`` for strided dense kernels, ``xla`` otherwise;
-  ``xla`` everywhere on GPU and TPU.
+  3x3 kernel on a 2x2 map), ``native`` for float32 dense kernels (:func:`dense_native_wins`)
+  except 1x1 stride-1 ones with at most :data:`DOT_MAX_PIXELS` output pixels, which get ``dot``;
+  without the library (or with ``JAXCNN_NATIVE=0``, bfloat16, dilation) ``phase`` for strided
+  dense kernels and ``xla`` otherwise; ``xla`` everywhere on GPU and TPU.
 """
 
 from __future__ import annotations
@@ -55,9 +63,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxcnn.lowering import native
+from jaxcnn.lowering import native, native_dense
 
-IMPLS = ("auto", "xla", "shift", "im2col", "phase", "native")
+IMPLS = ("auto", "xla", "shift", "im2col", "phase", "native", "dot")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -95,26 +103,37 @@ def choose(
     dilation: tuple[int, int],
     *,
     native_ok: bool = False,
+    dense_ok: bool = False,
+    channels: tuple[int, int] = (0, 0),
+    batch: int = 0,
+    unpadded: bool = False,
 ) -> str:
-    """Resolve ``auto`` (and an inapplicable ``phase`` or ``native``) for the default backend and this conv.
+    """Resolve ``auto`` (and an inapplicable ``phase``, ``native`` or ``dot``) for the default backend and this conv.
 
-    ``native_ok``: the operands fit a native kernel (:func:`jaxcnn.lowering.native.depthwise_applicable`).
+    ``native_ok``: the operands fit a native depthwise kernel (:func:`jaxcnn.lowering.native.depthwise_applicable`);
+    ``dense_ok``: they fit the native dense weight gradient (:func:`jaxcnn.lowering.native_dense.applicable`);
+    ``channels`` (in, out) and ``batch`` feed the measured rules :func:`dense_native_wins` and :func:`dot_wins`;
+    ``unpadded``: no padding (a 1x1 stride-1 conv is then a matrix product).
     """
     phase_ok = groups == 1 and dilation == (1, 1) and stride != (1, 1)
+    dot_ok = groups == 1 and unpadded and tuple(kernel) == (1, 1) and stride == (1, 1) and dilation == (1, 1)
+    cpu = jax.default_backend() == "cpu"
     if impl == "phase":
         return "phase" if phase_ok else "xla"
+    if impl == "dot":
+        return "dot" if dot_ok else "xla"
     if impl == "native":
-        if native_ok and jax.default_backend() == "cpu" and native.available():
+        if (native_ok or dense_ok) and cpu and native.available():
             return "native"
-        if native_ok and jax.default_backend() == "cpu":
+        if (native_ok or dense_ok) and cpu:
             native.warn_unavailable()
-        elif groups > 1 and jax.default_backend() == "cpu":
+        elif groups > 1 and cpu:
             native.warn_inapplicable()
-        # dense convs have no native kernel: 'native' means native where there is one, auto elsewhere
+        # 'native' means native where there is a kernel, auto elsewhere
         return choose("auto", groups, in_hw, kernel, stride, dilation)
     if impl != "auto":
         return impl
-    if jax.default_backend() != "cpu":
+    if not cpu:
         return "xla"
     if groups > 1:
         if native_ok and native.enabled():
@@ -124,7 +143,34 @@ def choose(
         return "shift"
     if any(n < k for n, k in zip(in_hw, effective_kernel(kernel, dilation), strict=True)):
         return "shift"
+    if dense_ok and native.enabled() and dense_native_wins(in_hw, kernel, stride, channels, batch):
+        if native.available():
+            return "native"
+        native.warn_unavailable()
+    if dot_ok and dot_wins(in_hw, channels, batch):
+        return "dot"
     return "phase" if phase_ok else "xla"
+
+
+# Measured per layer shape (weight gradient alone, native vs XLA's, and vs a dot for 1x1 convs; medians of
+# interleaved repetitions on the shared 2-core Zen 4; python experiments/profile_layers.py --routing, README
+# "Speed"): the native kernel was 1.3-13x faster than XLA's on every dense layer of allconv6 and MobileNet v1
+# (3..1024 channels, 1x1 and 3x3, stride 1 and 2, 128..200k output pixels), and faster than a dot for 1x1
+# convs down to 512 output pixels; at 128 pixels (MobileNet's 1x1x1024 layers at batch 128) the dot was
+# 2x faster: the kernel's fixed cost, clearing and reducing a Cin x Cout accumulator, is no longer small.
+DOT_MAX_PIXELS = 256  # 1x1 stride-1 convs with at most this many output pixels (N*H*W) use dot instead
+
+
+def dense_native_wins(
+    in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], channels: tuple[int, int], batch: int,
+) -> bool:
+    """Whether ``auto`` gives this dense conv the native weight gradient (the rule measured per layer shape)."""
+    return not (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and dot_wins(in_hw, channels, batch))
+
+
+def dot_wins(in_hw: tuple[int, int], channels: tuple[int, int], batch: int) -> bool:
+    """Whether ``auto`` computes this 1x1 stride-1 conv as one matrix product rather than with the native kernel."""
+    return batch * in_hw[0] * in_hw[1] <= DOT_MAX_PIXELS
 
 
 def conv2d(
@@ -135,12 +181,30 @@ def conv2d(
     dilation: tuple[int, int],
     groups: int,
     impl: str = "xla",
+    b: jax.Array | None = None,
 ) -> jax.Array:
-    """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering."""
+    """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering, plus bias ``b`` if given."""
+    y = _conv2d(x, w, stride, pads, dilation, groups, impl, b)
+    if isinstance(y, tuple):  # the lowering added the bias itself (its gradient is fused)
+        return y[0]
+    return y if b is None else y + b.astype(y.dtype)
+
+
+def _conv2d(x, w, stride, pads, dilation, groups, impl, b):
     native_ok = native.depthwise_applicable(x.dtype, w.shape, x.shape[3], groups, dilation, pads)
-    impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation, native_ok=native_ok)
+    dense_ok = native_dense.applicable(x.dtype, groups, dilation, pads) and w.dtype == x.dtype
+    impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation, native_ok=native_ok, dense_ok=dense_ok,
+                  channels=(x.shape[3], w.shape[3]), batch=x.shape[0], unpadded=not any(p for pr in pads for p in pr))
     for ran in _RECORDERS:
         ran.add(impl)
+    if impl == "native" and groups == 1:
+        forward = _phase_fwd if tuple(stride) != (1, 1) else _xla_fwd
+        if tuple(w.shape[:2]) == (1, 1) and tuple(stride) == (1, 1) and not any(p for pr in pads for p in pr):
+            forward = _dot_fwd  # a 1x1 conv's forward and input gradient as dots
+        bias = None if b is None else b.astype(x.dtype)
+        return (native_dense.conv(x, w, bias, stride, pads, forward),)
+    if impl == "dot":
+        return _dot_1x1(x, w)
     if impl == "native":
         return native.depthwise(x, w.astype(x.dtype), stride, pads)
     if impl == "xla":
@@ -199,6 +263,28 @@ def _grouped_matmul(t: jax.Array, w: jax.Array, groups: int, cin_g: int, cout_g:
     tg = t.reshape(n, oh, ow, groups, cin_g)
     wg = w.reshape(cin_g, groups, cout_g)
     return jnp.einsum("nhwgc,cgd->nhwgd", tg, wg).reshape(n, oh, ow, groups * cout_g)
+
+
+def _dot_1x1(x: jax.Array, w: jax.Array) -> jax.Array:
+    """A 1x1 stride-1 unpadded convolution as one matrix product: (N*H*W, C) @ (C, O); its gradients are dots."""
+    n, h, wd, c = x.shape
+    y = lax.dot_general(x.reshape(n * h * wd, c), w.reshape(c, w.shape[3]), (((1,), (0,)), ((), ())))
+    return y.reshape(n, h, wd, w.shape[3])
+
+
+def _dot_fwd(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
+    """``dot``'s convolution (forward and input gradient of the native path for 1x1 stride-1 unpadded convs)."""
+    return _dot_1x1(x, w)
+
+
+def _xla_fwd(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
+    """XLA's convolution (the forward and input gradient of the native dense path at stride 1)."""
+    return _xla_dense(x, w, stride, pads)
+
+
+def _phase_fwd(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:
+    """``phase``'s convolution (the forward and input gradient of the native dense path when strided)."""
+    return _phase_conv(x, w, stride, pads)
 
 
 def _xla_dense(x: jax.Array, w: jax.Array, stride, pads) -> jax.Array:

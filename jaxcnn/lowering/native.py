@@ -2,7 +2,9 @@
 
 Today: depthwise convolution (channel multiplier 1, float32, dilation 1, any stride and
 non-negative padding), forward, input gradient and weight gradient, from
-``csrc/depthwise.cc``, compiled into ``jaxcnn/_native*.so`` by ``pip install -e .``.
+``csrc/depthwise.cc``, compiled into ``jaxcnn/_native*.so`` by ``pip install -e .``; the same
+library holds the dense convolutions' weight gradient (``csrc/conv_wgrad.cc``), whose JAX side is
+:mod:`jaxcnn.lowering.native_dense`.
 
 Each direction is a JAX primitive lowered to an ``ffi_call``. The three are bilinear and
 transpose into each other (the input gradient of the forward is the input-gradient kernel,
@@ -39,6 +41,10 @@ _TARGETS = {
     "dw": "jaxcnn_depthwise_weight_grad",
 }
 _SYMBOLS = {"fwd": "JaxcnnDepthwiseForward", "dx": "JaxcnnDepthwiseInputGrad", "dw": "JaxcnnDepthwiseWeightGrad"}
+# the dense convolutions' weight gradient (csrc/conv_wgrad.cc), used by jaxcnn.lowering.native_dense
+TARGET_DENSE_W, TARGET_DENSE_WB = "jaxcnn_conv_weight_grad", "jaxcnn_conv_weight_bias_grad"
+_TARGETS.update(dense_w=TARGET_DENSE_W, dense_wb=TARGET_DENSE_WB)
+_SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_wb="JaxcnnConvWeightBiasGrad")
 
 _state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "warned_inapplicable": False, "enabled": None}
 
@@ -96,7 +102,7 @@ def warn_unavailable() -> None:
     _state["warned"] = True
     warnings.warn(
         f"jaxcnn: native CPU kernels unavailable ({load_error()}); using XLA's lowerings instead, which are "
-        "slower for depthwise convolutions. Set JAXCNN_NATIVE=0 to silence this.",
+        "slower for depthwise convolutions and dense weight gradients. Set JAXCNN_NATIVE=0 to silence this.",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -1,0 +1,382 @@
+// Weight gradient (and bias gradient) of a dense 2-D convolution, float32, as an XLA FFI
+// handler for the CPU backend:
+//
+//   dw[i, j, ci, co] = sum_{n, oh, ow} x[n, oh*sh + i - pt, ow*sw + j - pl, ci] * dy[n, oh, ow, co]
+//   db[co]           = sum_{n, oh, ow} dy[n, oh, ow, co]
+//
+// x is NHWC, dy NHWC, dw HWIO: the layouts jaxcnn keeps, so no transposes.
+//
+// Why hand-written: XLA:CPU computes this as a forward convolution of x with dy (batch and
+// feature axes swapped, the stride as a window dilation), which it canonicalises with full
+// transposes and then runs through Eigen's image-patch contraction, whose patch gather goes
+// element by element for strided layers (see ../shared/research/xla-cpu-conv-backward.md).
+//
+// How: for one kernel row i and one output pixel, the input window x[n, ih, ow*sw - pl + (0..kw-1), :]
+// is kw*Cin contiguous floats, and dw[i] (kw*Cin x Cout, HWIO) gets their outer product with
+// dy[n, oh, ow, :]. So dw[i] += A^T B over all pixels, a GEMM with a long K (pixels) and a
+// short M x N. The micro-kernel keeps an R x (NV vectors) tile of dw[i] in registers and, per
+// pixel, loads NV vectors of dy and broadcasts R window floats (outer-product accumulation, as
+// oneDNN's and libxsmm's backward-weights kernels do). Pixels are walked in chunks of output
+// rows sized for L2; for each chunk the input rows are copied into zero-padded rows (so
+// padding costs no branch) and dy into rows padded to a multiple of 16 channels (so no
+// channel tail), the bias gradient summed on the way.
+//
+// Threads: the output rows are split into P ranges, each summed into a private accumulator, and the
+// (padded) channels into Q ranges; the P*Q items run on XLA's intra-op pool (parallel.h). The
+// accumulators are added in range order, so the result does not depend on thread timing. P and Q
+// depend only on the shape (few pixels and many channels: split channels; else split pixels).
+//
+// ISA: the chunk loop is compiled for AVX-512 (16-float vectors, 12 x 2 tile), AVX2+FMA (8-float
+// vectors, 6 x 2) and baseline x86-64, and picked at run time (__builtin_cpu_supports, which
+// reports AVX-512 on AMD Zen 4/5 as on Intel).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+// a * b + c as one fused multiply-add (ISO C++ mode would otherwise keep them apart)
+#pragma GCC optimize("fp-contract=fast")
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using jaxcnn_native::ParallelFor;
+
+typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float V8 __attribute__((vector_size(32), aligned(4), may_alias));
+
+// Unaligned loads and stores through memcpy: the typedefs' aligned(4) does not survive being a
+// template argument, and a plain dereference would then assume 64-byte alignment.
+template <typename V>
+inline __attribute__((always_inline)) V LoadV(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline __attribute__((always_inline)) void StoreV(float* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+constexpr int64_t kPad = 16;  // dy and the accumulators are padded to a multiple of 16 channels
+
+struct Geo {
+  int64_t n, h, w, ci;  // input
+  int64_t kh, kw;
+  int64_t oh, ow, co;  // output gradient
+  int64_t sh, sw, pt, pl;
+  int64_t m;   // kw * ci: rows of one kernel row of dw
+  int64_t cp;  // co rounded up to kPad
+  int64_t wp;  // padded input row length in pixels: (ow - 1) * sw + kw
+};
+
+// What one chunk hands the micro-kernels: per output row q (with a valid input row for this
+// kernel row), the packed input row xr[q] (window of pixel o at xr[q] + o * xstep) and the packed
+// dy row dr[q] (pixel o at dr[q] + o * dstride).
+struct Rows {
+  const float* const* xr;
+  const float* const* dr;
+  int64_t nrows, ow, xstep, dstride;
+};
+
+// acc[r * astride + v * W + lane] += sum over the rows' pixels of window[m0 + r] * dy[c0 + v * W + lane]
+template <typename V, int W, int R, int NV>
+inline __attribute__((always_inline)) void Tile(const Rows& rows, int64_t m0, int64_t c0, float* acc,
+                                                int64_t astride) {
+  V a[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) a[r][v] = LoadV<V>(acc + r * astride + v * W);
+  for (int64_t q = 0; q < rows.nrows; ++q) {
+    const float* xp = rows.xr[q] + m0;
+    const float* dp = rows.dr[q] + c0;
+    for (int64_t o = 0; o < rows.ow; ++o, xp += rows.xstep, dp += rows.dstride) {
+      V d[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) d[v] = LoadV<V>(dp + v * W);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const float b = xp[r];  // scalar * vector: a broadcast (V{} + b would add 0.0f first)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) a[r][v] += b * d[v];
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) StoreV<V>(acc + r * astride + v * W, a[r][v]);
+}
+
+// One kernel row's accumulator acc (m x astride, at channel offset 0 of this item's range) over
+// a chunk: tiles of up to RMAX window floats by up to NVMAX vectors of channels (width cw).
+template <typename V, int W, int RMAX, int NVMAX>
+inline __attribute__((always_inline)) void ChunkRow(const Rows& rows, int64_t m, int64_t cw, float* acc,
+                                                    int64_t astride) {
+  for (int64_t m0 = 0; m0 < m; m0 += RMAX) {
+    const int64_t r = std::min<int64_t>(RMAX, m - m0);
+    for (int64_t c0 = 0; c0 < cw; c0 += NVMAX * W) {
+      const int64_t nv = std::min<int64_t>(NVMAX, (cw - c0) / W);
+      float* t = acc + m0 * astride + c0;
+#define JAXCNN_TILE_CASE(RR)                                                \
+  case RR:                                                                  \
+    if (NVMAX >= 2 && nv == 2) Tile<V, W, (RR <= RMAX ? RR : 1), 2>(rows, m0, c0, t, astride); \
+    else Tile<V, W, (RR <= RMAX ? RR : 1), 1>(rows, m0, c0, t, astride);    \
+    break;
+      switch (r) {
+        JAXCNN_TILE_CASE(1)
+        JAXCNN_TILE_CASE(2)
+        JAXCNN_TILE_CASE(3)
+        JAXCNN_TILE_CASE(4)
+        JAXCNN_TILE_CASE(5)
+        JAXCNN_TILE_CASE(6)
+        JAXCNN_TILE_CASE(7)
+        JAXCNN_TILE_CASE(8)
+        JAXCNN_TILE_CASE(9)
+        JAXCNN_TILE_CASE(10)
+        JAXCNN_TILE_CASE(11)
+        JAXCNN_TILE_CASE(12)
+        default:
+          break;
+      }
+#undef JAXCNN_TILE_CASE
+    }
+  }
+}
+
+// The work of one item: output rows [r_lo, r_hi) (r = n * oh + oh_index), channels [c_lo, c_hi)
+// of the padded range, summed into acc (kh x m x cp) and dbacc (cp).
+struct Item {
+  const float* x;
+  const float* dy;
+  float* acc;
+  float* dbacc;
+  int64_t r_lo, r_hi, c_lo, c_hi;
+  bool bias;
+};
+
+template <typename V, int W, int RMAX, int NVMAX>
+inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item& it) {
+  const int64_t cw = it.c_hi - it.c_lo;
+  const int64_t xrow = g.wp * g.ci;  // floats per padded input row
+  const int64_t drow = g.ow * cw;    // floats per packed dy row
+  // rows per chunk: their packed dy and input rows (one per kernel row) in about 768 KB (within L2), or
+  // in twice this item's accumulator when that is larger (up to 6 MB): every chunk streams the whole
+  // accumulator through the tiles once, which dominates for deep layers with few pixels
+  const int64_t per_row = std::max<int64_t>(1, (drow + g.kh * xrow) * 4);
+  const int64_t acc_bytes = 4 * g.kh * g.m * cw;
+  const int64_t budget = std::min<int64_t>(int64_t{6} << 20, std::max<int64_t>(int64_t{768} << 10, 2 * acc_bytes));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(it.r_hi - it.r_lo, budget / per_row));
+  std::vector<float> dpack(chunk * drow), xpack(chunk * g.kh * xrow);
+  std::vector<const float*> xr(chunk), dr(chunk);
+  std::vector<char> valid(chunk * g.kh);
+  const int64_t copy_lo = std::min(it.c_lo, g.co), copy_hi = std::min(it.c_hi, g.co);
+  for (int64_t r0 = it.r_lo; r0 < it.r_hi; r0 += chunk) {
+    const int64_t nr = std::min(chunk, it.r_hi - r0);
+    // pack dy rows (channels [c_lo, c_hi), zero beyond co) and sum the bias gradient
+    for (int64_t q = 0; q < nr; ++q) {
+      const float* src = it.dy + (r0 + q) * g.ow * g.co;
+      float* dst = dpack.data() + q * drow;
+      for (int64_t o = 0; o < g.ow; ++o) {
+        float* d = dst + o * cw;
+        const float* s = src + o * g.co;
+        for (int64_t c = copy_lo; c < copy_hi; ++c) d[c - it.c_lo] = s[c];
+        for (int64_t c = copy_hi; c < it.c_hi; ++c) d[c - it.c_lo] = 0.0f;
+      }
+      if (it.bias) {
+        for (int64_t o = 0; o < g.ow; ++o) {
+          const float* d = dst + o * cw;
+          for (int64_t c = 0; c < cw; ++c) it.dbacc[it.c_lo + c] += d[c];
+        }
+      }
+    }
+    // pack the input row each (output row, kernel row) reads, zero-padded left and right
+    for (int64_t q = 0; q < nr; ++q) {
+      const int64_t r = r0 + q, n = r / g.oh, oh = r % g.oh;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh + i - g.pt;
+        const bool ok = ih >= 0 && ih < g.h;
+        valid[q * g.kh + i] = ok;
+        if (!ok) continue;
+        float* dst = xpack.data() + (q * g.kh + i) * xrow;
+        const float* srow = it.x + ((n * g.h + ih) * g.w) * g.ci;
+        // padded column u holds input column u - pl
+        const int64_t u_lo = std::min(g.wp, std::max<int64_t>(0, g.pl));
+        const int64_t u_hi = std::max(u_lo, std::min(g.wp, g.w + g.pl));
+        std::memset(dst, 0, u_lo * g.ci * sizeof(float));
+        if (u_hi > u_lo) std::memcpy(dst + u_lo * g.ci, srow + (u_lo - g.pl) * g.ci, (u_hi - u_lo) * g.ci * sizeof(float));
+        std::memset(dst + u_hi * g.ci, 0, (g.wp - u_hi) * g.ci * sizeof(float));
+      }
+    }
+    for (int64_t i = 0; i < g.kh; ++i) {
+      int64_t np = 0;
+      for (int64_t q = 0; q < nr; ++q) {
+        if (!valid[q * g.kh + i]) continue;
+        xr[np] = xpack.data() + (q * g.kh + i) * xrow;
+        dr[np] = dpack.data() + q * drow;
+        ++np;
+      }
+      if (!np) continue;
+      Rows rows{xr.data(), dr.data(), np, g.ow, g.sw * g.ci, cw};
+      ChunkRow<V, W, RMAX, NVMAX>(rows, g.m, cw, it.acc + i * g.m * g.cp + it.c_lo, g.cp);
+    }
+  }
+}
+
+using RunItemFn = void (*)(const Geo&, const Item&);
+
+void RunItemBase(const Geo& g, const Item& it) { RunItemBody<V8, 8, 4, 2>(g, it); }
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void RunItemAvx512(const Geo& g, const Item& it) {
+  RunItemBody<V16, 16, 12, 2>(g, it);
+}
+__attribute__((target("avx2,fma"))) void RunItemAvx2(const Geo& g, const Item& it) {
+  RunItemBody<V8, 8, 6, 2>(g, it);
+}
+#endif
+
+RunItemFn SelectRunItem() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return RunItemAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return RunItemAvx2;
+#endif
+  return RunItemBase;
+}
+
+const RunItemFn kRunItem = SelectRunItem();
+
+constexpr int64_t kItems = 8;  // work items per call: enough to balance 2-8 threads
+
+void WeightGrad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, float* db, const Geo& g) {
+  const int64_t rows = g.n * g.oh, pixels = rows * g.ow, blocks = g.cp / kPad;
+  // Row ranges P (each with a private accumulator): one per 1024 pixels, at most kItems; the rest of
+  // the kItems go to channel ranges Q (whole 16-channel blocks, at least 32 channels each).
+  const int64_t acc_size = g.kh * g.m * g.cp;
+  // ... and no more accumulators than fit in about 32 MB (a 3x3 512 -> 512 layer's are 9 MB each)
+  const int64_t acc_cap = std::max<int64_t>(1, (int64_t{32} << 20) / (4 * (acc_size + g.cp)));
+  const int64_t p_count = std::max<int64_t>(1, std::min<int64_t>({kItems, rows, pixels / 1024, acc_cap}));
+  const int64_t q_count = std::max<int64_t>(1, std::min<int64_t>(kItems / p_count, blocks / 2));
+  const bool bias = db != nullptr;
+  if (p_count == 1 && g.cp == g.co) {
+    // one row range and no channel padding: accumulate straight into dw (no copy, no reduction)
+    std::fill(dw, dw + acc_size, 0.0f);
+    std::vector<float> dbacc(g.cp, 0.0f);
+    ParallelFor(pool, q_count, [&](int64_t q) {
+      Item it{x, dy, dw, dbacc.data(), 0, rows, blocks * q / q_count * kPad, blocks * (q + 1) / q_count * kPad, bias};
+      kRunItem(g, it);
+    });
+    if (bias) std::copy(dbacc.begin(), dbacc.begin() + g.co, db);
+    return;
+  }
+  std::unique_ptr<float[]> acc(new float[p_count * (acc_size + g.cp)]());
+  ParallelFor(pool, p_count * q_count, [&](int64_t k) {
+    const int64_t p = k / q_count, q = k % q_count;
+    Item it;
+    it.x = x;
+    it.dy = dy;
+    it.acc = acc.get() + p * (acc_size + g.cp);
+    it.dbacc = it.acc + acc_size;
+    it.r_lo = rows * p / p_count;
+    it.r_hi = rows * (p + 1) / p_count;
+    it.c_lo = blocks * q / q_count * kPad;
+    it.c_hi = blocks * (q + 1) / q_count * kPad;
+    it.bias = bias;
+    kRunItem(g, it);
+  });
+  // dw[i, j, ci, co] = sum_p acc[p][i][j * ci + ci][co], in p order
+  const int64_t out_rows = g.kh * g.m;
+  const int64_t red_items = std::min<int64_t>(out_rows, kItems);
+  ParallelFor(pool, red_items, [&](int64_t k) {
+    for (int64_t row = out_rows * k / red_items; row < out_rows * (k + 1) / red_items; ++row) {
+      float* out = dw + row * g.co;
+      const float* a0 = acc.get() + row * g.cp;
+      for (int64_t c = 0; c < g.co; ++c) out[c] = a0[c];
+      for (int64_t p = 1; p < p_count; ++p) {
+        const float* ap = acc.get() + p * (acc_size + g.cp) + row * g.cp;
+        for (int64_t c = 0; c < g.co; ++c) out[c] += ap[c];
+      }
+    }
+  });
+  if (bias) {
+    for (int64_t c = 0; c < g.co; ++c) {
+      float s = 0.0f;
+      for (int64_t p = 0; p < p_count; ++p) s += acc[p * (acc_size + g.cp) + acc_size + c];
+      db[c] = s;
+    }
+  }
+}
+
+ffi::Error Check(bool ok, const char* what) {
+  if (!ok) return ffi::Error::InvalidArgument(std::string("jaxcnn dense weight gradient: ") + what);
+  return ffi::Error::Success();
+}
+
+ffi::Error Prepare(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& dy, ffi::Span<const int64_t> wd,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, Geo* g) {
+  auto xd = x.dimensions(), dyd = dy.dimensions();
+  if (auto e = Check(xd.size() == 4 && dyd.size() == 4 && wd.size() == 4, "x, dy and dw must have rank 4"); e.failure())
+    return e;
+  *g = Geo{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], dyd[1], dyd[2], dyd[3], sh, sw, pt, pl, 0, 0, 0};
+  if (auto e = Check(wd[2] == g->ci && wd[3] == g->co && dyd[0] == g->n, "shapes do not match"); e.failure()) return e;
+  if (auto e = Check(sh >= 1 && sw >= 1 && pt >= 0 && pl >= 0, "stride must be >= 1 and padding >= 0"); e.failure())
+    return e;
+  g->m = g->kw * g->ci;
+  g->cp = (g->co + kPad - 1) / kPad * kPad;
+  g->wp = g->ow > 0 ? (g->ow - 1) * g->sw + g->kw : 0;
+  return ffi::Error::Success();
+}
+
+ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  Geo g;
+  if (auto e = Prepare(x, dy, dw->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
+  WeightGrad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), nullptr, g);
+  return ffi::Error::Success();
+}
+
+ffi::Error WeightBiasGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                              ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw,
+                              int64_t pt, int64_t pl) {
+  Geo g;
+  if (auto e = Prepare(x, dy, dw->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
+  if (auto e = Check(db->dimensions().size() == 1 && db->dimensions()[0] == g.co, "db must have shape (Cout,)");
+      e.failure())
+    return e;
+  WeightGrad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), db->typed_data(), g);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvWeightGrad, WeightGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvWeightBiasGrad, WeightBiasGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
