@@ -426,7 +426,7 @@ def measure(
             "rep_step_ms": [1e3 * s for s in m.rep_s],
             "first_call_s": m.first_call_s,
             "calls_per_rep": m.calls_per_rep,
-            "reps": len(m.rep_step_s),
+            "reps": len(m.rep_s),
             "max_other_load_cores": m.max_other_load,
             "redone_reps": m.redone_reps,
             "contaminated_reps": m.disturbed_reps,

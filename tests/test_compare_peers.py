@@ -87,3 +87,22 @@ def test_quick_run_reports_every_framework(tmp_path):
     md = out_md.read_text()
     assert "jaxcnn/torch-eager-cl" in md and "557,898" in md
     assert "557,898" in proc.stdout  # the parameter counts are printed
+
+
+@pytest.mark.slow
+def test_quick_run_of_jaxcnn_against_torch_runs_where_flax_is_missing(tmp_path):
+    # CI has no flax: this keeps the script itself (its timing harness and report) exercised there
+    pytest.importorskip("torch", reason="the PyTorch peers need torch: pip install -e '.[torch]'")
+    out_json = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--modes", "train", "--reps", "2",
+         "--retries", "0", "--frameworks", "jaxcnn,torch-eager-cl", "--json", str(out_json)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out_json.read_text())["rows"]
+    for fw in ("jaxcnn", "torch-eager-cl"):
+        r = row["results"][fw]
+        assert r["reps"] == 2 and len(r["rep_step_ms"]) == 2 and r["step_ms_low"] <= r["step_ms_median"]
+    assert row["ratios"]["jaxcnn/torch-eager-cl"] == pytest.approx(
+        row["results"]["jaxcnn"]["images_per_s"] / row["results"]["torch-eager-cl"]["images_per_s"])
