@@ -85,8 +85,10 @@ def comma_list(kind: type, what: str = "values"):
 def comma_choices(choices: Sequence[str], what: str):
     """An argparse ``type`` for ``a,b`` where each item must be one of ``choices``."""
 
+    split = comma_list(str, what)
+
     def parse(text: str) -> tuple[str, ...]:
-        items = tuple(v.strip() for v in text.split(",") if v.strip())
+        items = split(text)
         bad = [v for v in items if v not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"{what} must be comma-separated values of {', '.join(choices)}; "
