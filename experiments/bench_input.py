@@ -95,7 +95,7 @@ def main() -> None:
         keys = trainer.epoch_records(0)[2]
         carry, out = trainer._step_fn(carry, xb, yb, keys[:, 0])  # compile
         jax.block_until_ready(out)
-        steps = trainer.steps
+        steps = trainer.steps_per_epoch
         trainer.epoch_records(0)  # compile the permutation program before anything is timed
         rates: dict[str, list[float]] = {}
         for _ in range(args.rounds):

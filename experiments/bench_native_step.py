@@ -18,13 +18,13 @@ WORKLOADS = ((32, 128), (224, 8))
 
 def main() -> None:
     for size, batch in WORKLOADS:
-        for mode in ("train", "infer"):
+        for measure in ("train", "infer"):
             for on in (False, True):
                 native.set_enabled(on)
-                r = bench.bench_model("mobilenet_v1", input_size=size, batch=batch, mode=mode, conv_impl="auto")
-                print(f"mobilenet_v1 {size}x{size} b{batch} {mode} native={'on' if on else 'off'} "
-                      f"[{'+'.join(r['lowerings'])}]: {r['images_per_s']:.1f} img/s, step {r['step_ms_median']:.1f} ms "
-                      f"({r['step_ms_low']:.1f}-{r['step_ms_high']:.1f}), compile {r['compile_s']:.1f} s", flush=True)
+                r = bench.bench_model("mobilenet_v1", input_size=size, batch=batch, measure=measure, conv_impl="auto")
+                print(f"mobilenet_v1 {size}x{size} b{batch} {measure} native={'on' if on else 'off'} "
+                      f"[{'+'.join(r.lowerings)}]: {r.images_per_s:.1f} img/s, step {r.step_ms_median:.1f} ms "
+                      f"({r.step_ms_low:.1f}-{r.step_ms_high:.1f}), compile {r.compile_s:.1f} s", flush=True)
     native.set_enabled(None)
 
 

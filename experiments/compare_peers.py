@@ -1,6 +1,6 @@
 """Time the same CNN train step in jaxcnn, Flax linen and PyTorch eager (channels_last and NCHW).
 
-Command: python experiments/compare_peers.py [--modes train] [--json out.json] [--markdown out.md]
+Command: python experiments/compare_peers.py [--measure train] [--json out.json] [--markdown out.md]
          python experiments/compare_peers.py --quick          (both models at 32x32 batch 8, ~30 s: MobileNet compiles)
          python experiments/compare_peers.py --quick --cases allconv6:32:4 --reps 1   (smoke test, ~10-15 s)
 Expected runtime on the 2-core CPU: about 12 minutes for the five default cases in train and infer mode
@@ -14,7 +14,7 @@ What it measures, per case (model, input size, batch), float32, one fixed random
 
 * train step = forward with BatchNorm in train mode (batch statistics, running statistics
   updated) + mean softmax cross-entropy + backward + SGD momentum 0.9, lr 0.01;
-* infer step (``--modes ...,infer``) = forward with BatchNorm in eval mode.
+* infer step (``--measure ...,infer``) = forward with BatchNorm in eval mode.
 
 Frameworks, each written the way its users would write it:
 
@@ -69,7 +69,9 @@ import optax
 
 from jaxcnn import models
 from jaxcnn.bench import device_info
+from jaxcnn.bench.rows import MEASURES
 from jaxcnn.bench.timing import LoadMeter, Series, interleave, prepare
+from jaxcnn.cli.args import comma_choices
 from jaxcnn.lowering import compile_options
 from jaxcnn.storage.files import atomic_write_text
 from jaxcnn.train import step as train_step_module  # the engine's step, timed for jaxcnn
@@ -440,7 +442,7 @@ def measure(
         for peer in PEERS
     }
     return {
-        "case": case.spec, "model": case.label, "input": case.size, "batch": case.batch, "mode": mode,
+        "case": case.spec, "model": case.label, "input": case.size, "batch": case.batch, "measure": mode,
         "param_count": next(iter(params.values())), "param_counts": params, "state_counts": state,
         "results": results, "ratios": ratios,
     }
@@ -458,24 +460,24 @@ def _fmt_rate(v: float | None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """Two tables: images/s and ratios; first-call seconds and repetition spread."""
     fws = report["frameworks"]
-    head = ["model", "input", "batch", "mode", "params", *(f"{fw} img/s" for fw in fws),
+    head = ["model", "input", "batch", "measure", "params", *(f"{fw} img/s" for fw in fws),
             *(f"jaxcnn/{p}" for p in PEERS)]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|" + "---:|" * (len(head) - 4)]
     for r in report["rows"]:
         res, rat = r["results"], r["ratios"]
-        cells = [r["model"], f"{r['input']}x{r['input']}", str(r["batch"]), r["mode"], f"{r['param_count']:,}"]
+        cells = [r["model"], f"{r['input']}x{r['input']}", str(r["batch"]), r["measure"], f"{r['param_count']:,}"]
         cells += [_fmt_rate(res[fw]["images_per_s"]) for fw in fws]
         cells += ["—" if rat[f"jaxcnn/{p}"] is None else f"{rat[f'jaxcnn/{p}']:.2f}" for p in PEERS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "First call (s; JAX: trace + compile + one step), rep spread (max-min)/median, "
               "most CPU other processes used during a repetition (cores):", ""]
-    head2 = ["model", "input", "batch", "mode", *(f"{fw} first call s" for fw in fws),
+    head2 = ["model", "input", "batch", "measure", *(f"{fw} first call s" for fw in fws),
              *(f"{fw} spread" for fw in fws), "other load"]
     lines += ["| " + " | ".join(head2) + " |", "|---|---|---:|---|" + "---:|" * (len(head2) - 4)]
     for r in report["rows"]:
         res = r["results"]
         loads = [res[fw]["max_other_load_cores"] for fw in fws if res[fw]["max_other_load_cores"] is not None]
-        cells = [r["model"], f"{r['input']}x{r['input']}", str(r["batch"]), r["mode"]]
+        cells = [r["model"], f"{r['input']}x{r['input']}", str(r["batch"]), r["measure"]]
         cells += [f"{res[fw]['first_call_s']:.2f}" for fw in fws]
         cells += [f"{100 * res[fw]['rep_spread']:.0f}%" for fw in fws]
         cells.append(f"{max(loads):.2f}" if loads else "n/a")
@@ -487,7 +489,7 @@ def markdown(report: dict[str, Any]) -> str:
               f"flax {d.get('flax', '—')}, torch {d.get('torch', '—')}."]
     for fw, why in report["skipped"].items():
         lines.append(f"skipped {fw}: {why}")
-    bad = [(r["case"], r["mode"], fw) for r in report["rows"] for fw in fws if r["results"][fw]["contaminated_reps"]]
+    bad = [(r["case"], r["measure"], fw) for r in report["rows"] for fw in fws if r["results"][fw]["contaminated_reps"]]
     if bad:
         lines.append("WARNING: other processes were busy during some repetitions (timings unreliable): "
                      + ", ".join(f"{c} {m} {fw}" for c, m, fw in bad))
@@ -542,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", help="comma-separated MODEL:SIZE:BATCH, MODEL allconv6 or mbv1_<alpha> "
                         f"(default {','.join(DEFAULT_CASES)}; with --quick {','.join(QUICK_CASES)})")
-    parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer (default both)")
+    parser.add_argument("--measure", type=comma_choices(MEASURES, "--measure"), default=MEASURES,
+                        help="comma-separated: train, infer (default both)")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                         help=f"comma-separated subset of {','.join(FRAMEWORKS)} (jaxcnn is always needed)")
     parser.add_argument("--quick", action="store_true",
@@ -563,9 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                                          (QUICK_CASES if args.quick else DEFAULT_CASES))]
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or set(modes) - {"train", "infer"}:
-        parser.error(f"--modes must list train and/or infer, got {args.modes!r}")
+    modes = list(args.measure)
     wanted = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     if set(wanted) - set(FRAMEWORKS) or "jaxcnn" not in wanted:
         parser.error(f"--frameworks must be a subset of {','.join(FRAMEWORKS)} including jaxcnn")
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                                 meter=meter, log=log))
     report = {
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
-        "settings": {"reps": reps, "min_seconds": min_seconds, "modes": modes, "quick": args.quick,
+        "settings": {"reps": reps, "min_seconds": min_seconds, "measures": modes, "quick": args.quick,
                      "max_other_load": args.max_other_load, "torch_threads": torch_threads,
                      "cases": [c.spec for c in cases], "num_classes": NUM_CLASSES, "dtype": "float32",
                      "train_step": "BN train mode + softmax CE + backward + SGD momentum 0.9 lr 0.01"},

@@ -3,7 +3,7 @@
 Command: python experiments/depth_study.py               # -> runs/depth_study/ (git-ignored), resumable
          python experiments/depth_study.py --reference   # -> results/depth_study/ (committed reference)
 Runtime: about 25 minutes on the 2-core CPU machine (allconv8_1 keeps 28x28 maps for two
-         layers and costs ~15x allconv6 per image); add --seeds 1 to cut it to a third.
+         layers and costs ~15x allconv6 per image); add --num-seeds 1 to cut it to a third.
 Output: {results.jsonl, results.csv, accuracy_vs_params.*, accuracy_vs_macs.*, curves.*, table.md}
         (table.md's "converged?" column: was each member still improving over its last fifth of epochs?)
 

@@ -39,16 +39,16 @@ from jaxcnn.train.prepare import augmentation, prepare
 ROOT = Path(__file__).resolve().parent.parent  # the repository: results/<study> is the committed reference
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, study: str, seeds: int | None = 3) -> None:
-    """The options every study takes; ``seeds=None`` leaves --seeds unset for the script to default."""
+def add_common_args(parser: argparse.ArgumentParser, *, study: str, num_seeds: int | None = 3) -> None:
+    """The options every study takes; ``num_seeds=None`` leaves --num-seeds unset for the script to default."""
     parser.add_argument("--data", default="mnist5k",
                         help="mnist5k (bundled), digits (bundled), cifar10:PATH, mnist:PATH, folder:PATH, list:FILE, "
                              "npz:FILE, synthetic:N")
     parser.add_argument("--input-size", type=positive(int), default=None,
                         help="resize images to N x N (default: as stored)")
-    parser.add_argument("--seeds", type=positive(int), default=seeds,
+    parser.add_argument("--num-seeds", type=positive(int), default=num_seeds,
                         help="seeds per model, trained together in one compiled program"
-                             + (f" (default {seeds})" if seeds else ""))
+                             + (f" (default {num_seeds})" if num_seeds else ""))
     parser.add_argument("--batch", type=positive(int), default=125,
                         help="batch size (125: MNIST 5k's 4,000 training images make 32 full batches)")
     parser.add_argument("--lr", type=positive(float), default=0.05)
@@ -98,10 +98,10 @@ def load_task(args: argparse.Namespace) -> tuple[Task, TrainConfig]:
     except (jdata.DataError, OSError) as e:
         fail(str(e))
     if args.quick:
-        args.seeds = 1
+        args.num_seeds = 1
     data = prepared.data
     # TrainConfig's own optimizer, momentum, weight decay and schedule; the studies set batch, lr and seeds
-    base = TrainConfig(batch=min(args.batch, len(data.y_train)), lr=args.lr, seeds=args.seeds,
+    base = TrainConfig(batch=min(args.batch, len(data.y_train)), lr=args.lr, num_seeds=args.num_seeds,
                        **augmentation(args.data, data.x_train.shape[1]))
     return Task(prepared.name, data), base
 

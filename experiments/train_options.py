@@ -1,6 +1,6 @@
 """The training options of TrainConfig (EMA, gradient accumulation, bf16, label noise) on bundled MNIST 5k.
 
-Command: python experiments/train_options.py --epochs 6 --seeds 2 --json results/train_options.json
+Command: python experiments/train_options.py --epochs 6 --num-seeds 2 --json results/train_options.json
 Runtime: about 10 minutes on the 2-core CPU machine (each variant compiles its own programs).
 What it runs: allconv6_bn on mnist5k (4,000 train / 1,000 test), the CLI's recipe (TrainConfig's
 defaults with the data's 2-pixel crops), once per variant, K seeds in one program; it reports the
@@ -35,13 +35,13 @@ def main() -> None:
     """Run every variant and print the markdown table (and write --json)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--num-seeds", type=int, default=2)
     parser.add_argument("--model", default="allconv6_bn")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     prepared = prepare("mnist5k")
     data = prepared.data
-    base = TrainConfig(epochs=args.epochs, seeds=args.seeds, **augmentation("mnist5k", data.x_train.shape[1]))
+    base = TrainConfig(epochs=args.epochs, num_seeds=args.num_seeds, **augmentation("mnist5k", data.x_train.shape[1]))
     rows = []
     for name, change in VARIANTS.items():
         cfg = replace(base, **change)
@@ -52,7 +52,7 @@ def main() -> None:
                      "compile_seconds": res.compile_seconds,
                      "label_noise_flipped": res.identity.get("label_noise_flipped")})
         print(f"done: {name}", flush=True)
-    lines = [f"| {args.model}, {args.epochs} epochs, {args.seeds} seeds | test accuracy % (mean) | EMA % | "
+    lines = [f"| {args.model}, {args.epochs} epochs, {args.num_seeds} seeds | test accuracy % (mean) | EMA % | "
              "train s | compile s |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         ema = f"{100 * np.mean(r['ema_test_accuracy']):.2f}" if r["ema_test_accuracy"] else "-"

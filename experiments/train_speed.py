@@ -5,7 +5,7 @@ Command: python experiments/train_speed.py --reps 15 --json results/train_speed.
 Runtime: about 5 minutes on the 2-core CPU machine. Run nothing else meanwhile.
 What it measures (allconv6, 32x32x3 synthetic data, batch 128, float32, SGD momentum):
   1. images/s of one epoch (after compilation) for: jaxcnn's compiled-epoch path
-     (mode="epoch"), jaxcnn's per-step path (mode="step"), and a raw-JAX train step written
+     (loop="device"), jaxcnn's per-step path (loop="host"), and a raw-JAX train step written
      out by hand (lax.conv_general_dilated, a params dict, optax, jit with donation) doing the
      same math: normalise, forward, softmax cross-entropy, backward, SGD momentum update.
      The three are interleaved over repetitions; medians are reported with ratios.
@@ -85,10 +85,10 @@ def main() -> int:
     cfg = TrainConfig(batch=128, lr=0.05, weight_decay=0.0, schedule="constant", epochs=10**6)
     steps = args.n // 128
 
-    trainers = {mode: Trainer(model, replace(cfg, mode=mode), data) for mode in ("epoch", "step")}
-    carries = {mode: t.init() for mode, t in trainers.items()}
+    trainers = {loop: Trainer(model, replace(cfg, loop=loop), data) for loop in ("device", "host")}
+    carries = {loop: t.init() for loop, t in trainers.items()}
     x_dev, y_dev = jax.device_put(data.x_train), jax.device_put(data.y_train)
-    trainers["epoch"].compile(carries["epoch"], x_dev, y_dev)
+    trainers["device"].compile(carries["device"], x_dev, y_dev)
     raw_p, raw_o, raw_step = raw_jax_epoch_fn(mean, std)
     perm = np.random.default_rng(0).permutation(args.n)[: steps * 128].reshape(steps, 128)
     xb_all = [jax.device_put(data.x_train[i]) for i in perm]
@@ -107,9 +107,9 @@ def main() -> int:
             carries[name] = out.carry
         return steps * 128 / (time.perf_counter() - t0)
 
-    for name in ("epoch", "step", "raw"):  # warm-up (and compilation of the lazy paths)
+    for name in ("device", "host", "raw"):  # warm-up (and compilation of the lazy paths)
         run(name, 0)
-    speeds: dict[str, list[float]] = {"epoch": [], "step": [], "raw": []}
+    speeds: dict[str, list[float]] = {"device": [], "host": [], "raw": []}
     for rep in range(args.reps):
         for name in speeds:  # interleaved so drift hits every path alike
             speeds[name].append(run(name, rep + 1))
@@ -117,8 +117,8 @@ def main() -> int:
     print("allconv6 32x32x3, batch 128, one epoch of", steps, "steps; images/s, median of", args.reps, "reps")
     for k, v in speeds.items():
         print(f"  {k:6s} {med[k]:8,.0f}   reps: {', '.join(f'{s:,.0f}' for s in v)}")
-    print(f"  epoch / raw-JAX step = {med['epoch'] / med['raw']:.2f}x;  epoch / per-step = "
-          f"{med['epoch'] / med['step']:.2f}x")
+    print(f"  device loop / raw-JAX step = {med['device'] / med['raw']:.2f}x;  device / host loop = "
+          f"{med['device'] / med['host']:.2f}x")
 
     # K seeds in one program vs K separate runs, wall time including compilation. Real data (bundled
     # MNIST, 2,000 train / 1,000 test): on random labels float-level differences between the
@@ -132,7 +132,7 @@ def main() -> int:
     seconds, together = {}, {}
     for how in ("vmap", "unroll"):
         t0 = time.perf_counter()
-        cfg_k = replace(rcfg, seeds=k, seed_batching=how)
+        cfg_k = replace(rcfg, num_seeds=k, seed_batching=how)
         together[how] = fit(model, small, cfg_k, quiet=True)
         seconds[how] = time.perf_counter() - t0
     t0 = time.perf_counter()

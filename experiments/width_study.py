@@ -42,7 +42,7 @@ stem-stride-1 form has 4.2x the multiply-adds of the 28x28 stride-2 form and mea
 4.6-6x allconv6_bn's time per epoch (alpha 0.25, 3 seeds, interleaved on a shared machine);
 alpha 0.5 10.8-11.6x, about twice alpha 0.25. So MobileNet dominates the time, and a faster
 depthwise convolution shortens it directly.
-``--epochs-allconv``, ``--epochs-mobilenet``, ``--seeds`` and ``--alphas`` change the recipe;
+``--epochs-allconv``, ``--epochs-mobilenet``, ``--num-seeds`` and ``--alphas`` change the recipe;
 ``--full`` is 30 epochs for both families, all four alphas and 5 seeds (an exact permutation
 test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below 0.10), without a
 time limit (hours on that machine).
@@ -123,7 +123,7 @@ def _alphas(text: str) -> tuple[float, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, study="width_study", seeds=None)
+    add_common_args(parser, study="width_study", num_seeds=None)
     parser.add_argument("--epochs-allconv", type=int, default=None, help=f"allconv6 epochs (default {DEFAULT[0]})")
     parser.add_argument("--epochs-mobilenet", type=int, default=None,
                         help=f"MobileNet v1 epochs (default {DEFAULT[1]})")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bn", action="store_true", help="train the plain allconv6 variants (no BatchNorm)")
     args = parser.parse_args(argv)
     preset = FULL if args.full else DEFAULT
-    for key, value in zip(("epochs_allconv", "epochs_mobilenet", "seeds", "alphas"), preset, strict=True):
+    for key, value in zip(("epochs_allconv", "epochs_mobilenet", "num_seeds", "alphas"), preset, strict=True):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if min(args.epochs_allconv, args.epochs_mobilenet) < 1:

@@ -1,8 +1,10 @@
 """The benchmark's quick form produces a complete report (fields, not speed)."""
 
+import dataclasses
 import json
 
 from jaxcnn import bench
+from jaxcnn.bench.rows import MEASURES, BenchRow
 from jaxcnn.cli import main
 
 
@@ -20,13 +22,16 @@ def test_quick_report_has_every_field(tmp_path, capsys):
     # best-of is at least the median; the peak is the larger best-of
     assert peak["matmul_flops"] >= peak["matmul_flops_median"] and peak["conv_flops"] >= peak["conv_flops_median"]
     assert peak["peak_flops"] == max(peak["matmul_flops"], peak["conv_flops"])
-    assert [(r["mode"], r["model"]) for r in report["rows"]] == [("train", "mobilenet_v1/0.25"),
+    names = {f.name for f in dataclasses.fields(BenchRow)}
+    assert all(set(r) == names for r in report["rows"])  # each fact under one name, the typed row's
+    assert [bench.BenchRow.from_dict(r).measure for r in report["rows"]] == ["train", "infer"]
+    assert [(r["measure"], r["model"]) for r in report["rows"]] == [("train", "mobilenet_v1/0.25"),
                                                                  ("infer", "mobilenet_v1/0.25")]
     for r in report["rows"]:
         assert r["batch"] == 4 and r["input"] == "32x32x3" and r["dtype"] == "float32"
         assert r["step_ms_low"] <= r["step_ms_median"] <= r["step_ms_high"]
         assert abs(r["images_per_s"] - 4 / (r["step_ms_median"] / 1e3)) < 1e-6 * r["images_per_s"]
-        factor = 6 if r["mode"] == "train" else 2  # training ~ 3 x forward FLOPs
+        factor = 6 if r["measure"] == "train" else 2  # training ~ 3 x forward FLOPs
         assert abs(r["achieved_flops"] - factor * r["macs_per_image"] * 4 / (r["step_ms_median"] / 1e3)) < 1.0
         assert 0 < r["percent_of_peak"] < 100 and r["first_call_s"] > r["compile_s"] > 0
         assert abs(r["percent_of_peak"] - 100 * r["achieved_flops"] / peak["peak_flops"]) < 1e-9
@@ -41,8 +46,8 @@ def test_time_calls_median_and_spread():
 
 
 def test_bfloat16_rows_run():
-    r = bench.bench_model("allconv6_1", input_size=16, batch=2, dtype="bfloat16", mode="infer", quick=True)
-    assert r["dtype"] == "bfloat16" and r["images_per_s"] > 0
+    r = bench.bench_model("allconv6_1", input_size=16, batch=2, dtype="bfloat16", measure="infer", quick=True)
+    assert r.dtype == "bfloat16" and r.images_per_s > 0 and r.percent_of_peak is None
 
 
 class _FakeMeter:
@@ -93,11 +98,17 @@ def test_an_unsteady_peak_is_flagged_in_the_record_and_the_table():
 def test_bench_lists_are_comma_separated_like_every_other_list_flag(capsys):
     from jaxcnn.cli import build_parser
 
-    a = build_parser().parse_args(["bench", "allconv6", "--batch", "4,16", "--mode", "train", "--dtype",
+    a = build_parser().parse_args(["bench", "allconv6", "--batch", "4,16", "--measure", "train", "--dtype",
                                    "float32,bfloat16"])
-    assert a.batch == (4, 16) and a.mode == ("train",) and a.dtype == ("float32", "bfloat16")
+    assert a.batch == (4, 16) and a.measure == ("train",) and a.dtype == ("float32", "bfloat16")
     import pytest
 
     with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["bench", "allconv6", "--mode", "train,fly"])
-    assert e.value.code == 2 and "--mode must be comma-separated values of train, infer" in capsys.readouterr().err
+        build_parser().parse_args(["bench", "allconv6", "--measure", "train,fly"])
+    assert e.value.code == 2 and "--measure must be comma-separated values of train, infer" in capsys.readouterr().err
+
+
+def test_cli_measures_are_the_benchs():
+    from jaxcnn.cli import _MEASURES
+
+    assert _MEASURES == MEASURES

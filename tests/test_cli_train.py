@@ -12,7 +12,7 @@ from jaxcnn.cli import main
 def test_train_writes_result_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "allconv6_1_bn", "--data", "synthetic:256", "--input-size", "16", "--epochs", "2",
-            "--batch", "32", "--seeds", "2", "--out", str(out), "--quiet"]
+            "--batch", "32", "--num-seeds", "2", "--out", str(out), "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "over 2 seed(s)" in printed

@@ -46,7 +46,7 @@ def test_missing_peers_are_skipped_with_a_reason(monkeypatch):
               "contaminated_reps": 0}
     report = {"frameworks": ok, "skipped": skipped, "device": {"backend": "cpu", "jax": "x"},
               "settings": {"reps": 1, "min_seconds": 0.1, "torch_threads": None},
-              "rows": [{"case": "allconv6:32:4", "model": "allconv6", "input": 32, "batch": 4, "mode": "train",
+              "rows": [{"case": "allconv6:32:4", "model": "allconv6", "input": 32, "batch": 4, "measure": "train",
                         "param_count": 557_898, "results": {"jaxcnn": result},
                         "ratios": dict.fromkeys(RATIOS)}]}
     md = cp.markdown(report)
@@ -61,7 +61,7 @@ def test_quick_run_reports_every_framework(tmp_path):
     out_json, out_md = tmp_path / "peers.json", tmp_path / "peers.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--modes", "train",
+        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--measure", "train",
          "--reps", "1", "--retries", "0",
          "--json", str(out_json), "--markdown", str(out_md)],
         capture_output=True, text=True, env=env, timeout=600,
@@ -72,7 +72,7 @@ def test_quick_run_reports_every_framework(tmp_path):
     assert report["skipped"] == {}
     assert report["settings"]["quick"] is True and report["settings"]["reps"] == 1
     (row,) = report["rows"]
-    assert (row["model"], row["input"], row["batch"], row["mode"]) == ("allconv6", 32, 4, "train")
+    assert (row["model"], row["input"], row["batch"], row["measure"]) == ("allconv6", 32, 4, "train")
     assert set(row["results"]) == set(FRAMEWORKS)
     for fw, r in row["results"].items():
         assert r["images_per_s"] > 0, fw
@@ -95,7 +95,7 @@ def test_quick_run_of_jaxcnn_against_torch_runs_where_flax_is_missing(tmp_path):
     pytest.importorskip("torch", reason="the PyTorch peers need torch: pip install -e '.[torch]'")
     out_json = tmp_path / "peers.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--modes", "train", "--reps", "2",
+        [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--measure", "train", "--reps", "2",
          "--retries", "0", "--frameworks", "jaxcnn,torch-eager-cl", "--json", str(out_json)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
     )

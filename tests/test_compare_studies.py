@@ -124,7 +124,7 @@ def test_a_logged_study_is_one_mlflow_run_per_member_under_the_study_and_compare
 
     out = tmp_path / "widths"
     argv = ["study", "tiny_logged_net", "--models-from", str(user_file), "--vary", "width=0.5,1", "--data", "digits",
-            "--epochs", "1", "--seeds", "2", "--batch", "64", "--compile-options", "xla", "--quiet",
+            "--epochs", "1", "--num-seeds", "2", "--batch", "64", "--compile-options", "xla", "--quiet",
             "--log", "mlflow,tensorboard", "--out", str(out)]
     assert main(argv) == 0
     capsys.readouterr()

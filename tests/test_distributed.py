@@ -233,7 +233,7 @@ def test_two_processes_train_like_one_are_killed_resume_and_only_process_0_write
 
 
 def test_host_batches_are_gathered_per_shard():
-    """mode="step" across processes: each process builds its shards of x[rows] from its own host copy."""
+    """loop="host" across processes: each process builds its shards of x[rows] from its own host copy."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 

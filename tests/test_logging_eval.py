@@ -24,7 +24,7 @@ pytest.importorskip("mlflow")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 NAME = "tiny_eval_net"
-RECIPE = TrainConfig(epochs=2, batch=64, seeds=2, lr=0.1, schedule="constant", compile_options="xla")
+RECIPE = TrainConfig(epochs=2, batch=64, num_seeds=2, lr=0.1, schedule="constant", compile_options="xla")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -216,7 +217,7 @@ def test_two_unrolled_seeds_train_the_same_with_native_and_shift():
     # the K-seed program of the engine (seeds unrolled side by side, as on CPU); the vmapped form of
     # the same step is covered kernel by kernel in test_vmap_images_only_kernels_too_and_per_example_gradients
     data = tiny_data(n=64)
-    cfg = TrainConfig(epochs=1, batch=16, lr=0.05, seeds=2, seed_batching="unroll", mode="step", eval_batch=16)
+    cfg = TrainConfig(epochs=1, batch=16, lr=0.05, num_seeds=2, seed_batching="unroll", loop="host", eval_batch=16)
     nat = fit(_tiny_mobilenet("native"), data, cfg, quiet=True)
     ref = fit(_tiny_mobilenet("shift"), data, cfg, quiet=True)
     for a, b in zip(jax.tree_util.tree_leaves(nat.params), jax.tree_util.tree_leaves(ref.params), strict=True):
@@ -305,6 +306,9 @@ def test_bench_table_names_the_lowerings_that_ran():
         jax.make_jaxpr(lambda p, x: model.apply(p, state, x)[0])(params, jnp.zeros((2, 8, 8, 1)))
     # the depthwise convs ran natively, and the dense ones too (their weight gradient: csrc/conv_wgrad.cc)
     assert ran == {"native"}
-    assert bench._conv_column({"conv_impl": "native", "lowerings": sorted(ran)}) == "native"
-    assert bench._conv_column({"conv_impl": "native", "lowerings": ["native", "xla"]}) == "native: native+xla"
-    assert bench._conv_column({"conv_impl": "shift", "lowerings": ["shift"]}) == "shift"
+    def row(impl, ran):
+        return SimpleNamespace(conv_impl=impl, lowerings=ran)
+
+    assert bench._conv_column(row("native", sorted(ran))) == "native"
+    assert bench._conv_column(row("native", ["native", "xla"])) == "native: native+xla"
+    assert bench._conv_column(row("shift", ["shift"])) == "shift"

@@ -410,7 +410,7 @@ def test_item9_cli_errors_are_one_line_and_memory_is_estimated_first(tmp_path, c
     f = tmp_path / "a.npz"
     np.savez(f, x=np.zeros((2, 4, 4, 1), np.uint8), y=[0, 1], num_classes=np.array([], np.int64))
     cases = [
-        (["--seed", str(2**64)], ["seed must be an int in [0, 2**32 - seeds]"]),
+        (["--seed", str(2**64)], ["--seed must be an int in [0, 2**32 - K] with K = 1 seeds"]),
         (["--data", f"npz:{f}"], ["'num_classes'", "num_classes must be one integer"]),
         (["--data", "digits", "--input-size", "100000"], ["resizing 1,797 images to 100000x100000x1 needs",
                                                          "TiB of memory", "--input-size"]),

@@ -51,7 +51,7 @@ def test_d4_members_differing_only_in_options_get_their_own_folders_and_rows(tmp
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8), np.arange(48) % 2
     task = Task("tiny", TrainData(x[:32], y[:32], x[32:], y[32:], 2))
-    recipe = TrainConfig(epochs=1, batch=16, mode="step", compile_options="xla")
+    recipe = TrainConfig(epochs=1, batch=16, loop="host", compile_options="xla")
     members = [Member("allconv6", "allconv6_1", "he", {"kernel_init": "he_normal"}, recipe),
                Member("allconv6", "allconv6_1", "glorot", {"kernel_init": "glorot_uniform"}, recipe)]
     out = tmp_path / "study"
@@ -158,7 +158,7 @@ def test_d4_resume_with_another_epoch_count_under_cosine_is_refused(tmp_path, ca
     from jaxcnn.train import TrainConfig, fit
 
     data, out = tiny_data(n=64), tmp_path / "run"
-    cfg = TrainConfig(epochs=1, batch=16, mode="step", compile_options="xla")
+    cfg = TrainConfig(epochs=1, batch=16, loop="host", compile_options="xla")
     first = fit(tiny_model(), data, cfg, out_dir=out, quiet=True)
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(CheckpointError) as e:  # used to continue silently with another cosine schedule
@@ -166,12 +166,12 @@ def test_d4_resume_with_another_epoch_count_under_cosine_is_refused(tmp_path, ca
     msg = as_flags(str(e.value))
     assert "\n" not in msg and "ckpt-000001.json" in msg and "--epochs 1 under the cosine schedule" in msg
     assert "resume with --epochs 1, or train --epochs 2 from scratch in another output folder" in msg
-    assert "only constant and step schedules can be extended" in msg
+    assert "only constant and multistep schedules can be extended" in msg
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
     again = fit(tiny_model(), data, cfg, out_dir=out, resume=True, quiet=True)  # the same count still resumes
     assert again.test_accuracy == first.test_accuracy
     assert TrainConfig(schedule="constant", epochs=3).resume_problem(2) is None
-    assert TrainConfig(schedule="step", step_epochs=(1,), epochs=3).resume_problem(2) is None
+    assert TrainConfig(schedule="multistep", milestones=(1,), epochs=3).resume_problem(2) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def test_d5_api_arguments_of_the_wrong_type_are_one_line_value_errors_naming_the
 
     for field, value in (("lr", "0.1"), ("weight_decay", None), ("momentum", "0.9"), ("warmup_epochs", None),
                          ("crop_pad", 1.5), ("eval_batch", "500"), ("label_smoothing", "0")):
-        with pytest.raises(ValueError, match=f"TrainConfig: {field} must be") as e:  # were raw TypeErrors
+        with pytest.raises(ValueError, match=f"TrainConfig: `{field}` must be") as e:  # were raw TypeErrors
             TrainConfig(**{field: value}).check()
         assert "\n" not in str(e.value)
     TrainConfig(lr=1, weight_decay=0, momentum=0.0).check()  # ints are numbers

@@ -76,7 +76,7 @@ def test_streamed_training_sees_the_in_memory_batches_and_resumes_to_the_same_ru
     np.testing.assert_array_equal(st.data.y_train, mem.data.y_train)
     np.testing.assert_array_equal(st.data.x_test[:], mem.data.x_test)
     np.testing.assert_array_equal(st.data.mean, mem.data.mean)
-    cfg = TrainConfig(epochs=2, batch=8, seeds=2, mode="step", schedule="constant", crop_pad=1, flip=True,
+    cfg = TrainConfig(epochs=2, batch=8, num_seeds=2, loop="host", schedule="constant", crop_pad=1, flip=True,
                       compile_options="xla")
     model = tiny_model(CLASSES)
     a = fit(model, mem.data, cfg, quiet=True)
@@ -107,7 +107,7 @@ def flip_some(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def test_stream_order_is_the_seeds_permutation_and_a_stream_resumes_mid_epoch(folder):
     images, y, k, _ = js.image_files(f"folder:{folder}", size=SIDE)
     data = StreamData(images.take(range(30)), y[:30], images.take(range(30, 36)), y[30:36], k)
-    trainer = StreamTrainer(tiny_model(CLASSES), TrainConfig(batch=6, seeds=2, compile_options="xla"), data)
+    trainer = StreamTrainer(tiny_model(CLASSES), TrainConfig(batch=6, num_seeds=2, compile_options="xla"), data)
     r0, p0, _ = trainer.epoch_records(0)
     assert r0.shape == (5, 2, 6)  # steps x seeds x batch
     for s in range(2):  # every epoch of every seed reads each training image once, in its own order

@@ -86,8 +86,8 @@ def test_main_command_trains_on_a_clone_with_committed_results(tmp_path):
     before = _tree_digest(clone / "results")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # the main command with a tiny recipe (1 epoch, 1 seed, one model): same code path, same default folder
-    args = [sys.executable, "experiments/width_study.py", "--only", variant, "--epochs-allconv", "1", "--seeds", "1",
-            "--quiet"]
+    args = [sys.executable, "experiments/width_study.py", "--only", variant, "--epochs-allconv", "1",
+            "--num-seeds", "1", "--quiet"]
     proc = subprocess.run(args, cwd=clone, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped" not in proc.stderr  # it trained

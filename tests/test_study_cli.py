@@ -33,7 +33,7 @@ USER_MODELS = textwrap.dedent('''
 ''')
 
 GRID = ["--vary", "width=0.5,1", "--vary", "depth=1,2"]
-RECIPE = ["--data", "digits", "--epochs", "1", "--seeds", "2", "--batch", "64", "--compile-options", "xla",
+RECIPE = ["--data", "digits", "--epochs", "1", "--num-seeds", "2", "--batch", "64", "--compile-options", "xla",
           "--quiet"]
 
 
@@ -129,7 +129,7 @@ def test_a_study_file_sets_per_model_recipes_and_the_command_line_wins(user_file
         recipe = {epochs = 2}
     '''))
     out = tmp_path / "file"
-    assert main(["study", "--file", str(study), "--models-from", str(user_file), "--epochs", "1", "--seeds", "1",
+    assert main(["study", "--file", str(study), "--models-from", str(user_file), "--epochs", "1", "--num-seeds", "1",
                  "--compile-options", "xla", "--quiet", "--out", str(out), "--only", "tiny_study_net,depth=1"]) == 0
     (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rec["recipe"]["epochs"] == 1 and rec["recipe"]["lr"] == 0.1  # flag > model section > [recipe]

@@ -29,7 +29,7 @@ def _leaves(tree):
 def test_four_seeds_under_vmap_equal_four_separate_runs(seed_batching):
     data = tiny_data()
     cfg = TrainConfig(epochs=2, batch=32, lr=0.05, crop_pad=1, flip=True)
-    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seeds": 4, "seed_batching": seed_batching}),
+    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "num_seeds": 4, "seed_batching": seed_batching}),
                    quiet=True)
     assert together.seeds == [0, 1, 2, 3]
     for i in range(4):
@@ -46,8 +46,8 @@ def test_compiled_epoch_equals_per_step_path():
     # two seeds: the per-step path once gave every seed the labels of all seeds (an unsliced label batch that
     # one_hot broadcast into an averaged loss), which one seed could not show
     data = tiny_data()
-    a = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, seeds=2, mode="epoch", chunk=3), quiet=True)
-    b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, seeds=2, mode="step"), quiet=True)
+    a = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, num_seeds=2, loop="device", chunk=3), quiet=True)
+    b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, num_seeds=2, loop="host"), quiet=True)
     for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.history[-1].train_loss, b.history[-1].train_loss, rtol=1e-4)
@@ -91,7 +91,7 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tmp_path):
     def poison(rec):  # after epoch 0 the data gets corrupted: one NaN image poisons a step of epoch 1
         bad.x_train[5, 0, 0, 0] = np.nan
 
-    cfg = TrainConfig(epochs=3, batch=32, lr=0.05, mode="step")
+    cfg = TrainConfig(epochs=3, batch=32, lr=0.05, loop="host")
     with pytest.raises(TrainingError, match=r"at step \d+ \(epoch 1, step \d+ of the epoch, seed 0\)") as e:
         fit(tiny_model(), bad, cfg, out_dir=tmp_path, quiet=True, on_epoch=poison)
     assert "ckpt-000001.json" in str(e.value)
@@ -196,13 +196,13 @@ def test_resume_refuses_another_recipe_and_fresh_runs_refuse_old_checkpoints(tmp
 
 
 def test_seed_batching_option_is_checked_and_auto_unrolls_on_cpu():
-    with pytest.raises(ValueError, match="seed_batching must be one of auto, vmap, unroll"):
+    with pytest.raises(ValueError, match="`seed_batching` must be one of auto, vmap, unroll"):
         TrainConfig(seed_batching="pmap").check()
     data = tiny_data()
     assert jax.default_backend() == "cpu"  # the suite runs on CPU (CI has no accelerator)
-    auto = Trainer(tiny_model(), TrainConfig(batch=32, seeds=3), data)
+    auto = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=3), data)
     assert auto.seed_batching == "unroll" and auto.chunk == 1  # the seeds fill each program
-    vmapped = Trainer(tiny_model(), TrainConfig(batch=32, seeds=3, seed_batching="vmap"), data)
+    vmapped = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=3, seed_batching="vmap"), data)
     assert vmapped.seed_batching == "vmap" and vmapped.chunk > 1  # multi-step chunks as for one seed
 
 

@@ -93,7 +93,7 @@ def test_ema_matches_its_definition_and_is_evaluated_checkpointed_and_resumed(tm
                         ema_decay=0.5)
 
     data = tiny_data()
-    cfg = replace(BASE, epochs=2, batch=32, ema=0.9, seeds=2)
+    cfg = replace(BASE, epochs=2, batch=32, ema=0.9, num_seeds=2)
     whole = fit(WITH_BN, data, cfg, quiet=True, out_dir=tmp_path / "a")
     rec = whole.history[-1]
     assert set(rec.ema) == {"test_loss", "test_accuracy", "test_top5"} and len(rec.ema["test_accuracy"]) == 2
@@ -153,7 +153,7 @@ def test_label_noise_flips_exactly_and_only_wrongly_and_is_fixed():
     cfg = replace(BASE, batch=32, label_noise=0.25, label_noise_seed=5)
     want, _ = noisy_labels(data.y_train, 4, 0.25, 5)
     # identical across training seeds, seed batching, epochs (the Trainer keeps one label array)
-    for c in (cfg, replace(cfg, seed=9, seeds=2), replace(cfg, seeds=2, seed_batching="vmap", epochs=3)):
+    for c in (cfg, replace(cfg, seed=9, num_seeds=2), replace(cfg, num_seeds=2, seed_batching="vmap", epochs=3)):
         assert np.array_equal(Trainer(PLAIN, c, data).data.y_train, want)
     res = fit(PLAIN, data, cfg, quiet=True)
     assert res.identity["config.label_noise"] == 0.25 and res.identity["config.label_noise_seed"] == 5
@@ -165,10 +165,10 @@ def test_label_noise_flips_exactly_and_only_wrongly_and_is_fixed():
 def test_all_options_with_k_seeds_in_one_program_equal_separate_runs(seed_batching):
     """Seed s of a K-seed run with every option on equals a 1-seed run with seed s."""
     data = tiny_data()
-    cfg = replace(BASE, epochs=1, batch=64, seeds=2, ema=0.5, accumulate=2, label_noise=0.1,
+    cfg = replace(BASE, epochs=1, batch=64, num_seeds=2, ema=0.5, accumulate=2, label_noise=0.1,
                   seed_batching=seed_batching)
     both = fit(PLAIN, data, cfg, quiet=True)
-    alone = fit(PLAIN, data, replace(cfg, seed=1, seeds=1), quiet=True)
+    alone = fit(PLAIN, data, replace(cfg, seed=1, num_seeds=1), quiet=True)
     one = jax.tree_util.tree_map(lambda a: a[1:], both.ema)
     assert _max_rel(one, alone.ema) < 1e-5
     assert abs(both.history[-1].ema["test_accuracy"][1] - alone.history[-1].ema["test_accuracy"][0]) < 1e-6

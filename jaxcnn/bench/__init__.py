@@ -1,6 +1,6 @@
 """Benchmarks: how fast each model trains and infers here, and how close to the device limit.
 
-For each (model, batch, dtype, mode) the report gives the first call (compile + one step), the median
+For each (model, batch, dtype, measure) the report gives the first call (compile + one step), the median
 step time and its spread over repetitions, images/s, achieved FLOP/s from the analytic MACs (inference
 2 x MACs per image; training 3 x that, the usual estimate), and that as a percentage of the device's peak.
 
@@ -25,13 +25,14 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxcnn import models
+from jaxcnn.bench.rows import MEASURES, BenchRow
 from jaxcnn.bench.timing import LoadMeter, Run, Series, interleave, prepare, timed
 from jaxcnn.core import Layer
 from jaxcnn.lowering import compile_options as xla_options
@@ -183,7 +184,7 @@ def _steps(model: Layer, in_shape: tuple[int, ...]):
 
 
 def _model_program(
-    name: str, *, input_size: int, batch: int, dtype: str = "float32", mode: str = "train",
+    name: str, *, input_size: int, batch: int, dtype: str = "float32", measure: str = "train",
     conv_impl: str | None = "auto", num_classes: int = 10, compile_options: str = "auto", **options: Any,
 ) -> tuple[Run, float, dict[str, Any], float]:
     """One row's program as ``run(n)``, its compile seconds, the row's description, and FLOPs per call."""
@@ -198,45 +199,45 @@ def _model_program(
     carry, train_step, infer_step = _steps(model, in_shape)
     x = jax.random.normal(jax.random.key(1), (batch, *in_shape), jnp.float32)
     y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
-    if mode == "train":
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
+    if measure == "train":
         fn, args, flops = train_step, (carry, x, y), 3 * 2 * macs * batch
-    elif mode == "infer":
-        fn, args, flops = infer_step, (carry.params, carry.state, x), 2 * macs * batch
     else:
-        raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+        fn, args, flops = infer_step, (carry.params, carry.state, x), 2 * macs * batch
     with lowerings_used() as ran:  # which lowerings 'auto' (or a fallback) resolved to, for the table
         t0 = time.perf_counter()
-        choice = xla_options.resolve(compile_options, fn, args, label=f"bench {name} {mode}")
+        choice = xla_options.resolve(compile_options, fn, args, label=f"bench {name} {measure}")
         tune_s = time.perf_counter() - t0
-        run, compile_s = _program(fn, args, carry=mode == "train", compiler_options=choice.options)
-    row = {"model": name, "input": f"{input_size}x{input_size}x{c}", "batch": batch, "dtype": dtype, "mode": mode,
-           "conv_impl": conv_impl, "lowerings": sorted(ran), "compile_options": choice.name, "tune_s": tune_s,
-           "tune": choice.record(), "macs_per_image": macs}
+        run, compile_s = _program(fn, args, carry=measure == "train", compiler_options=choice.options)
+    row = {"model": name, "input": f"{input_size}x{input_size}x{c}", "batch": batch, "dtype": dtype,
+           "measure": measure, "conv_impl": conv_impl, "lowerings": sorted(ran), "compile_options": choice.name,
+           "tune_s": tune_s, "tune": choice.record(), "macs_per_image": macs}
     return run, compile_s, row, flops
 
 
-def _row(row: dict[str, Any], compile_s: float, flops: float, s: Series) -> dict[str, Any]:
+def _row(row: dict[str, Any], compile_s: float, flops: float, s: Series) -> BenchRow:
     """A row's description with its measured figures."""
-    return {**row, "compile_s": compile_s, "first_call_s": s.first_call_s,
+    return BenchRow(**row, **{"compile_s": compile_s, "first_call_s": s.first_call_s,
             "step_ms_median": 1e3 * s.median, "step_ms_low": 1e3 * s.low, "step_ms_high": 1e3 * s.high,
             "reps": len(s.rep_s), "calls_per_rep": s.calls_per_rep, "images_per_s": row["batch"] / s.median,
             "achieved_flops": flops / s.median, "max_other_load": s.max_other_load,
             "disturbed_reps": s.disturbed_reps, "redone_reps": s.redone_reps,
-            "device_memory_peak_bytes": memory_in_use()}
+            "device_memory_peak_bytes": memory_in_use()})
 
 
 def bench_model(
-    name: str, *, input_size: int, batch: int, dtype: str = "float32", mode: str = "train",
+    name: str, *, input_size: int, batch: int, dtype: str = "float32", measure: str = "train",
     conv_impl: str | None = "auto", num_classes: int = 10, quick: bool = False, compile_options: str = "auto",
     **options: Any,
-) -> dict[str, Any]:
-    """Benchmark one registry model alone; returns a flat record (see the module docstring).
+) -> BenchRow:
+    """Benchmark one registry model alone (``measure``: "train" or "infer"); its row without ``percent_of_peak``.
 
     ``compile_options``: "auto" picks XLA options per program by measurement and accuracy
     (:mod:`jaxcnn.lowering.compile_options`; tuning time is reported apart from compile time), or a candidate name.
     """
     run_, compile_s, row, flops = _model_program(
-        name, input_size=input_size, batch=batch, dtype=dtype, mode=mode, conv_impl=conv_impl,
+        name, input_size=input_size, batch=batch, dtype=dtype, measure=measure, conv_impl=conv_impl,
         num_classes=num_classes, compile_options=compile_options, **options)
     reps, secs = (2, 0.1) if quick else (5, 1.0)
     s = _timed_series({"row": run_}, {"row": compile_s}, reps=reps, min_seconds=secs, meter=LoadMeter(),
@@ -246,10 +247,10 @@ def bench_model(
 
 def run(
     specs: list[dict[str, Any]], *, quick: bool = False, dtypes: tuple[str, ...] = ("float32",),
-    modes: tuple[str, ...] = ("train", "infer"), max_other_load: float = 0.25,
+    measures: tuple[str, ...] = MEASURES, max_other_load: float = 0.25,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Benchmark every spec x dtype x mode and the peak of each dtype, all interleaved in one run.
+    """Benchmark every spec x dtype x measure and the peak of each dtype, all interleaved in one run.
 
     A spec may carry its own ``dtypes`` tuple (e.g. bfloat16 only where it is worth the time).
     The report's ``warnings`` name every row (and peak) that other processes disturbed and an unsteady peak.
@@ -266,9 +267,9 @@ def run(
     for spec in specs:
         spec = dict(spec)
         for dt in spec.pop("dtypes", dtypes):
-            for mode in modes:
-                r, c, row, flops = _model_program(**spec, dtype=dt, mode=mode)
-                key = f"{len(described)} {row['model']} {dt} {mode}"
+            for measure in measures:
+                r, c, row, flops = _model_program(**spec, dtype=dt, measure=measure)
+                key = f"{len(described)} {row['model']} {dt} {measure}"
                 runs[key], compile_s[key] = r, c
                 described.append((key, row, flops))
     reps, secs = (2, 0.1) if quick else (5, 1.0)
@@ -278,11 +279,11 @@ def run(
     rows, warnings = [], []
     for key, row, flops in described:
         r = _row(row, compile_s[key], flops, series[key])
-        r["percent_of_peak"] = 100 * r["achieved_flops"] / peaks[r["dtype"]]["peak_flops"]
+        r = replace(r, percent_of_peak=100 * r.achieved_flops / peaks[r.dtype]["peak_flops"])
         rows.append(r)
-        if r["disturbed_reps"]:
-            warnings.append(f"{r['model']} {r['dtype']} {r['mode']}: {r['disturbed_reps']} of {r['reps']} "
-                            f"repetitions ran while other processes used up to {r['max_other_load']:.2f} cores")
+        if r.disturbed_reps:
+            warnings.append(f"{r.model} {r.dtype} {r.measure}: {r.disturbed_reps} of {r.reps} "
+                            f"repetitions ran while other processes used up to {r.max_other_load:.2f} cores")
     for dt, p in peaks.items():
         for kind in ("matmul", "conv"):
             if series[f"peak {dt} {kind}"].disturbed_reps:
@@ -301,17 +302,17 @@ def run(
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table (plus the measured peaks, their definition and any warning)."""
     lines = [
-        "| model | input | batch | dtype | mode | conv | XLA options | MMAC/img | first call s | step ms (min-max) |"
+        "| model | input | batch | dtype | measure | conv | XLA options | MMAC/img | first call s | step ms (min-max) |"
         " images/s | GFLOP/s | % of peak |",
         "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
+        r = r if isinstance(r, BenchRow) else BenchRow.from_dict(r)
         lines.append(
-            f"| {r['model']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['mode']} | {_conv_column(r)} "
-            f"| {r.get('compile_options', 'xla')} "
-            f"| {r['macs_per_image'] / 1e6:.2f} | {r.get('first_call_s', r['compile_s']):.1f} "
-            f"| {r['step_ms_median']:.1f} ({r['step_ms_low']:.1f}-{r['step_ms_high']:.1f}) "
-            f"| {r['images_per_s']:,.0f} | {r['achieved_flops'] / 1e9:.1f} | {r['percent_of_peak']:.0f} |"
+            f"| {r.model} | {r.input} | {r.batch} | {r.dtype} | {r.measure} | {_conv_column(r)} "
+            f"| {r.compile_options} | {r.macs_per_image / 1e6:.2f} | {r.first_call_s:.1f} "
+            f"| {r.step_ms_median:.1f} ({r.step_ms_low:.1f}-{r.step_ms_high:.1f}) "
+            f"| {r.images_per_s:,.0f} | {r.achieved_flops / 1e9:.1f} | {r.percent_of_peak or 0:.0f} |"
         )
     for dt, p in report["peaks"].items():
         lines.append(
@@ -330,10 +331,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _conv_column(r: dict[str, Any]) -> str:
+def _conv_column(r: BenchRow) -> str:
     """The requested lowering and, when it differs, the ones that ran (e.g. ``auto: native+phase+xla``)."""
-    ran = r.get("lowerings") or []
-    return r["conv_impl"] if ran == [r["conv_impl"]] or not ran else f"{r['conv_impl']}: {'+'.join(ran)}"
+    ran = r.lowerings or []
+    return str(r.conv_impl) if ran == [r.conv_impl] or not ran else f"{r.conv_impl}: {'+'.join(ran)}"
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ from jaxcnn.lowering.compile_options import CHOICES as COMPILE_CHOICES
 from jaxcnn.lowering.conv import IMPLS
 from jaxcnn.summary import OPTIMIZER_SLOTS
 
+_MEASURES = ("train", "infer")  # jaxcnn.bench.rows.MEASURES, restated: importing jaxcnn.bench loads the engine
+
 __all__ = ["FLAGS", "UsageError", "as_flags", "build_parser", "main", "positive"]
 
 _positive_int = positive(int)
@@ -89,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated batch sizes (default 128)")
     b.add_argument("--dtype", type=comma_choices(("float32", "bfloat16"), "--dtype"), default=("float32",),
                    help="comma-separated: float32, bfloat16 (default float32)")
-    b.add_argument("--mode", type=comma_choices(("train", "infer"), "--mode"), default=("train", "infer"),
-                   help="comma-separated: train, infer (default both)")
+    b.add_argument("--measure", type=comma_choices(_MEASURES, "--measure"), default=_MEASURES,
+                   help="comma-separated: train (the engine's train step), infer (default both)")
     b.add_argument("--max-other-load", type=float, default=0.25, metavar="CORES",
                    help="redo a repetition during which other processes used more than this many cores, and "
                         "warn when one stays disturbed (default 0.25)")

@@ -32,7 +32,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             specs.append({"name": name, "input_size": args.input_size, "batch": batch, "conv_impl": args.conv_impl,
                           "compile_options": args.compile_options})
     try:
-        report = bench.run(specs, quick=args.quick, dtypes=tuple(args.dtype), modes=tuple(args.mode),
+        report = bench.run(specs, quick=args.quick, dtypes=tuple(args.dtype), measures=tuple(args.measure),
                            max_other_load=args.max_other_load)
     except ValueError as err:  # LayerError included
         raise UsageError(str(err)) from None

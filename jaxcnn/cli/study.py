@@ -1,7 +1,7 @@
 """``jaxcnn study``: any ablation in one command (models x width x depth x resolution x options, K seeds each).
 
     jaxcnn study resnet_cifar --vary depth=8,14,20 --vary width=0.5,1 --data mnist5k --input-size 32 \\
-        --epochs 2 --seeds 2 --out runs/resnet_grid
+        --epochs 2 --num-seeds 2 --out runs/resnet_grid
 
 The recipe flags are ``jaxcnn train``'s (generated from TrainConfig). A study whose models need
 different recipes, options or padding is a study file (``--file STUDY.toml``)::

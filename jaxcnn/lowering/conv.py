@@ -18,7 +18,7 @@ All compute the same function; which is fastest depends on the backend:
   convolutions on the 2-core Zen 4 CPU (e.g. the 112x112x64 -> 56x56x64 3x3 layer of
   allconv6 at 224, batch 16: 147 ms vs 60 ms; whole allconv6 train step at 32x32, batch
   128: 1,479-1,651 -> 2,693-2,917 img/s, ``jaxcnn bench allconv6 --input-size 32 --batch
-  128 --mode train --conv-impl xla`` against ``auto``). Dense (ungrouped) kernels
+  128 --measure train --conv-impl xla`` against ``auto``). Dense (ungrouped) kernels
   with dilation 1 only; anything else falls back to ``xla``. Forward- and reverse-mode
   differentiation both work (a ``custom_jvp`` whose tangent map is written so that
   JAX's transpose of it is the phase form).

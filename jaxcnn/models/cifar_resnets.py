@@ -88,7 +88,7 @@ def resnet_cifar(
     Reference recipe [paper]: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at
     32k and 48k iterations, stop at 64k (about epochs 82/123/164 on 45k images), He init, 4-pixel pad +
     random crop + flip, 45k/5k train/val split: ``TrainConfig(optimizer="momentum", lr=0.1,
-    weight_decay=1e-4, batch=128, schedule="step", step_epochs=(82, 123), epochs=164, crop_pad=4,
+    weight_decay=1e-4, batch=128, schedule="multistep", milestones=(82, 123), epochs=164, crop_pad=4,
     flip=True)``. ResNet-110/1202 train at lr 0.01 for about 400 iterations (until the training error is
     below 80 %), then at 0.1 again; ``warmup_epochs=1`` (a linear ramp from 0) is the nearest jaxcnn has.
     """
@@ -152,8 +152,8 @@ def wrn(*, num_classes: int = 10, width: float = 1.0, depth: int = 28, dropout: 
 
     Reference recipe (authors' scripts): SGD with Nesterov momentum 0.9, lr 0.1 times 0.2 at epochs 60, 120
     and 160 of 200, batch 128, weight decay 5e-4, 4-pixel reflection-pad random crop + flip:
-    ``TrainConfig(optimizer="nesterov", lr=0.1, schedule="step", step_epochs=(60, 120, 160),
-    step_factor=0.2, epochs=200, batch=128, weight_decay=5e-4, crop_pad=4, flip=True)`` (jaxcnn's crop
+    ``TrainConfig(optimizer="nesterov", lr=0.1, schedule="multistep", milestones=(60, 120, 160),
+    milestone_factor=0.2, epochs=200, batch=128, weight_decay=5e-4, crop_pad=4, flip=True)`` (jaxcnn's crop
     pads with zeros, not by reflection).
     """
     depth = check_depth("wrn", depth, 6, 4, 10, "10, 16, 22, 28, 40")

@@ -20,6 +20,7 @@ import numpy as np
 from jaxcnn.core import Layer
 from jaxcnn.storage import checkpoint
 from jaxcnn.storage.checkpoint import CheckpointError
+from jaxcnn.train.config import fill_new_fields
 
 __all__ = ["LoadedModel", "load_model", "model_record", "resolve_checkpoint"]
 
@@ -175,9 +176,9 @@ def load_model(path: str | Path, *, model: Layer | None = None) -> LoadedModel:
 
 
 def _seeds(meta: dict[str, Any], ck: Path) -> list[int]:
-    """The seed values a checkpoint holds, from its recipe (``seed``, ``seeds``) and history."""
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    n, first = config.get("seeds"), config.get("seed", 0)
+    """The seed values a checkpoint holds, from its recipe (``seed``, ``num_seeds``)."""
+    config = fill_new_fields(meta["config"], {}) if isinstance(meta.get("config"), dict) else {}
+    n, first = config.get("num_seeds"), config.get("seed", 0)
     if not isinstance(n, int) or n < 1 or not isinstance(first, int):
-        raise CheckpointError(f"{ck} records no seed count (config.seeds); it was not written by fit")
+        raise CheckpointError(f"{ck} records no seed count (config.num_seeds); it was not written by fit")
     return [first + i for i in range(n)]

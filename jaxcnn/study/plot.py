@@ -191,7 +191,7 @@ def redundancy_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
 def benchmark_speeds(report: dict[str, Any], stem: Path) -> list[Path]:
     """Bars of images/s per benchmark row (log scale), each labelled with its percent of the measured peak."""
     rows = report["rows"]
-    labels = [f"{r['model']} {r['input'].split('x')[0]}px b{r['batch']} {r['dtype'][:4]} {r['mode']}" for r in rows]
+    labels = [f"{r['model']} {r['input'].split('x')[0]}px b{r['batch']} {r['dtype'][:4]} {r['measure']}" for r in rows]
     fig = _figure(figsize=(9, 0.3 * len(rows) + 1.5))
     ax = fig.subplots()
     ax.barh(range(len(rows)), [r["images_per_s"] for r in rows])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxcnn.storage import files
+from jaxcnn.train.config import fill_new_fields
 
 
 class StudyError(ValueError):
@@ -100,6 +101,8 @@ class StudyRecord:
         for name, ok in _CHECKS.items():  # null stands for "not recorded" only where the default is None
             if name in value and (name not in _NULLABLE or value[name] is not None) and not ok(value[name]):
                 raise StudyError(f"{where}: field {name!r} of a study record cannot be {str(value[name])[:60]}")
+        if isinstance(value.get("recipe"), dict):  # under today's TrainConfig names (renamed fields, values)
+            value = {**value, "recipe": fill_new_fields(value["recipe"], {})}
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in value.items() if k in known},
                    extra={k: v for k, v in value.items() if k not in known})

@@ -2,14 +2,14 @@
 
 * The training set lives on the device as uint8 (or float) NHWC; each epoch draws a
   permutation with ``jax.random``, and the steps run as compiled ``lax.scan`` chunks
-  with no Python per step (``mode="epoch"``). On GPU/TPU a chunk is the whole epoch.
+  with no Python per step (``loop="device"``). On GPU/TPU a chunk is the whole epoch.
   On CPU a chunk is a few fully unrolled steps (``chunk``, default 4, or 1 with several
   seeds, which already fill a program): XLA:CPU runs
   convolutions inside a while loop about 10x slower than outside one (measured here;
-  jax issue #12868), and an unrolled chunk has no loop. ``mode="step"`` is the streaming path: one
+  jax issue #12868), and an unrolled chunk has no loop. ``loop="host"`` is the streaming path: one
   jitted step per batch, batches gathered on the host and prefetched to the device,
   for data that does not fit in device memory. Both do exactly the same math. Image files too large to
-  decode whole stream from disk (:mod:`jaxcnn.train.streaming`: the step mode's batches, decoded by Grain).
+  decode whole stream from disk (:mod:`jaxcnn.train.streaming`: the host loop's batches, decoded by Grain).
 * K seeds of one architecture train together: init, shuffles, augmentation and
   dropout keys are independent per seed, and every step runs all seeds: ``vmap``-ed over seeds on
   GPU/TPU, unrolled (one copy of the step per seed) on CPU, where it is faster (``seed_batching``).
@@ -18,7 +18,7 @@
   a 1-D mesh, parameters replicated; XLA inserts the gradient all-reduce. The same
   code runs on one device, and over several processes (``fit(..., distributed=True)``,
   :mod:`jaxcnn.train.distributed`): the mesh then spans every process's devices, each process
-  computes (and in ``mode="step"`` gathers on its host) only its devices' part of the global
+  computes (and in ``loop="host"`` gathers on its host) only its devices' part of the global
   batch, and only process 0 writes checkpoints and metrics.
 * Keys: seed s -> ``key(s)``; init uses ``fold_in(key, 0)``; epoch e uses
   ``fold_in(fold_in(key, 1), e)``; so a resumed run replays the same randomness.

@@ -12,7 +12,8 @@ from jaxcnn.summary import OPTIMIZER_SLOTS
 
 # The vocabulary of a TrainConfig, read by its check, the optax factory (train/optimizers.py) and the CLI.
 OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_SLOTS)
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "multistep")
+LOOPS = ("device", "host")
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
 PRECISIONS = ("float32", "bf16")
@@ -53,10 +54,10 @@ class TrainConfig:
     momentum: float = _field(0.9, "momentum of momentum/nesterov, beta1 of adam/adamw")
     weight_decay: float = _field(5e-4, "L2 / decoupled weight decay, on conv/dense weights only (never BN or biases)")
     schedule: str = _field("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
-    step_epochs: tuple[int, ...] = _field((), "'step' schedule: multiply the learning rate by step_factor at each of "
-                                              "these epochs (comma-separated)")
-    step_factor: float = _field(0.1, "'step' schedule: the factor (e.g. 0.2 at 60,120,160 of 200 for Wide ResNets)",
-                                positive=True)
+    milestones: tuple[int, ...] = _field((), "'multistep' schedule: multiply the learning rate by milestone_factor "
+                                             "at each of these epochs (comma-separated; PyTorch's MultiStepLR)")
+    milestone_factor: float = _field(0.1, "'multistep' schedule: the factor at each milestone (e.g. 0.2 at "
+                                          "60,120,160 of 200 for Wide ResNets; MultiStepLR's gamma)", positive=True)
     warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     # the command line sets these two from the data (jaxcnn.train.prepare.augmentation): ``cli_default`` says how,
@@ -65,11 +66,12 @@ class TrainConfig:
                            cli_default="4 at 32 px and above, 2 at 16-31 px, 1 below")
     flip: bool = _field(False, "random horizontal flips", cli_default="on, except for digits")
     seed: int = _field(0, "first seed")
-    seeds: int = _field(1, "K seeds trained together in one program: seed, seed+1, ..., seed+K-1", positive=True)
+    num_seeds: int = _field(1, "K seeds trained together in one program: seed, seed+1, ..., seed+K-1 (the list of "
+                               "seed values is what results call `seeds`)", positive=True)
     eval_batch: int = _field(500, "examples per evaluation batch", positive=True)
-    mode: str = _field("epoch", "epoch: data on the device, compiled chunks of steps; step: one jitted step per "
-                                "batch, batches gathered on the host (streaming)", choices=("epoch", "step"))
-    chunk: int = _field(0, "steps per compiled chunk in epoch mode; 0 = auto (CPU: 4 unrolled, else the epoch)")
+    loop: str = _field("device", "device: the training set on the device, compiled chunks of steps; host: one "
+                                 "jitted step per batch, batches gathered on the host (streaming)", choices=LOOPS)
+    chunk: int = _field(0, "steps per compiled chunk of the device loop; 0 = auto (CPU: 4 unrolled, else the epoch)")
     # How K seeds share one compiled program: "vmap" batches them (one wide program: best on GPU/TPU),
     # "unroll" writes K copies of the step side by side (on CPU 1.3-2.4x faster: a vmapped
     # convolution becomes a grouped one, XLA:CPU's slowest kind); "auto" picks by backend.
@@ -97,11 +99,11 @@ class TrainConfig:
     def resume_problem(self, trained_epochs: object) -> str | None:
         """Why a checkpoint of a run with ``trained_epochs`` epochs cannot continue under this config, or None."""
         if not isinstance(trained_epochs, int) or trained_epochs == self.epochs or self.schedule != "cosine":
-            return None  # constant and step schedules give every epoch the same rate whatever the epoch count
+            return None  # constant and multistep schedules give every epoch the same rate whatever the epoch count
         return (f"was written by a run of `epochs={trained_epochs}` under the cosine schedule, whose learning rate "
                 f"at every step depends on the epoch count, so `epochs={self.epochs}` would continue another "
                 f"schedule; resume with `epochs={trained_epochs}`, or train `epochs={self.epochs}` from scratch in "
-                "another output folder (only constant and step schedules can be extended)")
+                "another output folder (only constant and multistep schedules can be extended)")
 
     def check(self) -> TrainConfig:
         """Return self or raise ValueError naming the bad option."""
@@ -118,15 +120,16 @@ class TrainConfig:
              f"warmup_epochs must be a number >= 0, got {self.warmup_epochs!r}"[:80]),
             (_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (_int(self.crop_pad) and self.crop_pad >= 0, "crop_pad must be an int >= 0"),
-            (_real(self.step_factor) and self.step_factor > 0, "step_factor must be a positive number"),
-            (isinstance(self.step_epochs, tuple) and all(_int(e) and e >= 1 for e in self.step_epochs),
-             "step_epochs must be positive ints, as a tuple"),
-            (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a positive int"),
-            (isinstance(self.seed, int) and isinstance(self.seeds, int) and 0 <= self.seed <= 2**32 - self.seeds,
-             f"seed must be an int in [0, 2**32 - seeds] (each of seed .. seed+seeds-1 is a random key), "
-             f"got {str(self.seed)[:30]}"),
+            (_real(self.milestone_factor) and self.milestone_factor > 0, "milestone_factor must be a positive number"),
+            (isinstance(self.milestones, tuple) and all(_int(e) and e >= 1 for e in self.milestones),
+             "milestones must be positive ints, as a tuple"),
+            (isinstance(self.num_seeds, int) and self.num_seeds >= 1, "num_seeds must be a positive int"),
+            (isinstance(self.seed, int) and isinstance(self.num_seeds, int)
+             and 0 <= self.seed <= 2**32 - self.num_seeds,
+             f"seed must be an int in [0, 2**32 - K] with K = {self.num_seeds} seeds (each of seed .. seed+K-1 "
+             f"is a random key), got {str(self.seed)[:30]}"),
             (_int(self.eval_batch) and self.eval_batch >= 1, "eval_batch must be a positive int"),
-            (self.mode in ("epoch", "step"), "mode must be 'epoch' or 'step'"),
+            (self.loop in LOOPS, f"loop must be one of {', '.join(LOOPS)}"),
             (isinstance(self.chunk, int) and self.chunk >= 0, "chunk must be an int >= 0"),
             (self.seed_batching in SEED_BATCHING, f"seed_batching must be one of {', '.join(SEED_BATCHING)}"),
             (self.compile_options in compile_options.CHOICES,
@@ -143,20 +146,36 @@ class TrainConfig:
              "label_noise_seed must be an int >= 0"),
         ]
         for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"TrainConfig: {msg}")
+            if not ok:  # the field in backticks, so the CLI prints the flag that sets it (cli.args.as_flags)
+                name, _, rest = msg.partition(" ")
+                raise ValueError(f"TrainConfig: `{name}` {rest}" if name in _FIELDS else f"TrainConfig: {msg}")
         return self
 
 
+# Fields and values renamed since records were first written (issue 23: "seeds" was a count here and a list
+# everywhere else; "mode" and the "step" schedule gave "step" two more meanings). Old records still resume.
+RENAMED_FIELDS = {"seeds": "num_seeds", "mode": "loop", "step_epochs": "milestones", "step_factor": "milestone_factor"}
+RENAMED_VALUES = {("loop", "epoch"): "device", ("loop", "step"): "host", ("schedule", "step"): "multistep"}
+
+
 def fill_new_fields(recorded: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``recorded`` (a recipe as a checkpoint or study record wrote it) with each TrainConfig field it lacks
-    but ``now`` has at its default: a field added to TrainConfig since then meant its default.
+    """``recorded`` (a recipe as a checkpoint or study record wrote it) under today's field names and values,
+    with each TrainConfig field it lacks but ``now`` has at its default: a field added since then meant its default.
 
     ``prefix`` is prepended to field names (the run identity keys them ``config.NAME``). The one rule of both
-    "same run?" checks (resume, study rerun).
+    "same run?" checks (resume, study rerun) and of reading a checkpoint's seeds.
     """
+    current = {}
+    for key, value in recorded.items():
+        name = key[len(prefix):] if key.startswith(prefix) else None
+        if name in RENAMED_FIELDS:
+            name = RENAMED_FIELDS[name]
+            key = prefix + name
+        if name is not None and isinstance(value, str):
+            value = RENAMED_VALUES.get((name, value), value)
+        current[key] = value
     defaults = {f"{prefix}{f.name}": f.default for f in fields(TrainConfig)}
-    return {**{k: v for k, v in defaults.items() if k in now and k not in recorded}, **recorded}
+    return {**{k: v for k, v in defaults.items() if k in now and k not in current}, **current}
 
 
 def describe() -> str:
@@ -165,6 +184,8 @@ def describe() -> str:
         f" [`jaxcnn train`/`study` default: {f.metadata['cli_default']}]" if "cli_default" in f.metadata else "")
         for f in fields(TrainConfig))
 
+
+_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 # help(TrainConfig) shows the class docstring, not field metadata: append the fields, generated from the
 # one definition above (so the docs cannot drift from the dataclass)

@@ -259,7 +259,7 @@ def put_rows(x_host: np.ndarray, rows: np.ndarray, sharding: jax.sharding.Shardi
 
     ``rows`` is an integer index array (e.g. seeds x global batch); the result has shape
     ``rows.shape + x_host.shape[1:]``. This is how each process is fed its part of the global batch
-    when batches come from the host (``mode="step"``).
+    when batches come from the host (``loop="host"``).
     """
     rows = np.asarray(rows)
     shape = (*rows.shape, *x_host.shape[1:])

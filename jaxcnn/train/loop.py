@@ -105,9 +105,9 @@ def _resume_point(ck: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[int
     elif not isinstance(raw, list) or len(raw) != epoch + 1:
         bad = f"'history' is not a list of {epoch + 1} epoch records"
     else:
-        history = [EpochRecord.from_json(h, cfg.seeds) for h in raw]
+        history = [EpochRecord.from_json(h, cfg.num_seeds) for h in raw]
         if any(h is None for h in history):
-            bad = f"an entry of 'history' is not an epoch record of {cfg.seeds} seed(s)"
+            bad = f"an entry of 'history' is not an epoch record of {cfg.num_seeds} seed(s)"
     if bad:
         raise checkpoint.CheckpointError(f"checkpoint {ck} is invalid: {bad}; delete it or restore a copy")
     if epoch + 1 > cfg.epochs:
@@ -149,7 +149,7 @@ def fit(
     devices: Sequence[jax.Device] | None = None,
     loggers: Sequence[_loggers.Logger | str] | str | None = None,
 ) -> FitResult:
-    """Train ``cfg.seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
+    """Train ``cfg.num_seeds`` seeds of ``model`` on ``data``; checkpoint to ``out_dir`` every epoch.
 
     Args:
         model: the network (any :class:`~jaxcnn.core.Layer`).
@@ -255,7 +255,7 @@ def _restore(trainer: Trainer, run: _Run, carry: step.TrainState
         raise checkpoint.CheckpointError(f"`resume=True`: {ck} {why}")
     tree, _ = checkpoint.load(ck, _saved(carry))
     # the step count is not saved (checkpoints keep the three trees they always had): it is the epochs' steps
-    done = np.full(np.shape(carry.step), start * trainer.steps, np.int32)
+    done = np.full(np.shape(carry.step), start * trainer.steps_per_epoch, np.int32)
     carry = trainer.put(step.TrainState(tree["params"], tree["state"], tree["opt_state"], done, tree.get("ema")))
     trainer.restore_input(ck_meta.get("input"), start, ck)  # a streamed run's input position (none in memory)
     if not run.quiet or skipped:
@@ -274,7 +274,7 @@ def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y
               + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
               + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
     seconds = time.perf_counter() - t0
-    if cfg.mode == "epoch":
+    if cfg.loop == "device":
         seconds += trainer.compile(carry, x_dev, y_dev)
     return trainer, seconds
 
@@ -287,17 +287,17 @@ def _epoch_record(trainer: Trainer, epoch: int, out: EpochOut, seconds: float, r
         s, i = np.argwhere(bad)[0]
         last = checkpoint.latest(run.out) if run.out is not None else None
         raise TrainingError(
-            f"loss became {out.losses[s, i]} at step {epoch * trainer.steps + i} (epoch {epoch}, step {i} of the "
-            f"epoch, seed {trainer.seeds[s]}); "
+            f"loss became {out.losses[s, i]} at step {epoch * trainer.steps_per_epoch + i} (epoch {epoch}, "
+            f"step {i} of the epoch, seed {trainer.seeds[s]}); "
             + (f"the last good checkpoint is {last}" if last else "no checkpoint was written")
             + ". Lower the learning rate or check the data for NaN/Inf"
         )
     ev = trainer.evaluate(out.carry)
     return EpochRecord(
-        epoch=epoch, step=(epoch + 1) * trainer.steps, train_loss=out.losses.mean(axis=1).tolist(),
-        train_accuracy=(out.correct.sum(axis=1) / (trainer.steps * cfg.batch)).tolist(),
+        epoch=epoch, step=(epoch + 1) * trainer.steps_per_epoch, train_loss=out.losses.mean(axis=1).tolist(),
+        train_accuracy=(out.correct.sum(axis=1) / (trainer.steps_per_epoch * cfg.batch)).tolist(),
         test_loss=ev["loss"].tolist(), test_accuracy=ev["accuracy"].tolist(), test_top5=ev["top5"].tolist(),
-        seconds=seconds, images_per_second=cfg.seeds * trainer.steps * cfg.batch / seconds,
+        seconds=seconds, images_per_second=cfg.num_seeds * trainer.steps_per_epoch * cfg.batch / seconds,
         metrics={k: v.mean(axis=1).tolist() for k, v in out.metrics.items()},
         ema={f"test_{k[4:]}": v.tolist() for k, v in ev.items() if k.startswith("ema_")},
     )
@@ -324,9 +324,9 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
     carry = trainer.init()
     initial = jax.tree_util.tree_map(jnp.copy, carry.params) if run.keep_initial else None  # before donation
     start, history, carry = _restore(trainer, run, carry)
-    # epoch mode keeps the whole training set on every device; each device computes only its part of a batch
-    x_dev = trainer.put(data.x_train) if cfg.mode == "epoch" else None
-    y_dev = trainer.put(data.y_train) if cfg.mode == "epoch" else None
+    # the device loop keeps the whole training set on every device; each device computes only its part of a batch
+    x_dev = trainer.put(data.x_train) if cfg.loop == "device" else None
+    y_dev = trainer.put(data.y_train) if cfg.loop == "device" else None
     compile_s = 0.0
     if start < cfg.epochs:
         trainer, compile_s = _compiled(trainer, run, carry, x_dev, y_dev)

@@ -12,16 +12,16 @@ from jaxcnn.train.config import TrainConfig
 def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     """The learning rate per step: a linear warm-up from 0 over ``warmup_epochs``, then the schedule.
 
-    ``step``: ``lr`` times ``step_factor`` at each epoch of ``step_epochs`` (counted from the start of
+    ``step``: ``lr`` times ``milestone_factor`` at each epoch of ``milestones`` (counted from the start of
     training, warm-up included); ``cosine``: cosine decay to 0 over the epochs after the warm-up.
     """
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
         main = optax.cosine_decay_schedule(cfg.lr, max(total - warm, 1))
-    elif cfg.schedule == "step":
+    elif cfg.schedule == "multistep":
         main = optax.piecewise_constant_schedule(
-            cfg.lr, {max(e * steps_per_epoch - warm, 1): cfg.step_factor for e in cfg.step_epochs}
+            cfg.lr, {max(e * steps_per_epoch - warm, 1): cfg.milestone_factor for e in cfg.milestones}
         )
     else:
         main = optax.constant_schedule(cfg.lr)

@@ -1,6 +1,6 @@
 """Training on image files streamed from disk: :class:`StreamData` and the :class:`StreamTrainer` it brings.
 
-The streamed run does the math of the in-memory ``mode="step"`` run, batch for batch: each epoch draws the
+The streamed run does the math of the in-memory ``loop="host"`` run, batch for batch: each epoch draws the
 same per-seed permutations (:meth:`Trainer.epoch_keys`), and the records of every step -- seed by seed, this
 process's rows of the global batch -- are decoded by Grain workers (:class:`jaxcnn.data.stream.ImageStream`)
 instead of gathered from a decoded array. Normalisation, crops and flips stay in the compiled step, on the
@@ -76,13 +76,13 @@ class StreamData(TrainData):
 
 
 class StreamTrainer(Trainer):
-    """The :class:`Trainer` of :class:`StreamData`: step by step (``mode="step"``), batches from Grain streams."""
+    """The :class:`Trainer` of :class:`StreamData`: step by step (``loop="host"``), batches from Grain streams."""
 
     def __init__(self, model: Any, cfg: Any, data: StreamData, devices: Any = None, **kw: Any):
         if not isinstance(data, StreamData):
             raise TypeError(f"StreamTrainer takes StreamData, got {type(data).__name__}")
-        # streamed images never sit on the device whole: the compiled epochs of mode="epoch" do not apply
-        super().__init__(model, dataclasses.replace(cfg, mode="step"), data, devices, **kw)
+        # streamed images never sit on the device whole: the compiled epochs of loop="device" do not apply
+        super().__init__(model, dataclasses.replace(cfg, loop="host"), data, devices, **kw)
         self.rows = self._local_rows()
         self._input: dict[str, Any] = {}
 
@@ -154,7 +154,8 @@ class StreamTrainer(Trainer):
         """Check that the checkpoint's stream finished epoch ``start - 1``; the next epoch's stream starts fresh."""
         from jaxcnn.storage.checkpoint import CheckpointError
 
-        ok = isinstance(saved, dict) and saved.get("epoch") == start - 1 and saved.get("batches_done") == self.steps
+        ok = (isinstance(saved, dict) and saved.get("epoch") == start - 1
+              and saved.get("batches_done") == self.steps_per_epoch)
         if not ok:
             raise CheckpointError(f"`resume=True`: {where} does not record its input stream at the end of epoch "
                                   f"{start} ('input' is {str(saved)[:80]}); it was not written by this streamed "

@@ -77,10 +77,10 @@ class Trainer:
         n = data.x_train.shape[0]
         if n < cfg.batch:
             raise ValueError(f"TrainConfig: batch={cfg.batch} is larger than the training set ({n} examples)")
-        self.steps = n // cfg.batch
+        self.steps_per_epoch = n // cfg.batch
         # the named optimizers are factories of the steps per epoch too: one path for both
         self.tx = step.resolve_optimizer(
-            optimizer if optimizer is not None else partial(make_optimizer, cfg, model=model), self.steps)
+            optimizer if optimizer is not None else partial(make_optimizer, cfg, model=model), self.steps_per_epoch)
         self.loss = loss if loss is not None else step.cross_entropy(cfg.label_smoothing, data.num_classes)
         self.metrics = dict(metrics or {})
         bad = [k for k in self.metrics if not isinstance(k, str) or k in ("loss", "correct") or not callable(
@@ -98,7 +98,7 @@ class Trainer:
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.shard_batch = len(self.devices) > 1 and cfg.batch % len(self.devices) == 0
-        # seed axis first, then the batch: what a host batch of mode="step" is split along
+        # seed axis first, then the batch: what a host batch of loop="host" is split along
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(None, "data")) if self.shard_batch \
             else self.replicated
         scale = 255.0 if data.x_train.dtype == np.uint8 else 1.0
@@ -111,7 +111,7 @@ class Trainer:
             raise ValueError(f"TrainConfig: crop_pad={cfg.crop_pad} is not smaller than the {self.in_shape[0]}x"
                              f"{self.in_shape[1]} images (crops would be mostly padding); use at most "
                              f"{min(self.in_shape[:2]) - 1}")
-        self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
+        self.seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
         self.keys = jnp.stack([jax.random.key(s) for s in self.seeds])
         if self.multiprocess:  # every input of a multi-process program is a global array
             self.keys = _distributed.put(self.keys, self.replicated)
@@ -120,12 +120,12 @@ class Trainer:
         # K unrolled seeds already give each call K steps of work; longer chunks then only add compile
         # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast)
         if not self.on_cpu:
-            auto = self.steps
-        elif (self.seed_batching == "unroll" and cfg.seeds > 1) or cfg.accumulate > 1:  # micro-batches unroll too
+            auto = self.steps_per_epoch
+        elif (self.seed_batching == "unroll" and cfg.num_seeds > 1) or cfg.accumulate > 1:  # micro-batches unroll too
             auto = 1
         else:
-            auto = _divisor_chunk(self.steps)
-        self.chunk = min(cfg.chunk or auto, self.steps)
+            auto = _divisor_chunk(self.steps_per_epoch)
+        self.chunk = min(cfg.chunk or auto, self.steps_per_epoch)
         self._perm_fn = jax.jit(jax.vmap(self._permutation), out_shardings=self.replicated)
         self.choice: compile_options.Choice | None = None
         self._use_options({})
@@ -224,7 +224,7 @@ class Trainer:
 
     def _permutation(self, epoch_key):
         perm = epoch_permutation(epoch_key, self.data.x_train.shape[0], self.cfg.batch)
-        return perm, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps)
+        return perm, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps_per_epoch)
 
     def _chunk(self, carry, x_all, y_all, idx, keys):
         def body(c, inp):
@@ -250,7 +250,7 @@ class Trainer:
         """Compile every chunk length an epoch needs; returns the seconds it took."""
         t0 = time.perf_counter()
         perm, keys = self._perm_fn(self.epoch_keys(0))
-        lengths = {min(self.chunk, self.steps - i) for i in range(0, self.steps, self.chunk)}
+        lengths = {min(self.chunk, self.steps_per_epoch - i) for i in range(0, self.steps_per_epoch, self.chunk)}
         for n in sorted(lengths):
             self._chunk_fns[n] = self.chunk_fn(n).lower(carry, x_dev, y_dev, perm[:, :n], keys[:, :n]).compile()
         return time.perf_counter() - t0
@@ -272,16 +272,16 @@ class Trainer:
         return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(self.keys)
 
     def run_epoch(self, carry: step.TrainState, x_dev: Any, y_dev: Any, epoch: int) -> EpochOut:
-        """One epoch of every seed: on the device (``mode="epoch"``) or streaming host batches (``mode="step"``)."""
-        if self.cfg.mode == "epoch":
+        """One epoch of every seed: on the device (``loop="device"``) or streaming host batches (``loop="host"``)."""
+        if self.cfg.loop == "device":
             return self._epoch_on_device(carry, x_dev, y_dev, epoch)
         return self._epoch_streaming(carry, epoch)
 
     def _epoch_on_device(self, carry: step.TrainState, x_dev: Any, y_dev: Any, epoch: int) -> EpochOut:
         perm, step_keys = self._perm_fn(self.epoch_keys(epoch))
         outs = []
-        for i in range(0, self.steps, self.chunk):
-            j = min(i + self.chunk, self.steps)
+        for i in range(0, self.steps_per_epoch, self.chunk):
+            j = min(i + self.chunk, self.steps_per_epoch)
             carry, out = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
             outs.append(out)
         return EpochOut(carry, np.concatenate([np.asarray(o[0]) for o in outs], 1),
@@ -302,9 +302,9 @@ class Trainer:
 
         outs = []
         nxt = put(0)
-        for i in range(self.steps):
+        for i in range(self.steps_per_epoch):
             xb, yb = nxt
-            if i + 1 < self.steps:
+            if i + 1 < self.steps_per_epoch:
                 nxt = put(i + 1)  # async transfer overlaps with this step's compute
             carry, out = self._step_fn(carry, xb, yb, step_keys[:, i])
             outs.append(out)
