@@ -42,15 +42,21 @@ def test_four_seeds_under_vmap_equal_four_separate_runs(seed_batching):
     assert not np.allclose(kernel[0], kernel[1], rtol=0.1)
 
 
-def test_compiled_epoch_equals_per_step_path():
+@pytest.mark.parametrize("chunk", [3, 4])
+def test_compiled_epoch_equals_per_step_path(chunk):
     # two seeds: the per-step path once gave every seed the labels of all seeds (an unsliced label batch that
-    # one_hot broadcast into an averaged loss), which one seed could not show
+    # one_hot broadcast into an averaged loss), which one seed could not show. 6 steps an epoch: chunks of 3
+    # divide it; chunks of 4 run the second one padded to 4 steps of which 2 are live (one program, not two)
     data = tiny_data()
-    a = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, num_seeds=2, loop="device", chunk=3), quiet=True)
+    cfg = TrainConfig(epochs=2, batch=32, num_seeds=2, loop="device", chunk=chunk)
+    assert Trainer(tiny_model(), cfg, data).padded_steps == {3: 6, 4: 8}[chunk]
+    a = fit(tiny_model(), data, cfg, quiet=True)
     b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, num_seeds=2, loop="host"), quiet=True)
     for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(a.history[-1].train_loss, b.history[-1].train_loss, rtol=1e-4)
+    for field in ("train_loss", "train_accuracy", "test_loss"):  # the padded steps count in no mean
+        np.testing.assert_allclose(getattr(a.history[-1], field), getattr(b.history[-1], field), rtol=1e-4)
+    assert a.history[-1].step == b.history[-1].step == 12
 
 
 def test_training_reduces_loss_and_checkpoints(tmp_path):

@@ -126,6 +126,11 @@ class Trainer:
         else:
             auto = _divisor_chunk(self.steps_per_epoch)
         self.chunk = min(cfg.chunk or auto, self.steps_per_epoch)
+        # an epoch that the chunk does not divide runs its last chunk padded with steps that change nothing:
+        # one program, not a second one for the remainder (each costs its trace, lowering and compile or
+        # cache load, ~0.5 s of a warm start)
+        self.padded_steps = -(-self.steps_per_epoch // self.chunk) * self.chunk
+        self._live: dict[int, Any] = {}
         self._perm_fn = jax.jit(jax.vmap(self._permutation), out_shardings=self.replicated)
         self.choice: compile_options.Choice | None = None
         self._use_options({})
@@ -224,35 +229,58 @@ class Trainer:
 
     def _permutation(self, epoch_key):
         perm = epoch_permutation(epoch_key, self.data.x_train.shape[0], self.cfg.batch)
-        return perm, jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps_per_epoch)
+        keys = jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps_per_epoch)
+        if self.padded_steps > self.steps_per_epoch:  # rows the padded last chunk reads and discards
+            extra = self.padded_steps - self.steps_per_epoch
+            perm = jnp.concatenate([perm, jnp.zeros((extra, perm.shape[1]), perm.dtype)])
+            keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], extra, axis=0)])
+        return perm, keys
 
-    def _chunk(self, carry, x_all, y_all, idx, keys):
+    def _chunk(self, carry, x_all, y_all, idx, keys, live=None):
         def body(c, inp):
-            i, k = inp
-            return self._step(c, x_all[i], y_all[i], k)
+            i, k, n = inp
+            new, out = self._step(c, x_all[i], y_all[i], k)
+            if n is not None:  # the padded last chunk: steps at or past ``live`` leave the state as it was
+                new = jax.tree_util.tree_map(lambda a, b: jnp.where(n < live, a, b), new, c)
+            return new, out
 
-        if idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop (jax issue #25330)
-            carry, out = body(carry, (idx[0], keys[0]))
+        length = idx.shape[0]
+        nums = None if live is None else jnp.arange(length)
+        if length == 1:  # a length-1 scan still lowers to a while loop (jax issue #25330)
+            carry, out = body(carry, (idx[0], keys[0], None if nums is None else nums[0]))
             return carry, jax.tree_util.tree_map(lambda v: v[None], out)
-        unroll = idx.shape[0] if self.on_cpu else 1
-        return jax.lax.scan(body, carry, (idx, keys), unroll=unroll)
+        unroll = length if self.on_cpu else 1
+        return jax.lax.scan(body, carry, (idx, keys, nums), unroll=unroll)
 
     def chunk_fn(self, length: int):
-        """The jitted all-seeds function running ``length`` steps (compiled once per length)."""
+        """The jitted all-seeds function running ``length`` steps (compiled once per length).
+
+        With ``padded_steps`` past the epoch, it takes a sixth argument: how many of its steps are live.
+        """
         if length not in self._chunk_fns:
+            padded = self.padded_steps > self.steps_per_epoch
             self._chunk_fns[length] = jax.jit(
-                self._seedwise(self._chunk, (0, None, None, 0, 0)), donate_argnums=(0,),
-                compiler_options=self.compiler_options, **self._out,
+                self._seedwise(self._chunk, (0, None, None, 0, 0) + ((None,) if padded else ())),
+                donate_argnums=(0,), compiler_options=self.compiler_options, **self._out,
             )
         return self._chunk_fns[length]
 
+    def _chunk_args(self, perm: Any, keys: Any, i: int) -> tuple[Any, ...]:
+        """The per-chunk arguments of the chunk starting at step ``i``: its rows, and its live count if padded."""
+        rows = (perm[:, i:i + self.chunk], keys[:, i:i + self.chunk])
+        if self.padded_steps == self.steps_per_epoch:
+            return rows
+        live = min(self.chunk, self.steps_per_epoch - i)
+        if live not in self._live:
+            self._live[live] = self.put(np.int32(live))
+        return (*rows, self._live[live])
+
     def compile(self, carry, x_dev, y_dev) -> float:
-        """Compile every chunk length an epoch needs; returns the seconds it took."""
+        """Compile the one chunk program an epoch runs; returns the seconds it took."""
         t0 = time.perf_counter()
         perm, keys = self._perm_fn(self.epoch_keys(0))
-        lengths = {min(self.chunk, self.steps_per_epoch - i) for i in range(0, self.steps_per_epoch, self.chunk)}
-        for n in sorted(lengths):
-            self._chunk_fns[n] = self.chunk_fn(n).lower(carry, x_dev, y_dev, perm[:, :n], keys[:, :n]).compile()
+        self._chunk_fns[self.chunk] = self.chunk_fn(self.chunk).lower(
+            carry, x_dev, y_dev, *self._chunk_args(perm, keys, 0)).compile()
         return time.perf_counter() - t0
 
     def _evaluate(self, params, state, x, y, mask):
@@ -281,12 +309,15 @@ class Trainer:
         perm, step_keys = self._perm_fn(self.epoch_keys(epoch))
         outs = []
         for i in range(0, self.steps_per_epoch, self.chunk):
-            j = min(i + self.chunk, self.steps_per_epoch)
-            carry, out = self.chunk_fn(j - i)(carry, x_dev, y_dev, perm[:, i:j], step_keys[:, i:j])
+            carry, out = self.chunk_fn(self.chunk)(carry, x_dev, y_dev, *self._chunk_args(perm, step_keys, i))
             outs.append(out)
-        return EpochOut(carry, np.concatenate([np.asarray(o[0]) for o in outs], 1),
-                        np.concatenate([np.asarray(o[1]) for o in outs], 1),
-                        {k: np.concatenate([np.asarray(o[2][k]) for o in outs], 1) for k in self.metrics})
+        n = self.steps_per_epoch  # a padded last chunk's extra steps are dropped
+
+        def steps(get):
+            return np.concatenate([np.asarray(get(o)) for o in outs], 1)[:, :n]
+
+        return EpochOut(carry, steps(lambda o: o[0]), steps(lambda o: o[1]),
+                        {k: steps(lambda o, k=k: o[2][k]) for k in self.metrics})
 
     def _epoch_streaming(self, carry: step.TrainState, epoch: int) -> EpochOut:
         # the same permutation as on the device; batches gathered on the host, one step prefetched
