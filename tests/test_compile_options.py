@@ -97,3 +97,72 @@ def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
                 out_dir=tmp_path / "run", resume=True)
     assert again.compile_choice["name"] == "xla" and len(again.history) == 2
     assert jax.tree_util.tree_structure(again.params) == jax.tree_util.tree_structure(result.params)
+
+
+def test_a_fingerprinted_probe_is_lowered_once_and_any_change_lowers_again(monkeypatch, tmp_path):
+    from jaxcnn import Conv, Dense, GlobalAvgPool, ReLU, Sequential
+    from jaxcnn.train import TrainData, Trainer
+
+    monkeypatch.setenv("JAXCNN_TUNE", "1")
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    lowered = []
+    real = co.cache_key
+    monkeypatch.setattr(co, "cache_key", lambda *a, **k: lowered.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
+    data = TrainData(x[:32], rng.integers(0, 3, 32), x[32:], rng.integers(0, 3, 16), num_classes=3)
+    cfg = TrainConfig(epochs=1, batch=16, schedule="constant")
+
+    def choose(model, cfg=cfg, **kw):
+        t = Trainer(model, cfg, data, **kw)
+        return t.with_compile_options(t.init()).choice
+
+    def net(width=4):
+        return Sequential([Conv(width, 3), ReLU(), GlobalAvgPool(), Dense(3)])
+
+    first = choose(net())
+    assert (len(lowered), first.cached) == (1, False)
+    again = choose(net())  # a new process would see the same: the memo names the key, nothing is lowered
+    assert (len(lowered), again.cached, again.key, again.name) == (1, True, first.key, first.name)
+    assert len(list((tmp_path / "cache" / "compile-options").glob("memo-*.json"))) == 1
+    # every input of the program moves the memo: a hyperparameter, the batch, the loss' smoothing, an
+    # environment variable that steers lowering; a custom loss is never fingerprinted
+    choose(net(width=5))
+    choose(net(), cfg=TrainConfig(epochs=1, batch=8, schedule="constant"))
+    choose(net(), cfg=TrainConfig(epochs=1, batch=16, schedule="constant", label_smoothing=0.1))
+    monkeypatch.setenv("JAXCNN_NATIVE", "0")
+    choose(net())
+    monkeypatch.delenv("JAXCNN_NATIVE")
+    assert len(lowered) == 5
+    choose(net(), loss=lambda logits, labels, batch: jnp.mean(logits))
+    choose(net(), loss=lambda logits, labels, batch: jnp.mean(logits))
+    assert len(lowered) == 7
+    choose(net())
+    assert len(lowered) == 7  # the first fingerprint still names its key
+
+
+def test_a_user_layer_class_is_fingerprinted_by_its_source_file(monkeypatch, tmp_path):
+    import importlib.util
+
+    from jaxcnn.train import TrainData, Trainer
+
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "user_layer.py"
+    code = ("from dataclasses import dataclass\nfrom jaxcnn import ReLU\n\n\n@dataclass(frozen=True)\n"
+            "class Shifted(ReLU):\n    pass\n")
+    fingerprints = []
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (32, 4, 4, 1), dtype=np.uint8)
+    data = TrainData(x[:16], rng.integers(0, 2, 16), x[16:], rng.integers(0, 2, 16), num_classes=2)
+    for text in (code, code, code + "# edited\n"):
+        source.write_text(text)
+        spec = importlib.util.spec_from_file_location("user_layer", source)
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "user_layer", mod)  # as an imported module is
+        spec.loader.exec_module(mod)
+        from jaxcnn import Dense, Flatten, Sequential
+
+        t = Trainer(Sequential([mod.Shifted(), Flatten(), Dense(2)]), TrainConfig(batch=8), data)
+        carry = t.init()
+        fingerprints.append(t._fingerprint((carry.params, carry.state, jnp.zeros((8, 4, 4, 1)), jnp.zeros(8, int))))
+    assert fingerprints[0] is not None and fingerprints[0] == fingerprints[1] != fingerprints[2]
