@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla_test_flags import with_opt
 
 from jaxcnn.cli.args import cluster_from_args
 from jaxcnn.study import shard
@@ -102,9 +103,8 @@ def _env(**extra) -> dict:
     program is compiled once: the resumed processes, and shards after the reference, load it from disk (and
     the study tests load the members compiled here). Runs given their own XLA_FLAGS compile on their own."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **extra}
-    if "XLA_FLAGS" not in extra:
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
-    else:
+    env["XLA_FLAGS"] = with_opt(extra.get("XLA_FLAGS", ""))  # without a device count: one CPU device per process
+    if "XLA_FLAGS" in extra:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla_test_flags import with_opt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -366,7 +367,7 @@ def _joiner(tmp_path, out, port: int, pid: int, *extra: str, tag: str = "") -> s
     cmd = [sys.executable, *_TRAIN, "--out", str(out), "--distributed", "--coordinator", f"127.0.0.1:{port}",
            "--num-processes", "2", "--process-id", str(pid), *extra]
     env = {**_env(), "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = with_opt()  # one CPU device per process
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     err.close()
     return proc

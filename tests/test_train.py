@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 from train_helpers import tiny_data, tiny_model
+from xla_test_flags import with_opt
 
 from jaxcnn.storage import checkpoint
 from jaxcnn.train import TrainConfig, TrainData, Trainer, TrainingError, fit
@@ -171,7 +172,8 @@ def test_four_host_devices_match_one_device(tmp_path):
     """)
     procs = {}  # both at once: they share no compiled program (another device count), and CI has 2 cores
     for n in (1, 4):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        flags = with_opt(f"--xla_force_host_platform_device_count={n}")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags}
         procs[n] = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
     results = {}
