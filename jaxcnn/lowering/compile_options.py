@@ -11,8 +11,7 @@ program the engine or the benchmark compiles gets its options through
    larger) -- so an option that trades accuracy for speed is refused, whatever it gains;
 3. times the accepted candidates interleaved (median of a few calls) and picks the fastest;
 4. caches the choice on disk keyed by the probe's program text (model, shapes, dtypes),
-   backend, device, CPU and versions, so a workload is tuned once per machine; a caller that
-   fingerprints its probe (the Trainer does) finds the key again without lowering the probe.
+   backend, device, CPU and versions, so a workload is tuned once per machine.
 
 Why per program: the options that help differ between workloads. On the 2-core Zen 4 CPU
 (jaxlib 0.10.2), ``ynn-dot`` (YNNPACK fusions of dots with their neighbours, XLA's own
@@ -32,7 +31,6 @@ any model with BatchNorm.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -162,75 +160,19 @@ def _machine() -> str:
     return platform.processor() or platform.machine()
 
 
-def _setting_parts(names: tuple[str, ...], label: str) -> list[str]:
-    """What besides the program decides a choice: backend, device, CPU, versions, candidates."""
+def cache_key(fn: Callable[..., Any], args: tuple, names: tuple[str, ...], label: str = "") -> str:
+    """sha256 of the probe's lowered program, backend, device, CPU, versions and candidates."""
+    text = jax.jit(fn).lower(*args).as_text()
     d = jax.devices()[0]
-    parts = [str(CACHE_VERSION), label, jax.default_backend(), d.device_kind, str(jax.device_count()), _machine(),
-             jax.__version__, ",".join(names)]
+    parts = [str(CACHE_VERSION), label, text, jax.default_backend(), d.device_kind, str(jax.device_count()),
+             _machine(), jax.__version__, ",".join(names)]
     try:
         import jaxlib
 
         parts.append(jaxlib.__version__)
     except ImportError:  # pragma: no cover - jaxlib is a dependency
         pass
-    return parts
-
-
-def cache_key(fn: Callable[..., Any], args: tuple, names: tuple[str, ...], label: str = "") -> str:
-    """sha256 of the probe's lowered program, backend, device, CPU, versions and candidates."""
-    text = jax.jit(fn).lower(*args).as_text()
-    parts = _setting_parts(names, label)
-    return hashlib.sha256("\n".join(parts[:2] + [text] + parts[2:]).encode()).hexdigest()[:32]
-
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """sha256 of jaxcnn's own code: every module's source and the compiled native extension."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for path in sorted([*root.rglob("*.py"), *root.glob("_native*")]):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        try:
-            h.update(path.read_bytes())
-        except OSError:
-            h.update(b"unreadable")
-    return h.hexdigest()
-
-
-def fingerprint_key(fingerprint: str, names: tuple[str, ...], label: str = "") -> str:
-    """The name of the memo entry for a caller's ``fingerprint`` of its probe (see :func:`tune`).
-
-    Beside the fingerprint: jaxcnn's code, JAX's settings, the environment variables that steer lowering
-    (``JAXCNN_*``, ``XLA_FLAGS``) and everything :func:`cache_key` hashes besides the program.
-    """
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("JAXCNN_") or k == "XLA_FLAGS")
-    config = sorted((k, repr(v)) for k, v in jax.config.values.items())
-    parts = ["memo", fingerprint, code_digest(), repr(env), repr(config), *_setting_parts(names, label)]
-    return "memo-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-def _read_memo(name: str) -> str | None:
-    """The probe key a memo entry names, or None (missing or not a memo of ours: the probe is lowered)."""
-    from jaxcnn.storage import files
-
-    path = _cache_dir() / f"{name}.json"
-    try:
-        rec = json.loads(files.read_regular(path, "compile-options memo"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    key = rec.get("key") if isinstance(rec, dict) else None
-    ok = isinstance(key, str) and len(key) == 32 and all(c in "0123456789abcdef" for c in key)
-    return key if ok else None
-
-
-def _write_memo(name: str, key: str) -> None:
-    from jaxcnn.storage.files import atomic_write_text
-
-    try:
-        _cache_dir().mkdir(parents=True, exist_ok=True)
-        atomic_write_text(_cache_dir() / f"{name}.json", json.dumps({"key": key}))
-    except OSError:
-        pass  # as for the choices: an unwritable cache costs only the lowering next time
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def _cache_problem(rec: Any, names: tuple[str, ...], factor: float) -> str | None:
@@ -297,30 +239,15 @@ def tune(
     label: str = "",
     use_cache: bool = True,
     factor: float = TOLERANCE_FACTOR,
-    fingerprint: str | None = None,
 ) -> Choice:
     """Pick the fastest candidate whose outputs of ``fn(*args)`` are as accurate as XLA's default compile.
 
     ``fn`` must be pure and return the outputs to check (for a training step: loss,
     gradients and BatchNorm statistics); it is called with ``args`` unchanged (no donation).
     The first name is the reference and is never refused.
-
-    The cache is keyed by ``fn``'s lowered program, which costs a trace and a lowering (0.2-0.8 s on
-    2 cores). A caller that can describe the program more cheaply passes ``fingerprint``: a text that,
-    with jaxcnn's code, JAX's settings and the environment (:func:`fingerprint_key`), determines the
-    program, such as the model's hyperparameters, the source of its layer classes and the argument
-    shapes. The first run lowers the probe as ever and remembers its key under the fingerprint; later
-    runs read the key without lowering.
     """
     names = names or candidates_for()
-    key, memo = "", None
-    if use_cache and fingerprint is not None:
-        memo = fingerprint_key(fingerprint, names, label)
-        key = _read_memo(memo) or ""
-    if use_cache and not key:
-        key = cache_key(fn, args, names, label)
-        if memo is not None:
-            _write_memo(memo, key)
+    key = cache_key(fn, args, names, label) if use_cache else ""
     if use_cache and (hit := _read_cache(key, names, factor)) is not None:
         return hit
     want = _float64_reference(fn, args)

@@ -9,12 +9,9 @@ epochs, seeds and devices map onto programs.
 from __future__ import annotations
 
 import copy
-import hashlib
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -22,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn.core import Layer, walk
+from jaxcnn.core import Layer
 from jaxcnn.lowering import compile_options
 from jaxcnn.train import distributed as _distributed
 from jaxcnn.train import options as _options
@@ -85,7 +82,6 @@ class Trainer:
         self.tx = step.resolve_optimizer(
             optimizer if optimizer is not None else partial(make_optimizer, cfg, model=model), self.steps_per_epoch)
         self.loss = loss if loss is not None else step.cross_entropy(cfg.label_smoothing, data.num_classes)
-        self._loss_text = None if loss is not None else f"cross_entropy({cfg.label_smoothing!r}, {data.num_classes})"
         self.metrics = dict(metrics or {})
         bad = [k for k in self.metrics if not isinstance(k, str) or k in ("loss", "correct") or not callable(
             self.metrics[k])]
@@ -177,35 +173,7 @@ class Trainer:
             (loss, (new_state, _, _)), grads = step.loss_and_grads(self.model, params, state, x, y, key, self.loss)
             return loss, grads, new_state
 
-        args = (params, state, x, y)
-        fingerprint = self._fingerprint(args) if self.cfg.compile_options == "auto" else None
-        return compile_options.resolve(self.cfg.compile_options, probe, args, fingerprint=fingerprint)
-
-    def _fingerprint(self, args: tuple) -> str | None:
-        """A text that fixes the probe's program without lowering it, or None when this run cannot vouch for one.
-
-        The probe is jaxcnn's loss-and-gradients of ``self.model`` under the default loss: its program follows
-        from the model's hyperparameters (its repr: layers are dataclasses of plain data), the code of its
-        layer classes (jaxcnn's own is hashed by compile_options; a user's by its source file), the loss'
-        two numbers and the arguments' shapes. A custom loss, or a repr that names a memory address (a
-        function or object without a stable repr), falls back to lowering.
-        """
-        text = repr(self.model)
-        if self._loss_text is None or " at 0x" in text:
-            return None
-        sources = []
-        for cls in sorted({type(n.layer) for n in walk(self.model, self.in_shape)}, key=lambda c: c.__qualname__):
-            if cls.__module__.split(".")[0] == "jaxcnn":
-                continue
-            try:
-                source = inspect.getsourcefile(cls)
-                digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-            except (TypeError, OSError):  # built in, or defined where no file says what it is
-                return None
-            sources.append(f"{cls.__module__}.{cls.__qualname__} {digest}")
-        avals = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), args)
-        return "\n".join(["trainer-probe", text, self._loss_text, *sources, repr(avals),
-                          repr(jax.tree_util.tree_structure(args))])
+        return compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
 
     def _seedwise(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
         """Map ``fn`` over the leading seed axis of the arguments whose ``in_axes`` entry is 0.
