@@ -26,15 +26,23 @@ def _leaves(tree):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
 
 
+_SEEDS_CFG = TrainConfig(epochs=2, batch=32, lr=0.05, crop_pad=1, flip=True)
+
+
+@pytest.fixture(scope="module")
+def four_separate_runs():
+    """Seeds 0-3 trained one run each: the reference both seed batchings must reproduce (trained once)."""
+    return [fit(tiny_model(), tiny_data(), TrainConfig(**{**_SEEDS_CFG.__dict__, "seed": i}), quiet=True)
+            for i in range(4)]
+
+
 @pytest.mark.parametrize("seed_batching", ["vmap", "unroll"])
-def test_four_seeds_under_vmap_equal_four_separate_runs(seed_batching):
+def test_four_seeds_under_vmap_equal_four_separate_runs(seed_batching, four_separate_runs):
     data = tiny_data()
-    cfg = TrainConfig(epochs=2, batch=32, lr=0.05, crop_pad=1, flip=True)
-    together = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "num_seeds": 4, "seed_batching": seed_batching}),
-                   quiet=True)
+    cfg = TrainConfig(**{**_SEEDS_CFG.__dict__, "num_seeds": 4, "seed_batching": seed_batching})
+    together = fit(tiny_model(), data, cfg, quiet=True)
     assert together.seeds == [0, 1, 2, 3]
-    for i in range(4):
-        alone = fit(tiny_model(), data, TrainConfig(**{**cfg.__dict__, "seed": i}), quiet=True)
+    for i, alone in enumerate(four_separate_runs):
         for a, b in zip(_leaves(together.params), _leaves(alone.params), strict=True):
             np.testing.assert_allclose(a[i], b[0], rtol=2e-4, atol=2e-5)
         assert abs(together.test_accuracy[i] - alone.test_accuracy[0]) <= 1 / len(data.y_test) + 1e-9
