@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import pytest
+
 from jaxcnn import bench
 from jaxcnn.bench.rows import MEASURES, BenchRow
 from jaxcnn.cli import main
@@ -36,6 +38,14 @@ def test_quick_report_has_every_field(tmp_path, capsys):
         assert 0 < r["percent_of_peak"] < 100 and r["first_call_s"] > r["compile_s"] > 0
         assert abs(r["percent_of_peak"] - 100 * r["achieved_flops"] / peak["peak_flops"]) < 1e-9
     assert "mobilenet_v1/0.25" in table and "peak float32" in table
+    # the figure of experiments/benchmark.py, from a live report's typed rows and from its JSON read back
+    pytest.importorskip("matplotlib", reason="the figure needs matplotlib: pip install -e '.[experiments]'")
+    from jaxcnn.study import plot
+
+    typed = {**report, "rows": [BenchRow.from_dict(r) for r in report["rows"]]}
+    for name, rep in (("typed", typed), ("json", report)):
+        png, svg = plot.benchmark_speeds(rep, tmp_path / name)
+        assert png.stat().st_size > 1000 and svg.read_text().lstrip().startswith("<?xml")
 
 
 def test_time_calls_median_and_spread():

@@ -190,17 +190,21 @@ def redundancy_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
 
 def benchmark_speeds(report: dict[str, Any], stem: Path) -> list[Path]:
     """Bars of images/s per benchmark row (log scale), each labelled with its percent of the measured peak."""
-    rows = report["rows"]
-    labels = [f"{r['model']} {r['input'].split('x')[0]}px b{r['batch']} {r['dtype'][:4]} {r['measure']}" for r in rows]
+    from jaxcnn.bench.rows import BenchRow
+
+    # the rows of a live report are BenchRows; those of a report read back from its JSON are dicts
+    rows = [r if isinstance(r, BenchRow) else BenchRow.from_dict(r) for r in report["rows"]]
+    labels = [f"{r.model} {r.input.split('x')[0]}px b{r.batch} {r.dtype[:4]} {r.measure}" for r in rows]
     fig = _figure(figsize=(9, 0.3 * len(rows) + 1.5))
     ax = fig.subplots()
-    ax.barh(range(len(rows)), [r["images_per_s"] for r in rows])
+    ax.barh(range(len(rows)), [r.images_per_s for r in rows])
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("images/s (log)")
     for i, r in enumerate(rows):
-        ax.annotate(f"{r['percent_of_peak']:.0f}% of peak", (r["images_per_s"], i), xytext=(3, -3),
-                    textcoords="offset points", fontsize=6)
+        if r.percent_of_peak is not None:
+            ax.annotate(f"{r.percent_of_peak:.0f}% of peak", (r.images_per_s, i), xytext=(3, -3),
+                        textcoords="offset points", fontsize=6)
     ax.invert_yaxis()
     ax.set_title(f"{report['device']['backend']} {report['device'].get('cpu', report['device']['device_kind'])}")
     return _save(fig, stem)
