@@ -59,6 +59,9 @@ def test_compiled_epoch_equals_per_step_path(chunk):
     data = tiny_data()
     cfg = TrainConfig(epochs=2, batch=32, num_seeds=2, loop="device", chunk=chunk)
     assert Trainer(tiny_model(), cfg, data).padded_steps == {3: 6, 4: 8}[chunk]
+    # the host loop never pads: a streamed run (loop="host") takes the permutation's length for its steps
+    host = Trainer(tiny_model(), TrainConfig(epochs=2, batch=32, loop="host", chunk=chunk), data)
+    assert host.padded_steps == 6 and host._perm_fn(host.epoch_keys(0))[0].shape[1] == 6
     a = fit(tiny_model(), data, cfg, quiet=True)
     b = fit(tiny_model(), data, TrainConfig(epochs=2, batch=32, num_seeds=2, loop="host"), quiet=True)
     for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):

@@ -126,10 +126,12 @@ class Trainer:
         else:
             auto = _divisor_chunk(self.steps_per_epoch)
         self.chunk = min(cfg.chunk or auto, self.steps_per_epoch)
-        # an epoch that the chunk does not divide runs its last chunk padded with steps that change nothing:
-        # one program, not a second one for the remainder (each costs its trace, lowering and compile or
-        # cache load, ~0.5 s of a warm start)
-        self.padded_steps = -(-self.steps_per_epoch // self.chunk) * self.chunk
+        # an epoch on the device that the chunk does not divide runs its last chunk padded with steps that
+        # change nothing: one program, not a second one for the remainder (each costs its trace, lowering and
+        # compile or cache load, ~0.5 s of a warm start). The host loop (and so a streamed run, which reads
+        # the permutation's length as its step count) never pads.
+        self.padded_steps = self.steps_per_epoch if cfg.loop != "device" else \
+            -(-self.steps_per_epoch // self.chunk) * self.chunk
         self._live: dict[int, Any] = {}
         self._perm_fn = jax.jit(jax.vmap(self._permutation), out_shardings=self.replicated)
         self.choice: compile_options.Choice | None = None
