@@ -7,19 +7,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+_TESTS = Path(__file__).resolve().parent
+for _p in (_TESTS.parent, _TESTS):  # the repo root (jaxcnn) and tests/ (the zoo helper module)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
 # Before jax starts a backend: the suite compiles at LLVM optimisation level 0 (tests/xla_test_flags.py says why)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xla_test_flags import with_opt  # noqa: E402
 
 os.environ["XLA_FLAGS"] = with_opt(os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-_TESTS = Path(__file__).resolve().parent
-for _p in (_TESTS.parent, _TESTS):  # the repo root (jaxcnn) and tests/ (the zoo helper module)
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 # Compile-option tuning (jaxcnn.lowering.compile_options) compiles every training program two more times;
 # the tests that are about it turn it on themselves. Its cache never touches the user's home.
