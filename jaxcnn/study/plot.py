@@ -190,7 +190,7 @@ def redundancy_plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
 
 def benchmark_speeds(report: dict[str, Any], stem: Path) -> list[Path]:
     """Bars of images/s per benchmark row (log scale), each labelled with its percent of the measured peak."""
-    from jaxcnn.bench.rows import BenchRow
+    from jaxcnn.bench.rows import BenchRow  # here: importing jaxcnn.bench loads the benchmark harness
 
     # the rows of a live report are BenchRows; those of a report read back from its JSON are dicts
     rows = [r if isinstance(r, BenchRow) else BenchRow.from_dict(r) for r in report["rows"]]

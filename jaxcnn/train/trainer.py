@@ -232,7 +232,7 @@ class Trainer:
     def _permutation(self, epoch_key):
         perm = epoch_permutation(epoch_key, self.data.x_train.shape[0], self.cfg.batch)
         keys = jax.random.split(jax.random.fold_in(epoch_key, 1), self.steps_per_epoch)
-        if self.padded_steps > self.steps_per_epoch:  # rows the padded last chunk reads and discards
+        if self.padded:  # rows the padded last chunk reads and discards
             extra = self.padded_steps - self.steps_per_epoch
             perm = jnp.concatenate([perm, jnp.zeros((extra, perm.shape[1]), perm.dtype)])
             keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], extra, axis=0)])
@@ -257,20 +257,24 @@ class Trainer:
     def chunk_fn(self, length: int):
         """The jitted all-seeds function running ``length`` steps (compiled once per length).
 
-        With ``padded_steps`` past the epoch, it takes a sixth argument: how many of its steps are live.
+        When :attr:`padded`, it takes a sixth argument: how many of its steps are live.
         """
         if length not in self._chunk_fns:
-            padded = self.padded_steps > self.steps_per_epoch
             self._chunk_fns[length] = jax.jit(
-                self._seedwise(self._chunk, (0, None, None, 0, 0) + ((None,) if padded else ())),
+                self._seedwise(self._chunk, (0, None, None, 0, 0) + ((None,) if self.padded else ())),
                 donate_argnums=(0,), compiler_options=self.compiler_options, **self._out,
             )
         return self._chunk_fns[length]
 
+    @property
+    def padded(self) -> bool:
+        """True when the epoch's last chunk runs padded (the chunk programs then take a live count)."""
+        return self.padded_steps > self.steps_per_epoch
+
     def _chunk_args(self, perm: Any, keys: Any, i: int) -> tuple[Any, ...]:
         """The per-chunk arguments of the chunk starting at step ``i``: its rows, and its live count if padded."""
         rows = (perm[:, i:i + self.chunk], keys[:, i:i + self.chunk])
-        if self.padded_steps == self.steps_per_epoch:
+        if not self.padded:
             return rows
         live = min(self.chunk, self.steps_per_epoch - i)
         if live not in self._live:
