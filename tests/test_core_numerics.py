@@ -257,6 +257,70 @@ def test_batchnorm_train_and_eval_closed_form(in_shape):
     np.testing.assert_allclose(np.asarray(y).reshape(-1, c), (xs - xs.mean(0)) / np.sqrt(xs.var(0) + 1e-3), **TOL)
 
 
+def _np_bn_backward(x, scale, dy, eps):
+    """PyTorch's (and the textbook's) BatchNorm backward in float64 NumPy: (dx, dscale, doffset)."""
+    c = x.shape[-1]
+    x, dy = x.reshape(-1, c), dy.reshape(-1, c)
+    m = x.shape[0]
+    rstd = 1.0 / np.sqrt(x.var(0) + eps)
+    xhat = (x - x.mean(0)) * rstd
+    dscale, doffset = (dy * xhat).sum(0), dy.sum(0)
+    dx = scale * rstd / m * (m * dy - doffset - xhat * dscale)
+    return dx, dscale, doffset
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 3, 4), (64, 9, 9, 6), (3, 5)], ids=["image", "long_rows", "flat"])
+def test_batchnorm_train_derivatives_equal_the_closed_form_and_plain_autodiff(x64, shape):
+    # train mode has its own derivative rule (two-stage sums in reverse mode too): gradients, forward
+    # mode, second derivatives and vmap must equal the closed form and autodiff of the textbook formula
+    from jaxcnn.layers.normalization import batch_norm_train
+
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape) + 0.5
+    scale, offset = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+    bn = BatchNorm(eps=1e-3)
+    state = {"mean": jnp.zeros(shape[-1]), "var": jnp.ones(shape[-1])}
+
+    def layer(x, scale, offset):
+        return bn.apply({"scale": scale, "offset": offset}, state, x, train=True)[0]
+
+    def textbook(x, scale, offset):
+        axes = tuple(range(x.ndim - 1))
+        mean, var = x.mean(axes), x.var(axes)
+        return (x - mean) / jnp.sqrt(var + 1e-3) * scale + offset
+
+    args = tuple(map(jnp.asarray, (x, scale, offset)))
+    got = jax.vjp(layer, *args)[1](jnp.asarray(dy))
+    for g, want in zip(got, _np_bn_backward(x, scale, dy, 1e-3), strict=True):
+        np.testing.assert_allclose(np.asarray(g).reshape(want.shape), want, rtol=1e-10, atol=1e-10)
+
+    tangents = tuple(jnp.asarray(rng.standard_normal(a.shape)) for a in args)
+    np.testing.assert_allclose(jax.jvp(layer, args, tangents)[1], jax.jvp(textbook, args, tangents)[1],
+                               rtol=1e-10, atol=1e-10)
+
+    def curvature(f):  # a second derivative through the rule: d/dx of <dy, d layer/dx . v>
+        return jax.grad(lambda x: jnp.vdot(jnp.asarray(dy), jax.jvp(lambda x: f(x, *args[1:]), (x,),
+                                                                      (tangents[0],))[1]))(args[0])
+
+    np.testing.assert_allclose(curvature(layer), curvature(textbook), rtol=1e-9, atol=1e-9)
+
+    xs = jnp.stack([args[0], 3 * args[0] - 1])  # vmap over a leading (seed) axis: per-member statistics
+    batched = jax.vmap(jax.grad(lambda x: jnp.vdot(jnp.asarray(dy), layer(x, *args[1:]))))(xs)
+    for i in range(2):
+        want = _np_bn_backward(np.asarray(xs[i]), scale, dy, 1e-3)[0]
+        np.testing.assert_allclose(np.asarray(batched[i]).reshape(want.shape), want, rtol=1e-10, atol=1e-10)
+
+    # the statistics are outputs too (for the running averages); their cotangents reach x exactly
+    cm, cv = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+
+    def stats(f_mean_var):
+        return jax.grad(lambda x: jnp.vdot(cm, f_mean_var(x)[0]) + jnp.vdot(cv, f_mean_var(x)[1]))(args[0])
+
+    axes = tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(stats(lambda x: batch_norm_train(x, *args[1:], 1e-3)[1:]),
+                               stats(lambda x: (x.mean(axes), x.var(axes))), rtol=1e-10, atol=1e-10)
+
+
 # -- pooling ------------------------------------------------------------------------------------------
 
 POOL_CASES = [

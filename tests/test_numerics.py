@@ -30,6 +30,7 @@ except ImportError:  # the stated bounds stand in
 FACTOR = 4.0
 # PyTorch 2.13 float32 errors against float64 measured on the inputs below, rounded up:
 STATED_BN_ERROR = 2e-7  # batch mean / variance, normwise relative
+STATED_BN_BACKWARD_ERROR = 1e-5  # dx, dscale and doffset of the BatchNorm below (dscale's is the largest)
 STATED_STEP_ERROR = 1e-5  # loss and each gradient leaf of the MobileNet step, normwise relative
 
 
@@ -90,6 +91,68 @@ def test_the_old_process_flag_made_a_plain_mean_too_inaccurate_and_the_gate_refu
     choice = compile_options.tune(plain, (x,), names=("xla", "ynn-dot-only"), reps=1, use_cache=False)
     assert choice.name == "xla" and "ynn-dot-only" in choice.rejected
     assert choice.errors["ynn-dot-only"] == pytest.approx(errs["ynn-dot-only"], rel=1e-3)
+
+
+@functools.cache
+def bn_backward_case() -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(1)
+    x = bn_input()
+    dy = (rng.standard_normal(x.shape) + 1).astype(np.float32)  # one-signed on average: long sums lose digits
+    return x, (rng.standard_normal(64) + 1).astype(np.float32), rng.standard_normal(64).astype(np.float32), dy
+
+
+def textbook_bn(x, scale, offset):
+    """Train-mode BatchNorm as plain jnp: autodiff writes its backward sums as single reductions."""
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + offset
+
+
+def layer_bn(x, scale, offset):
+    return BatchNorm(eps=1e-5).apply({"scale": scale, "offset": offset},
+                                     {"mean": jnp.zeros(64), "var": jnp.ones(64)}, x, train=True)[0]
+
+
+def bn_vjp(f, x, scale, offset, dy):
+    return jax.vjp(f, x, scale, offset)[1](dy)
+
+
+@functools.cache
+def bn_backward_float64() -> list[np.ndarray]:
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a, jnp.float64) for a in bn_backward_case()]
+        return [np.asarray(g, np.float64) for g in bn_vjp(textbook_bn, *args)]
+
+
+@functools.cache
+def torch_bn_backward_errors() -> list[float]:
+    """PyTorch's float32 errors of (dx, dscale, doffset) against the float64 reference."""
+    if torch is None:
+        return [STATED_BN_BACKWARD_ERROR] * 3
+    x, scale, offset, dy = bn_backward_case()
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_()
+    st, ot = torch.from_numpy(scale).requires_grad_(), torch.from_numpy(offset).requires_grad_()
+    torch.nn.functional.batch_norm(xt, None, None, st, ot, training=True, eps=1e-5).backward(
+        torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2))))
+    got = [xt.grad.numpy().transpose(0, 2, 3, 1), st.grad.numpy(), ot.grad.numpy()]
+    return [rel(g, w) for g, w in zip(got, bn_backward_float64(), strict=True)]
+
+
+@pytest.mark.parametrize("name", list(compile_options.CANDIDATES))
+def test_batchnorm_gradients_are_as_accurate_as_pytorch_under_every_option(name):
+    grads = jax.jit(functools.partial(bn_vjp, layer_bn), compiler_options=compile_options.options(name))(
+        *map(jnp.asarray, bn_backward_case()))
+    errs = [rel(g, w) for g, w in zip(grads, bn_backward_float64(), strict=True)]
+    print(f"{name}: dx, dscale, doffset {[f'{e:.2e}' for e in errs]} (torch {torch_bn_backward_errors()})")
+    assert all(e <= FACTOR * t for e, t in zip(errs, torch_bn_backward_errors(), strict=True))
+
+
+def test_plain_autodiff_of_batchnorm_is_too_inaccurate_where_reductions_leave_ynnpack():
+    # what the test above would measure without BatchNorm's own derivative rule: reverse mode writes the
+    # transpose of each broadcast as one long reduction, which XLA:CPU sums in few sequential runs
+    fn = jax.jit(functools.partial(bn_vjp, textbook_bn), compiler_options=compile_options.options("ynn-dot-only"))
+    errs = [rel(g, w) for g, w in zip(fn(*map(jnp.asarray, bn_backward_case())), bn_backward_float64(), strict=True)]
+    assert all(e > FACTOR * t for e, t in zip(errs, torch_bn_backward_errors(), strict=True))
 
 
 # -- one MobileNet training step ------------------------------------------------------------------

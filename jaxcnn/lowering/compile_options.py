@@ -16,13 +16,15 @@ program the engine or the benchmark compiles gets its options through
 Why per program: the options that help differ between workloads. On the 2-core Zen 4 CPU
 (jaxlib 0.10.2), ``ynn-dot`` (YNNPACK fusions of dots with their neighbours, XLA's own
 convolutions, YNNPACK reductions) trains allconv6 at 32x32 about 1.5x faster than XLA's
-default (which hands every convolution to YNNPACK), while MobileNet gains little. The old
-process-wide flag (``--xla_cpu_experimental_ynn_fusion_type=dot``, kept here as the
-``ynn-dot-only`` candidate for comparison) also took reductions away from YNNPACK: XLA then
-sums a BatchNorm mean over N, H, W with long sequential accumulations, 10-20x less
-accurate than PyTorch's float32 (1.7e-6 against 1.2e-7 relative, tests/test_numerics.py),
-and 5-10x slower. It is not offered by default: the accuracy check refuses it for
-any model with BatchNorm.
+default (which hands every convolution to YNNPACK). ``ynn-dot-only`` leaves the reductions to
+XLA as well: on a 2-core Xeon (family 6 model 167) it trains MobileNet v1 0.25 at 32x32 1.4x
+faster than ``ynn-dot`` (YNNPACK's reductions of BatchNorm's small maps cost more than XLA's),
+while allconv6 with BatchNorm on 28x28 MNIST is 1.2x slower under it. XLA's own reduction sums
+a long row in few sequential runs (a BatchNorm mean over N, H, W: 1.7e-6 relative error
+against float64, 14x PyTorch's float32), so BatchNorm sums in two stages forward and backward
+(:mod:`jaxcnn.lowering.reductions`) and is as accurate under ``ynn-dot-only`` as under
+YNNPACK. A model whose own long plain sums lose accuracy under ``ynn-dot-only`` fails the
+accuracy check and gets another candidate.
 
 ``JAXCNN_TUNE=0`` (or ``compile_options="xla"`` in :class:`~jaxcnn.train.TrainConfig` and
 ``--compile-options xla`` on the CLI) skips tuning; ``JAXCNN_CACHE_DIR`` moves the cache
@@ -55,10 +57,10 @@ _YNN = "xla_cpu_experimental_ynn_fusion_type"
 CANDIDATES: dict[str, dict[str, str]] = {
     "xla": {},  # XLA's own choice (jaxlib 0.10: YNNPACK for each dot, convolution and reduction)
     "ynn-dot": {_YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
-    # the flag jaxcnn used to set on import: reductions leave YNNPACK and lose accuracy (not tuned)
+    # reductions stay with XLA too (the flag jaxcnn once set on import): accurate only for two-stage sums
     "ynn-dot-only": {_YNN: "LIBRARY_FUSION_TYPE_DOT"},
 }
-TUNED: dict[str, tuple[str, ...]] = {"cpu": ("xla", "ynn-dot")}  # per backend; others: ("xla",)
+TUNED: dict[str, tuple[str, ...]] = {"cpu": ("xla", "ynn-dot", "ynn-dot-only")}  # per backend; others: ("xla",)
 CHOICES = ("auto", *CANDIDATES)
 TOLERANCE_FACTOR = 4.0
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
