@@ -32,12 +32,12 @@ include = _ffi_include()
 if include and os.environ.get("JAXCNN_BUILD_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off"):
     ext_modules.append(Extension(
         "jaxcnn._native",
-        sources=["csrc/depthwise.cc", "csrc/conv_wgrad.cc"],
+        sources=["csrc/depthwise.cc", "csrc/conv_wgrad.cc", "csrc/conv_fwd.cc"],
         depends=["csrc/parallel.h"],
         include_dirs=[include],
         language="c++",
         # Portable baseline code; the hot loop is also compiled for AVX2 and AVX-512 and chosen
-        # at run time (see csrc/depthwise.cc, csrc/conv_wgrad.cc), so no -march here.
+        # at run time (see csrc/depthwise.cc, csrc/conv_wgrad.cc, csrc/conv_fwd.cc), so no -march here.
         extra_compile_args=["-std=c++17", "-O3", "-Wno-attributes", "-Wno-return-type", "-Wno-psabi"],
         optional=True,  # a failed compile leaves jaxcnn working on XLA's lowerings (it warns when used)
     ))

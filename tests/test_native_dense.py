@@ -95,6 +95,35 @@ def test_gradients_equal_float64_as_closely_as_xla_float32(shape, kernel, cout, 
     np.testing.assert_allclose(gw[1], want[2], rtol=1e-4, atol=1e-4)
 
 
+# rows longer than the 12-pixel tile (29 = 12 + 12 + 5), and 70 channels: two 32-channel blocks and a 6-channel tail
+FORWARD_CASES = [*CASES, ("long_rows_c70", (2, 5, 29, 7), (3, 3), 70, (1, 1), ((1, 1), (1, 1))),
+                 ("long_rows_s2", (3, 6, 31, 4), (3, 3), 24, (2, 2), ((1, 0), (1, 1)))]
+
+
+@on_cpu
+@pytest.mark.parametrize("shape, kernel, cout, stride, pads", [c[1:] for c in FORWARD_CASES],
+                         ids=[c[0] for c in FORWARD_CASES])
+def test_forward_equals_float64_as_closely_as_xla_float32(shape, kernel, cout, stride, pads):
+    # the convolution itself is the native kernel too (csrc/conv_fwd.cc), with and without bias, jitted and eager
+    x, w, b = _rand(shape, 30), _rand((*kernel, shape[3], cout), 31, 0.3), _rand((cout,), 32)
+
+    def xla(x, w, b):
+        return lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DN) + b
+
+    with jax.enable_x64(True):
+        want = np.asarray(xla(*(jnp.asarray(a, jnp.float64) for a in (x, w, b))))
+    bound = 4 * max(_rel(xla(x, w, b), want), 1e-7)
+    fwd = jax.jit(lambda x, w, b: conv2d(x, w, stride, pads, (1, 1), 1, "native", b))
+    wins = native_dense.native_forward_wins(kernel, shape[3], cout)  # 1x1 and wide layers stay on XLA
+    assert wins == (kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192)
+    assert ("jaxcnn_conv_forward_bias" in fwd.lower(x, w, b).as_text()) == wins
+    assert _rel(fwd(x, w, b), want) <= bound
+    # the kernel itself, whatever the rule: every case (1x1 and 40-channel tails included), eager dispatch
+    eager = native_dense.wconv_p.bind(x, w, stride=stride, pads=pads, kernel=kernel)
+    assert _rel(np.asarray(eager) + np.asarray(b, np.float64), want) <= bound
+    assert np.all(np.isfinite(np.asarray(eager)))  # nothing read past a row's end or a padded channel
+
+
 @on_cpu
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 1))])
 def test_conv_layer_same_valid_explicit_stride2_odd_with_and_without_bias(padding):

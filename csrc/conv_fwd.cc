@@ -1,0 +1,293 @@
+// Forward dense 2-D convolution (and bias), float32, as an XLA FFI handler for the CPU backend:
+//
+//   y[n, oh, ow, co] = b[co] + sum_{i, j, ci} x[n, oh*sh + i - pt, ow*sw + j - pl, ci] * w[i, j, ci, co]
+//
+// x is NHWC, w HWIO, y NHWC: the layouts jaxcnn keeps, so no transposes.
+//
+// Why hand-written: on the 2-core machines of this project XLA:CPU's convolutions (YNNPACK's or
+// Eigen's spatial convolution, whichever the compile options pick) ran allconv6's strided 3x3
+// layers at about 100 GFLOP/s where PyTorch's oneDNN reached about 300 (experiments/profile_layers.py).
+//
+// How: for one output row and one kernel row i, the input window of output pixel o is kw*Cin
+// contiguous floats of the (zero-padded) input row, starting at o*sw*Cin; y's row is then a GEMM
+// of those windows (ow x kw*Cin, rows strided by sw*Cin) with w[i] (kw*Cin x Cout, HWIO), summed
+// over the kernel rows. The micro-kernel keeps an R-pixel x (NV vectors of channels) tile of y in
+// registers and, per window float, loads NV vectors of w and broadcasts R window floats
+// (the register blocking of oneDNN's and libxsmm's direct convolutions). The input rows an
+// output row reads are copied into zero-padded rows first (so padding costs no branch) and w
+// into rows padded to a multiple of 16 channels (so no channel tail inside the loop).
+//
+// Threads: the output rows are split into ranges run on XLA's intra-op pool (parallel.h); every
+// output element is written by one item, so the result does not depend on thread timing.
+//
+// ISA: compiled for AVX-512 (16-float vectors, 12 x 2 tile), AVX2+FMA (8-float vectors, 6 x 2)
+// and baseline x86-64, picked at run time as in conv_wgrad.cc.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+#pragma GCC optimize("fp-contract=fast")
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using jaxcnn_native::ParallelFor;
+
+typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float V8 __attribute__((vector_size(32), aligned(4), may_alias));
+
+template <typename V>
+inline __attribute__((always_inline)) V LoadV(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline __attribute__((always_inline)) void StoreV(float* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+constexpr int64_t kPad = 16;  // packed weights (and bias) are padded to a multiple of 16 channels
+
+struct Geo {
+  int64_t n, h, w, ci;
+  int64_t kh, kw;
+  int64_t oh, ow, co;
+  int64_t sh, sw, pt, pl;
+  int64_t m;   // kw * ci: one kernel row's window length
+  int64_t cp;  // co rounded up to kPad
+  int64_t wp;  // padded input row length in pixels: (ow - 1) * sw + kw
+};
+
+// The rows one output row reads: xr[t] is the packed input row of valid kernel row kr[t].
+struct Win {
+  const float* const* xr;
+  const int64_t* kr;
+  int64_t nk;
+};
+
+// y tile (R pixels from o0, NV vectors of channels from c0) = bias + sum over kernel rows and window
+template <typename V, int W, int R, int NV>
+inline __attribute__((always_inline)) void Tile(const Geo& g, const Win& win, const float* wpack, const float* bias,
+                                                int64_t o0, int64_t c0, float* out, int64_t cvalid) {
+  V a[R][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const V b = LoadV<V>(bias + c0 + v * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) a[r][v] = b;
+  }
+  const int64_t xstep = g.sw * g.ci;
+  for (int64_t t = 0; t < win.nk; ++t) {
+    const float* xp = win.xr[t] + o0 * xstep;
+    const float* wrow = wpack + win.kr[t] * g.m * g.cp + c0;
+    for (int64_t k = 0; k < g.m; ++k, wrow += g.cp) {
+      V wv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) wv[v] = LoadV<V>(wrow + v * W);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const float b = xp[r * xstep + k];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) a[r][v] += b * wv[v];
+      }
+    }
+  }
+  if (cvalid >= NV * W) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) StoreV<V>(out + r * g.co + v * W, a[r][v]);
+    return;
+  }
+  float tmp[NV * W];  // the channel tail: only the co - c0 valid channels are written
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) StoreV<V>(tmp + v * W, a[r][v]);
+    std::memcpy(out + r * g.co, tmp, cvalid * sizeof(float));
+  }
+}
+
+template <typename V, int W, int RMAX, int NVMAX>
+inline __attribute__((always_inline)) void OutputRow(const Geo& g, const Win& win, const float* wpack,
+                                                     const float* bias, float* yrow) {
+  for (int64_t c0 = 0; c0 < g.co; c0 += NVMAX * W) {
+    const int64_t left = g.cp - c0;
+    const int64_t nv = std::min<int64_t>(NVMAX, left / W);
+    const int64_t cvalid = std::min<int64_t>(g.co - c0, nv * W);
+    for (int64_t o0 = 0; o0 < g.ow; o0 += RMAX) {
+      const int64_t r = std::min<int64_t>(RMAX, g.ow - o0);
+      float* out = yrow + o0 * g.co + c0;
+#define JAXCNN_FWD_CASE(RR)                                                                          \
+  case RR:                                                                                           \
+    if (NVMAX >= 2 && nv == 2) Tile<V, W, (RR <= RMAX ? RR : 1), 2>(g, win, wpack, bias, o0, c0, out, cvalid); \
+    else Tile<V, W, (RR <= RMAX ? RR : 1), 1>(g, win, wpack, bias, o0, c0, out, cvalid);             \
+    break;
+      switch (r) {
+        JAXCNN_FWD_CASE(1)
+        JAXCNN_FWD_CASE(2)
+        JAXCNN_FWD_CASE(3)
+        JAXCNN_FWD_CASE(4)
+        JAXCNN_FWD_CASE(5)
+        JAXCNN_FWD_CASE(6)
+        JAXCNN_FWD_CASE(7)
+        JAXCNN_FWD_CASE(8)
+        JAXCNN_FWD_CASE(9)
+        JAXCNN_FWD_CASE(10)
+        JAXCNN_FWD_CASE(11)
+        JAXCNN_FWD_CASE(12)
+        default:
+          break;
+      }
+#undef JAXCNN_FWD_CASE
+    }
+  }
+}
+
+// Output rows [r_lo, r_hi) (r = n * oh + oh_index).
+template <typename V, int W, int RMAX, int NVMAX>
+inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float* x, const float* wpack,
+                                                       const float* bias, float* y, int64_t r_lo, int64_t r_hi) {
+  const int64_t xrow = g.wp * g.ci;
+  // + RMAX * sw * ci slack: a pixel tile of the last pixels may read (never use) past the row's end
+  std::vector<float> xpack(g.kh * xrow + RMAX * g.sw * g.ci + W, 0.0f);
+  std::vector<const float*> xr(g.kh);
+  std::vector<int64_t> kr(g.kh);
+  const int64_t u_lo = std::min(g.wp, std::max<int64_t>(0, g.pl));
+  const int64_t u_hi = std::max(u_lo, std::min(g.wp, g.w + g.pl));
+  for (int64_t r = r_lo; r < r_hi; ++r) {
+    const int64_t n = r / g.oh, oh = r % g.oh;
+    int64_t nk = 0;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh + i - g.pt;
+      if (ih < 0 || ih >= g.h) continue;  // a padding row adds nothing
+      float* dst = xpack.data() + nk * xrow;
+      const float* srow = x + ((n * g.h + ih) * g.w) * g.ci;
+      std::memset(dst, 0, u_lo * g.ci * sizeof(float));
+      if (u_hi > u_lo) std::memcpy(dst + u_lo * g.ci, srow + (u_lo - g.pl) * g.ci, (u_hi - u_lo) * g.ci * sizeof(float));
+      std::memset(dst + u_hi * g.ci, 0, (g.wp - u_hi) * g.ci * sizeof(float));
+      xr[nk] = dst;
+      kr[nk] = i;
+      ++nk;
+    }
+    Win win{xr.data(), kr.data(), nk};
+    OutputRow<V, W, RMAX, NVMAX>(g, win, wpack, bias, y + r * g.ow * g.co);
+  }
+}
+
+using RunRowsFn = void (*)(const Geo&, const float*, const float*, const float*, float*, int64_t, int64_t);
+
+void RunRowsBase(const Geo& g, const float* x, const float* wp, const float* b, float* y, int64_t lo, int64_t hi) {
+  RunRowsBody<V8, 8, 4, 2>(g, x, wp, b, y, lo, hi);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void RunRowsAvx512(const Geo& g, const float* x,
+                                                                        const float* wp, const float* b, float* y,
+                                                                        int64_t lo, int64_t hi) {
+  RunRowsBody<V16, 16, 12, 2>(g, x, wp, b, y, lo, hi);
+}
+__attribute__((target("avx2,fma"))) void RunRowsAvx2(const Geo& g, const float* x, const float* wp, const float* b,
+                                                     float* y, int64_t lo, int64_t hi) {
+  RunRowsBody<V8, 8, 6, 2>(g, x, wp, b, y, lo, hi);
+}
+#endif
+
+RunRowsFn SelectRunRows() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return RunRowsAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return RunRowsAvx2;
+#endif
+  return RunRowsBase;
+}
+
+const RunRowsFn kRunRows = SelectRunRows();
+
+constexpr int64_t kItems = 16;  // row ranges per call: enough to balance 2-8 threads
+
+void Forward(ffi::ThreadPool& pool, const float* x, const float* w, const float* b, float* y, const Geo& g) {
+  // w (kh x kw x ci x co) -> kh x m x cp, zero beyond co; the bias likewise
+  std::vector<float> wpack(g.kh * g.m * g.cp, 0.0f), bias(g.cp, 0.0f);
+  for (int64_t row = 0; row < g.kh * g.m; ++row) std::memcpy(&wpack[row * g.cp], w + row * g.co, g.co * sizeof(float));
+  if (b != nullptr) std::memcpy(bias.data(), b, g.co * sizeof(float));
+  const int64_t rows = g.n * g.oh;
+  if (rows == 0 || g.ow == 0 || g.co == 0) return;
+  const int64_t items = std::min<int64_t>(rows, kItems);
+  ParallelFor(pool, items, [&](int64_t k) {
+    kRunRows(g, x, wpack.data(), bias.data(), y, rows * k / items, rows * (k + 1) / items);
+  });
+}
+
+ffi::Error Check(bool ok, const char* what) {
+  if (!ok) return ffi::Error::InvalidArgument(std::string("jaxcnn dense convolution: ") + what);
+  return ffi::Error::Success();
+}
+
+ffi::Error Prepare(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w, ffi::Span<const int64_t> yd,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, Geo* g) {
+  auto xd = x.dimensions(), wd = w.dimensions();
+  if (auto e = Check(xd.size() == 4 && wd.size() == 4 && yd.size() == 4, "x, w and y must have rank 4"); e.failure())
+    return e;
+  *g = Geo{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], yd[1], yd[2], yd[3], sh, sw, pt, pl, 0, 0, 0};
+  if (auto e = Check(wd[2] == g->ci && wd[3] == g->co && yd[0] == g->n, "shapes do not match"); e.failure()) return e;
+  if (auto e = Check(sh >= 1 && sw >= 1 && pt >= 0 && pl >= 0, "stride must be >= 1 and padding >= 0"); e.failure())
+    return e;
+  g->m = g->kw * g->ci;
+  g->cp = (g->co + kPad - 1) / kPad * kPad;
+  g->wp = g->ow > 0 ? (g->ow - 1) * g->sw + g->kw : 0;
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  Geo g;
+  if (auto e = Prepare(x, w, y->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
+  Forward(pool, x.typed_data(), w.typed_data(), nullptr, y->typed_data(), g);
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardBiasImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+                           int64_t pl) {
+  Geo g;
+  if (auto e = Prepare(x, w, y->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
+  if (auto e = Check(b.dimensions().size() == 1 && b.dimensions()[0] == g.co, "b must have shape (Cout,)");
+      e.failure())
+    return e;
+  Forward(pool, x.typed_data(), w.typed_data(), b.typed_data(), y->typed_data(), g);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForwardBias, ForwardBiasImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
