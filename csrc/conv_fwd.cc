@@ -13,9 +13,11 @@
 // of those windows (ow x kw*Cin, rows strided by sw*Cin) with w[i] (kw*Cin x Cout, HWIO), summed
 // over the kernel rows. The micro-kernel keeps an R-pixel x (NV vectors of channels) tile of y in
 // registers and, per window float, loads NV vectors of w and broadcasts R window floats
-// (the register blocking of oneDNN's and libxsmm's direct convolutions). The input rows an
-// output row reads are copied into zero-padded rows first (so padding costs no branch) and w
-// into rows padded to a multiple of 16 channels (so no channel tail inside the loop).
+// (the register blocking of oneDNN's and libxsmm's direct convolutions). A tile's pixels may
+// come from several output rows, so short rows (4x4 maps) still fill it. The input rows a chunk
+// of output rows reads are copied into zero-padded rows first (padding rows and columns become
+// zeros, so padding costs no branch) and w into rows padded to a multiple of 16 channels (so no
+// channel tail inside the loop).
 //
 // Threads: the output rows are split into ranges run on XLA's intra-op pool (parallel.h); every
 // output element is written by one item, so the result does not depend on thread timing.
@@ -66,17 +68,17 @@ struct Geo {
   int64_t wp;  // padded input row length in pixels: (ow - 1) * sw + kw
 };
 
-// The rows one output row reads: xr[t] is the packed input row of valid kernel row kr[t].
-struct Win {
-  const float* const* xr;
-  const int64_t* kr;
-  int64_t nk;
+// A pixel tile's inputs: base[r] is the window start of its pixel r for kernel row 0 (kernel row i
+// at base[r] + i * xrow, padding rows being zeros), out[r] where its Cout outputs go.
+struct Pix {
+  const float* base[12];
+  float* out[12];
 };
 
-// y tile (R pixels from o0, NV vectors of channels from c0) = bias + sum over kernel rows and window
+// y tile (R pixels, NV vectors of channels from c0) = bias + sum over kernel rows and window
 template <typename V, int W, int R, int NV>
-inline __attribute__((always_inline)) void Tile(const Geo& g, const Win& win, const float* wpack, const float* bias,
-                                                int64_t o0, int64_t c0, float* out, int64_t cvalid) {
+inline __attribute__((always_inline)) void Tile(const Geo& g, const Pix& px, const float* wpack, const float* bias,
+                                                int64_t xrow, int64_t c0, int64_t cvalid) {
   V a[R][NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
@@ -84,17 +86,18 @@ inline __attribute__((always_inline)) void Tile(const Geo& g, const Win& win, co
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) a[r][v] = b;
   }
-  const int64_t xstep = g.sw * g.ci;
-  for (int64_t t = 0; t < win.nk; ++t) {
-    const float* xp = win.xr[t] + o0 * xstep;
-    const float* wrow = wpack + win.kr[t] * g.m * g.cp + c0;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const float* xp[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) xp[r] = px.base[r] + i * xrow;
+    const float* wrow = wpack + i * g.m * g.cp + c0;
     for (int64_t k = 0; k < g.m; ++k, wrow += g.cp) {
       V wv[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) wv[v] = LoadV<V>(wrow + v * W);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        const float b = xp[r * xstep + k];
+        const float b = xp[r][k];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) a[r][v] += b * wv[v];
       }
@@ -104,7 +107,7 @@ inline __attribute__((always_inline)) void Tile(const Geo& g, const Win& win, co
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) StoreV<V>(out + r * g.co + v * W, a[r][v]);
+      for (int v = 0; v < NV; ++v) StoreV<V>(px.out[r] + c0 + v * W, a[r][v]);
     return;
   }
   float tmp[NV * W];  // the channel tail: only the co - c0 valid channels are written
@@ -112,74 +115,79 @@ inline __attribute__((always_inline)) void Tile(const Geo& g, const Win& win, co
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) StoreV<V>(tmp + v * W, a[r][v]);
-    std::memcpy(out + r * g.co, tmp, cvalid * sizeof(float));
+    std::memcpy(px.out[r] + c0, tmp, cvalid * sizeof(float));
   }
 }
 
-template <typename V, int W, int RMAX, int NVMAX>
-inline __attribute__((always_inline)) void OutputRow(const Geo& g, const Win& win, const float* wpack,
-                                                     const float* bias, float* yrow) {
-  for (int64_t c0 = 0; c0 < g.co; c0 += NVMAX * W) {
-    const int64_t left = g.cp - c0;
-    const int64_t nv = std::min<int64_t>(NVMAX, left / W);
-    const int64_t cvalid = std::min<int64_t>(g.co - c0, nv * W);
-    for (int64_t o0 = 0; o0 < g.ow; o0 += RMAX) {
-      const int64_t r = std::min<int64_t>(RMAX, g.ow - o0);
-      float* out = yrow + o0 * g.co + c0;
-#define JAXCNN_FWD_CASE(RR)                                                                          \
-  case RR:                                                                                           \
-    if (NVMAX >= 2 && nv == 2) Tile<V, W, (RR <= RMAX ? RR : 1), 2>(g, win, wpack, bias, o0, c0, out, cvalid); \
-    else Tile<V, W, (RR <= RMAX ? RR : 1), 1>(g, win, wpack, bias, o0, c0, out, cvalid);             \
-    break;
-      switch (r) {
-        JAXCNN_FWD_CASE(1)
-        JAXCNN_FWD_CASE(2)
-        JAXCNN_FWD_CASE(3)
-        JAXCNN_FWD_CASE(4)
-        JAXCNN_FWD_CASE(5)
-        JAXCNN_FWD_CASE(6)
-        JAXCNN_FWD_CASE(7)
-        JAXCNN_FWD_CASE(8)
-        JAXCNN_FWD_CASE(9)
-        JAXCNN_FWD_CASE(10)
-        JAXCNN_FWD_CASE(11)
-        JAXCNN_FWD_CASE(12)
-        default:
-          break;
-      }
-#undef JAXCNN_FWD_CASE
-    }
-  }
-}
-
-// Output rows [r_lo, r_hi) (r = n * oh + oh_index).
+// Output rows [r_lo, r_hi) (r = n * oh + oh_index), in chunks of rows whose pixels are tiled together:
+// a tile of R pixels may span output rows, so layers with short rows (a 4x4 map) still get full tiles.
 template <typename V, int W, int RMAX, int NVMAX>
 inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float* x, const float* wpack,
                                                        const float* bias, float* y, int64_t r_lo, int64_t r_hi) {
-  const int64_t xrow = g.wp * g.ci;
-  // + RMAX * sw * ci slack: a pixel tile of the last pixels may read (never use) past the row's end
-  std::vector<float> xpack(g.kh * xrow + RMAX * g.sw * g.ci + W, 0.0f);
-  std::vector<const float*> xr(g.kh);
-  std::vector<int64_t> kr(g.kh);
+  const int64_t xrow = g.wp * g.ci;     // floats per packed input row
+  const int64_t block = g.kh * xrow;   // the kh packed rows of one output row
+  // rows per chunk: at least 4 tiles of pixels, and the packed rows within about 1 MB when that allows more
+  // (every chunk streams the packed kernel through the tiles once)
+  const int64_t want = std::max<int64_t>((4 * RMAX + g.ow - 1) / g.ow, (int64_t{1024} << 10) / std::max<int64_t>(4 * block, 1));
+  const int64_t chunk = std::max<int64_t>(1, std::min(r_hi - r_lo, want));
+  std::vector<float> xpack(chunk * block);
   const int64_t u_lo = std::min(g.wp, std::max<int64_t>(0, g.pl));
   const int64_t u_hi = std::max(u_lo, std::min(g.wp, g.w + g.pl));
-  for (int64_t r = r_lo; r < r_hi; ++r) {
-    const int64_t n = r / g.oh, oh = r % g.oh;
-    int64_t nk = 0;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t ih = oh * g.sh + i - g.pt;
-      if (ih < 0 || ih >= g.h) continue;  // a padding row adds nothing
-      float* dst = xpack.data() + nk * xrow;
-      const float* srow = x + ((n * g.h + ih) * g.w) * g.ci;
-      std::memset(dst, 0, u_lo * g.ci * sizeof(float));
-      if (u_hi > u_lo) std::memcpy(dst + u_lo * g.ci, srow + (u_lo - g.pl) * g.ci, (u_hi - u_lo) * g.ci * sizeof(float));
-      std::memset(dst + u_hi * g.ci, 0, (g.wp - u_hi) * g.ci * sizeof(float));
-      xr[nk] = dst;
-      kr[nk] = i;
-      ++nk;
+  const int64_t xstep = g.sw * g.ci;
+  for (int64_t r0 = r_lo; r0 < r_hi; r0 += chunk) {
+    const int64_t nr = std::min(chunk, r_hi - r0);
+    for (int64_t q = 0; q < nr; ++q) {
+      const int64_t n = (r0 + q) / g.oh, oh = (r0 + q) % g.oh;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        float* dst = xpack.data() + q * block + i * xrow;
+        const int64_t ih = oh * g.sh + i - g.pt;
+        if (ih < 0 || ih >= g.h) {  // a padding row: zeros (its products add nothing)
+          std::memset(dst, 0, xrow * sizeof(float));
+          continue;
+        }
+        const float* srow = x + ((n * g.h + ih) * g.w) * g.ci;
+        std::memset(dst, 0, u_lo * g.ci * sizeof(float));
+        if (u_hi > u_lo)
+          std::memcpy(dst + u_lo * g.ci, srow + (u_lo - g.pl) * g.ci, (u_hi - u_lo) * g.ci * sizeof(float));
+        std::memset(dst + u_hi * g.ci, 0, (g.wp - u_hi) * g.ci * sizeof(float));
+      }
     }
-    Win win{xr.data(), kr.data(), nk};
-    OutputRow<V, W, RMAX, NVMAX>(g, win, wpack, bias, y + r * g.ow * g.co);
+    const int64_t pixels = nr * g.ow;
+    for (int64_t c0 = 0; c0 < g.co; c0 += NVMAX * W) {
+      const int64_t nv = std::min<int64_t>(NVMAX, (g.cp - c0) / W);
+      const int64_t cvalid = std::min<int64_t>(g.co - c0, nv * W);
+      for (int64_t p0 = 0; p0 < pixels; p0 += RMAX) {
+        const int64_t r = std::min<int64_t>(RMAX, pixels - p0);
+        Pix px;
+        for (int64_t t = 0; t < r; ++t) {
+          const int64_t q = (p0 + t) / g.ow, o = (p0 + t) % g.ow;
+          px.base[t] = xpack.data() + q * block + o * xstep;
+          px.out[t] = y + ((r0 + q) * g.ow + o) * g.co;
+        }
+#define JAXCNN_FWD_CASE(RR)                                                                              \
+  case RR:                                                                                               \
+    if (NVMAX >= 2 && nv == 2) Tile<V, W, (RR <= RMAX ? RR : 1), 2>(g, px, wpack, bias, xrow, c0, cvalid); \
+    else Tile<V, W, (RR <= RMAX ? RR : 1), 1>(g, px, wpack, bias, xrow, c0, cvalid);                     \
+    break;
+        switch (r) {
+          JAXCNN_FWD_CASE(1)
+          JAXCNN_FWD_CASE(2)
+          JAXCNN_FWD_CASE(3)
+          JAXCNN_FWD_CASE(4)
+          JAXCNN_FWD_CASE(5)
+          JAXCNN_FWD_CASE(6)
+          JAXCNN_FWD_CASE(7)
+          JAXCNN_FWD_CASE(8)
+          JAXCNN_FWD_CASE(9)
+          JAXCNN_FWD_CASE(10)
+          JAXCNN_FWD_CASE(11)
+          JAXCNN_FWD_CASE(12)
+          default:
+            break;
+        }
+#undef JAXCNN_FWD_CASE
+      }
+    }
   }
 }
 

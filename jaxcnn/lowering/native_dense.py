@@ -240,20 +240,21 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: tuple[int, int
     return _conv_bias(x, w, b, stride, pads, forward)
 
 
-FORWARD_MAX_COUT = 64  # the native forward wins up to this many output channels ...
-FORWARD_MAX_WINDOW = 192  # ... and kernel-row windows (kw * Cin floats) this long, for kernels larger than 1x1
+FORWARD_MAX_COUT = 128  # the native forward wins up to this many output channels ...
+FORWARD_MAX_WINDOW = 384  # ... and kernel-row windows (kw * Cin floats) this long, for kernels larger than 1x1
 
 
 def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int) -> bool:
     """Whether the convolution itself runs as the native kernel (csrc/conv_fwd.cc) rather than XLA's.
 
     Measured per layer shape on a 2-core Xeon (family 6 model 167), forward alone, median of
-    interleaved repetitions, against XLA's convolution under the ``xla`` and ``ynn-dot`` options:
-    the native kernel was 1.1-5x faster on 3x3 layers with at most 64 output channels and
-    windows of at most 3 x 64 floats (allconv6's small width variants, first layers of 1 to 3 channels,
-    MobileNet's stem: 8x224x224x3 -> 32, 0.9 against 3.5 ms), within 6 % on allconv6's 32x32 first
-    layer, and slower on wider layers (128 -> 128 channels at 28x28: 4.8 against 3.7 ms; 512 -> 512 at
-    4x4: 24 against 9 ms) and on 1x1 layers, which XLA computes as a matrix product.
+    interleaved repetitions, against XLA's convolution under the ``xla`` and ``ynn-dot`` options
+    (the faster of the two): on 3x3 layers up to 128 output channels and 3 x 128-float windows the
+    native kernel was 1.1-4x faster with up to 64 channels (allconv6's small width variants, first
+    layers of 1 to 3 channels, MobileNet's 224x224 stem: 8x224x224x3 -> 32, 1.1 against 4.1 ms), and
+    from 0.9x (64 -> 128 at 56x56: 8.0 against 7.2 ms) to 1.1x at 128 (128 -> 128 at 28x28: 3.6 against
+    4.0 ms). Wider layers (128 -> 256 at 14x14: 2.3 against 2.1 ms; 512 -> 512 at 4x4: 23 against 10 ms)
+    and 1x1 layers, which XLA computes as a matrix product, keep XLA's.
     """
     return tuple(kernel) != (1, 1) and cout <= FORWARD_MAX_COUT and kernel[1] * cin <= FORWARD_MAX_WINDOW
 
