@@ -114,8 +114,9 @@ def test_forward_equals_float64_as_closely_as_xla_float32(shape, kernel, cout, s
         want = np.asarray(xla(*(jnp.asarray(a, jnp.float64) for a in (x, w, b))))
     bound = 4 * max(_rel(xla(x, w, b), want), 1e-7)
     fwd = jax.jit(lambda x, w, b: conv2d(x, w, stride, pads, (1, 1), 1, "native", b))
-    wins = native_dense.native_forward_wins(kernel, shape[3], cout)  # 1x1 and wide layers stay on XLA
-    assert wins == (kernel != (1, 1) and cout <= 128 and kernel[1] * shape[3] <= 384)
+    y_hw = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DN).shape[1:3]
+    wins = native_dense.native_forward_wins(kernel, shape[3], cout, y_hw)  # 1x1 and wide layers stay on XLA
+    assert wins == (kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and y_hw[0] * y_hw[1] <= 1024)
     assert ("jaxcnn_conv_forward_bias" in fwd.lower(x, w, b).as_text()) == wins
     assert _rel(fwd(x, w, b), want) <= bound
     # the kernel itself, whatever the rule: every case (1x1 and 40-channel tails included), eager dispatch
@@ -222,6 +223,11 @@ def test_auto_routes_by_the_measured_rule():
     assert choose("auto", in_hw=(2, 2), batch=DOT_MAX_PIXELS // 4, **one) == "dot"
     assert choose("auto", in_hw=(2, 2), batch=DOT_MAX_PIXELS // 4 + 1, **one) == "native"
     assert choose("auto", **{**args, "in_hw": (2, 2)}, dense_ok=True) == "shift"  # kernel larger than input
+    # the convolution itself: native on small maps with few channels, XLA's on 112x112 maps and wide layers
+    assert native_dense.native_forward_wins((3, 3), 3, 64, (16, 16))
+    assert not native_dense.native_forward_wins((3, 3), 3, 64, (112, 112))
+    assert not native_dense.native_forward_wins((3, 3), 64, 128, (8, 8))
+    assert not native_dense.native_forward_wins((1, 1), 16, 32, (8, 8))
     try:
         native.set_enabled(False)
         assert choose("auto", **args, dense_ok=True, channels=(3, 16), batch=4) == "phase"

@@ -240,27 +240,31 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: tuple[int, int
     return _conv_bias(x, w, b, stride, pads, forward)
 
 
-FORWARD_MAX_COUT = 128  # the native forward wins up to this many output channels ...
-FORWARD_MAX_WINDOW = 384  # ... and kernel-row windows (kw * Cin floats) this long, for kernels larger than 1x1
+FORWARD_MAX_COUT = 64  # the native forward wins up to this many output channels,
+FORWARD_MAX_WINDOW = 192  # kernel-row windows (kw * Cin floats) this long
+FORWARD_MAX_PIXELS = 32 * 32  # and output maps this large (per image), for kernels larger than 1x1
 
 
-def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int) -> bool:
+def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int, out_hw: tuple[int, int]) -> bool:
     """Whether the convolution itself runs as the native kernel (csrc/conv_fwd.cc) rather than XLA's.
 
-    Measured per layer shape on a 2-core Xeon (family 6 model 167), forward alone, median of
-    interleaved repetitions, against XLA's convolution under the ``xla`` and ``ynn-dot`` options
-    (the faster of the two): on 3x3 layers up to 128 output channels and 3 x 128-float windows the
-    native kernel was 1.1-4x faster with up to 64 channels (allconv6's small width variants, first
-    layers of 1 to 3 channels, MobileNet's 224x224 stem: 8x224x224x3 -> 32, 1.1 against 4.1 ms), and
-    from 0.9x (64 -> 128 at 56x56: 8.0 against 7.2 ms) to 1.1x at 128 (128 -> 128 at 28x28: 3.6 against
-    4.0 ms). Wider layers (128 -> 256 at 14x14: 2.3 against 2.1 ms; 512 -> 512 at 4x4: 23 against 10 ms)
-    and 1x1 layers, which XLA computes as a matrix product, keep XLA's.
+    Measured on a 2-core Xeon (family 6 model 167) in whole programs (a layer's output feeding the
+    next op, as in a model; the same op alone in its own program pays for a fresh output buffer and
+    misleads), medians of interleaved repetitions under the ``ynn-dot`` options: with the native
+    forward on layers up to 64 output channels and 3 x 64-float windows, allconv6_1_bn's inference
+    on 28x28 MNIST at batch 125 took 1.27 ms against 2.21 (train step 5.1 against 6.4), allconv6_4_bn's
+    1.33 against 2.13, allconv6's at 32x32 batch 128 7.3 against 7.7. Widening it to 128 channels and
+    3 x 128-float windows was slower (1.64, 1.54, 7.7 ms), and at 224x224 the native kernel lost on the
+    112x112 maps (allconv6's inference at batch 16: 58 against 36 ms), so larger maps keep XLA's, as do
+    1x1 layers, which XLA computes as a matrix product.
     """
-    return tuple(kernel) != (1, 1) and cout <= FORWARD_MAX_COUT and kernel[1] * cin <= FORWARD_MAX_WINDOW
+    return (tuple(kernel) != (1, 1) and cout <= FORWARD_MAX_COUT and kernel[1] * cin <= FORWARD_MAX_WINDOW
+            and out_hw[0] * out_hw[1] <= FORWARD_MAX_PIXELS)
 
 
 def _primal(x, w, b, stride, pads, forward):
-    if native_forward_wins(tuple(w.shape[:2]), w.shape[2], w.shape[3]):
+    out_hw = _wconv_abstract(x, w, stride=stride, pads=pads, kernel=tuple(w.shape[:2])).shape[1:3]
+    if native_forward_wins(tuple(w.shape[:2]), w.shape[2], w.shape[3], out_hw):
         return wconv_p.bind(x, w, *b, stride=stride, pads=pads, kernel=tuple(w.shape[:2]))
     y = forward(x, w, stride, pads)
     return y + b[0] if b else y
