@@ -23,7 +23,10 @@ model, it times (median of ``--reps`` interleaved repetitions, each ``>= --min-m
   runtimes' thread pools call by call slowed PyTorch 10-100x on the shared 2-core machine).
 
 Every timing is of the operation alone in its own program, so fusion with neighbours (ReLU,
-BatchNorm) that a whole train step gets is not included. The table goes into README ("Speed").
+BatchNorm) that a whole train step gets is not included, and each call writes a fresh output
+buffer (its page faults are charged to the operation: about 0.9 ms for an 8 MB output on the Xeon
+of README's tables), which a model's intermediate buffers do not pay. Route by whole programs.
+The table goes into README ("Speed").
 """
 
 from __future__ import annotations
