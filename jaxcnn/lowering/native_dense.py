@@ -4,9 +4,10 @@ XLA:CPU computes a dense convolution's weight gradient as a forward convolution 
 with the output gradient (batch and feature axes swapped), transposed into Eigen's layout and
 run through its image-patch contraction (element by element for strided layers); the native
 kernel reads NHWC input and output gradient and writes the HWIO gradient directly, with
-register-blocked outer products (``csrc/conv_wgrad.cc``). The forward and the input gradient
-stay on XLA (``xla`` or ``phase``, as :func:`jaxcnn.lowering.conv.choose` picks them), where
-XLA is fast.
+register-blocked outer products (``csrc/conv_wgrad.cc``). The input gradient stays on XLA
+(``xla`` or ``phase``, as :func:`jaxcnn.lowering.conv.choose` picks them), and so does the
+forward, except where :func:`native_forward_wins` measured the native forward kernel
+(``csrc/conv_fwd.cc``) faster: small maps with few channels.
 
 :func:`conv` is a ``custom_jvp``: the tangent of the kernel (and bias) goes through the linear
 primitive ``wconv`` (XLA's convolution of the primal input with the kernel tangent, plus the
@@ -111,8 +112,9 @@ def _wconv_ffi(x, dw, *db, stride, pads, kernel):
 wconv_p.def_abstract_eval(_wconv_abstract)
 wconv_p.def_impl(lambda *a, **p: _eager(wconv_p, **p)(*a))
 mlir.register_lowering(wconv_p, mlir.lower_fun(_wconv_impl, multiple_results=False))
-# on CPU the convolution itself is the native kernel too (csrc/conv_fwd.cc): whether the primal forward,
-# a forward-mode kernel tangent or a transposed weight gradient, it computes conv(x, dw) + db
+# on CPU wconv is the native forward kernel (csrc/conv_fwd.cc) wherever it is bound: as the primal where
+# native_forward_wins routes it, and (any shape) as a forward-mode kernel tangent or the transpose of a
+# weight gradient in second derivatives; each computes conv(x, dw) + db
 mlir.register_lowering(wconv_p, mlir.lower_fun(_wconv_ffi, multiple_results=False), platform="cpu")
 wgrad_p.def_abstract_eval(_wgrad_abstract)
 wgrad_p.def_impl(lambda *a, **p: _eager(wgrad_p, **p)(*a))
