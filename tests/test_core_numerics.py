@@ -410,22 +410,6 @@ ACTIVATIONS = [
 ]
 
 
-def test_relu_is_max_with_zero_on_every_special_value_and_has_derivative_zero_at_zero():
-    # ReLU is a select (the reason is in jaxcnn.layers.activations.relu); it must stay max(x, 0) exactly
-    from jaxcnn.layers.activations import relu
-
-    x = np.array([-2.0, -0.0, 0.0, 1e-30, 1.5, np.nan, np.inf, -np.inf, -1e-30], np.float32)  # (XLA flushes denormals)
-    got = np.asarray(jax.jit(relu)(jnp.asarray(x)))
-    want = np.where(np.isnan(x), np.nan, np.maximum(x, np.float32(0)))
-    np.testing.assert_array_equal(got, want)
-    assert not np.signbit(got[1])  # -0 -> +0, as max(x, 0)
-    grads = np.asarray(jax.vmap(jax.grad(relu))(jnp.asarray(x)))
-    np.testing.assert_array_equal(grads, np.where(x > 0, 1.0, 0.0))  # 0 at 0 (PyTorch's and jax.nn.relu's)
-    tangent = jax.jvp(relu, (jnp.asarray(x),), (jnp.full_like(jnp.asarray(x), 3.0),))[1]
-    np.testing.assert_array_equal(np.asarray(tangent), np.where(x > 0, 3.0, 0.0))
-    np.testing.assert_array_equal(np.asarray(ReLU().apply({}, {}, jnp.asarray(x)[None])[0][0]), want)  # the layer
-
-
 @pytest.mark.parametrize("layer, ref", [a[1:] for a in ACTIVATIONS], ids=[a[0] for a in ACTIVATIONS])
 @pytest.mark.parametrize("in_shape", [(4, 4, 3), (10,)], ids=["image", "flat"])
 def test_activations_match_numpy(layer, ref, in_shape):

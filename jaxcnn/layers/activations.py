@@ -14,22 +14,6 @@ from jaxcnn.core import Layer, Params, Shape, Spec, State
 # -- activations and channel tricks ----------------------------------------------------
 
 
-@jax.custom_jvp
-def relu(x: jax.Array) -> jax.Array:
-    """max(x, 0), NaN kept, with derivative 0 at 0 (as ``jax.nn.relu`` and PyTorch).
-
-    Written as a select rather than ``jax.nn.relu``'s ``max(x, 0)``: under the YNNPACK dot
-    fusions (compile options ``ynn-dot``/``ynn-dot-only``) XLA:CPU materialised the ``max``'s
-    broadcast zeros as a full tensor for every map shape the model has, 18 of them in MobileNet v1
-    at 224x224 (2-5 ms each at batch 8); as a select it does not, and that model's inference went
-    82 -> 66 ms (2-core Xeon, family 6 model 167).
-    """
-    return jnp.where(x <= 0, jnp.zeros((), x.dtype), x)
-
-
-relu.defjvps(lambda t, ans, x: jnp.where(x > 0, t, jnp.zeros((), t.dtype)))
-
-
 @dataclass(frozen=True)
 class Elementwise(Layer):
     """Base of activations: ``fn`` applied to every element, in place, position by position."""
@@ -59,8 +43,8 @@ class ReLU(Elementwise):
     kind: ClassVar[str] = "relu"
 
     def fn(self, x: jax.Array) -> jax.Array:
-        """max(x, 0) (:func:`relu`)."""
-        return relu(x)
+        """max(x, 0)."""
+        return jax.nn.relu(x)
 
 
 @dataclass(frozen=True)
@@ -155,7 +139,7 @@ class CReLU(Layer):
     ) -> tuple[jax.Array, State]:
         """concat(x, -x) on the last axis, then ReLU if asked."""
         y = jnp.concatenate([x, -x], axis=-1)
-        return (relu(y) if self.relu else y), state
+        return (jax.nn.relu(y) if self.relu else y), state
 
 
 @dataclass(frozen=True)
