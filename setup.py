@@ -33,7 +33,7 @@ if include and os.environ.get("JAXCNN_BUILD_NATIVE", "1").strip().lower() not in
     ext_modules.append(Extension(
         "jaxcnn._native",
         sources=["csrc/depthwise.cc", "csrc/conv_wgrad.cc", "csrc/conv_fwd.cc"],
-        depends=["csrc/parallel.h"],
+        depends=["csrc/parallel.h", "csrc/conv_common.h"],
         include_dirs=[include],
         language="c++",
         # Portable baseline code; the hot loop is also compiled for AVX2 and AVX-512 and chosen

@@ -28,9 +28,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
+#include <optional>
 #include <vector>
 
+#include "conv_common.h"
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -40,33 +41,13 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using jaxcnn_native::Geo;
+using jaxcnn_native::kPad;
+using jaxcnn_native::LoadV;
 using jaxcnn_native::ParallelFor;
-
-typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef float V8 __attribute__((vector_size(32), aligned(4), may_alias));
-
-template <typename V>
-inline __attribute__((always_inline)) V LoadV(const float* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V>
-inline __attribute__((always_inline)) void StoreV(float* p, V v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
-
-constexpr int64_t kPad = 16;  // packed weights (and bias) are padded to a multiple of 16 channels
-
-struct Geo {
-  int64_t n, h, w, ci;
-  int64_t kh, kw;
-  int64_t oh, ow, co;
-  int64_t sh, sw, pt, pl;
-  int64_t m;   // kw * ci: one kernel row's window length
-  int64_t cp;  // co rounded up to kPad
-  int64_t wp;  // padded input row length in pixels: (ow - 1) * sw + kw
-};
+using jaxcnn_native::StoreV;
+using jaxcnn_native::V16;
+using jaxcnn_native::V8;
 
 // A pixel tile's inputs: base[r] is the window start of its pixel r for kernel row 0 (kernel row i
 // at base[r] + i * xrow, padding rows being zeros), out[r] where its Cout outputs go.
@@ -131,8 +112,6 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
   const int64_t want = std::max<int64_t>((4 * RMAX + g.ow - 1) / g.ow, (int64_t{1024} << 10) / std::max<int64_t>(4 * block, 1));
   const int64_t chunk = std::max<int64_t>(1, std::min(r_hi - r_lo, want));
   std::vector<float> xpack(chunk * block);
-  const int64_t u_lo = std::min(g.wp, std::max<int64_t>(0, g.pl));
-  const int64_t u_hi = std::max(u_lo, std::min(g.wp, g.w + g.pl));
   const int64_t xstep = g.sw * g.ci;
   for (int64_t r0 = r_lo; r0 < r_hi; r0 += chunk) {
     const int64_t nr = std::min(chunk, r_hi - r0);
@@ -145,11 +124,7 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
           std::memset(dst, 0, xrow * sizeof(float));
           continue;
         }
-        const float* srow = x + ((n * g.h + ih) * g.w) * g.ci;
-        std::memset(dst, 0, u_lo * g.ci * sizeof(float));
-        if (u_hi > u_lo)
-          std::memcpy(dst + u_lo * g.ci, srow + (u_lo - g.pl) * g.ci, (u_hi - u_lo) * g.ci * sizeof(float));
-        std::memset(dst + u_hi * g.ci, 0, (g.wp - u_hi) * g.ci * sizeof(float));
+        jaxcnn_native::PackInputRow(g, x + ((n * g.h + ih) * g.w) * g.ci, dst);
       }
     }
     const int64_t pixels = nr * g.ow;
@@ -170,18 +145,7 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
     else Tile<V, W, (RR <= RMAX ? RR : 1), 1>(g, px, wpack, bias, xrow, c0, cvalid);                     \
     break;
         switch (r) {
-          JAXCNN_FWD_CASE(1)
-          JAXCNN_FWD_CASE(2)
-          JAXCNN_FWD_CASE(3)
-          JAXCNN_FWD_CASE(4)
-          JAXCNN_FWD_CASE(5)
-          JAXCNN_FWD_CASE(6)
-          JAXCNN_FWD_CASE(7)
-          JAXCNN_FWD_CASE(8)
-          JAXCNN_FWD_CASE(9)
-          JAXCNN_FWD_CASE(10)
-          JAXCNN_FWD_CASE(11)
-          JAXCNN_FWD_CASE(12)
+          JAXCNN_CASES_1_TO_12(JAXCNN_FWD_CASE)
           default:
             break;
         }
@@ -209,16 +173,11 @@ __attribute__((target("avx2,fma"))) void RunRowsAvx2(const Geo& g, const float* 
 }
 #endif
 
-RunRowsFn SelectRunRows() {
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return RunRowsAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return RunRowsAvx2;
+const RunRowsFn kRunRows = jaxcnn_native::SelectIsa<RunRowsFn>(RunRowsAvx512, RunRowsAvx2, RunRowsBase);
+#else
+const RunRowsFn kRunRows = RunRowsBase;
 #endif
-  return RunRowsBase;
-}
-
-const RunRowsFn kRunRows = SelectRunRows();
 
 constexpr int64_t kItems = 16;  // row ranges per call: enough to balance 2-8 threads
 
@@ -235,43 +194,21 @@ void Forward(ffi::ThreadPool& pool, const float* x, const float* w, const float*
   });
 }
 
-ffi::Error Check(bool ok, const char* what) {
-  if (!ok) return ffi::Error::InvalidArgument(std::string("jaxcnn dense convolution: ") + what);
-  return ffi::Error::Success();
-}
-
-ffi::Error Prepare(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w, ffi::Span<const int64_t> yd,
-                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, Geo* g) {
-  auto xd = x.dimensions(), wd = w.dimensions();
-  if (auto e = Check(xd.size() == 4 && wd.size() == 4 && yd.size() == 4, "x, w and y must have rank 4"); e.failure())
-    return e;
-  *g = Geo{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], yd[1], yd[2], yd[3], sh, sw, pt, pl, 0, 0, 0};
-  if (auto e = Check(wd[2] == g->ci && wd[3] == g->co && yd[0] == g->n, "shapes do not match"); e.failure()) return e;
-  if (auto e = Check(sh >= 1 && sw >= 1 && pt >= 0 && pl >= 0, "stride must be >= 1 and padding >= 0"); e.failure())
-    return e;
-  g->m = g->kw * g->ci;
-  g->cp = (g->co + kPad - 1) / kPad * kPad;
-  g->wp = g->ow > 0 ? (g->ow - 1) * g->sw + g->kw : 0;
-  return ffi::Error::Success();
-}
-
+// y = conv(x, w) (+ b when the optional bias operand is passed)
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+                       std::optional<ffi::Buffer<ffi::F32>> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
+                       int64_t pt, int64_t pl) {
   Geo g;
-  if (auto e = Prepare(x, w, y->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
-  Forward(pool, x.typed_data(), w.typed_data(), nullptr, y->typed_data(), g);
-  return ffi::Error::Success();
-}
-
-ffi::Error ForwardBiasImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                           ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                           int64_t pl) {
-  Geo g;
-  if (auto e = Prepare(x, w, y->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
-  if (auto e = Check(b.dimensions().size() == 1 && b.dimensions()[0] == g.co, "b must have shape (Cout,)");
+  if (auto e = jaxcnn_native::MakeGeo(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, "convolution", &g);
       e.failure())
     return e;
-  Forward(pool, x.typed_data(), w.typed_data(), b.typed_data(), y->typed_data(), g);
+  if (b.has_value()) {
+    auto bd = b->dimensions();
+    if (auto e = jaxcnn_native::CheckArg(bd.size() == 1 && bd[0] == g.co, "convolution", "b must have shape (Cout,)");
+        e.failure())
+      return e;
+  }
+  Forward(pool, x.typed_data(), w.typed_data(), b.has_value() ? b->typed_data() : nullptr, y->typed_data(), g);
   return ffi::Error::Success();
 }
 
@@ -282,18 +219,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, ForwardImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForwardBias, ForwardBiasImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .OptionalArg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")

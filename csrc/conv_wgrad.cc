@@ -34,9 +34,10 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <string>
+#include <optional>
 #include <vector>
 
+#include "conv_common.h"
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -47,35 +48,13 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using jaxcnn_native::Geo;
+using jaxcnn_native::kPad;
+using jaxcnn_native::LoadV;
 using jaxcnn_native::ParallelFor;
-
-typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef float V8 __attribute__((vector_size(32), aligned(4), may_alias));
-
-// Unaligned loads and stores through memcpy: the typedefs' aligned(4) does not survive being a
-// template argument, and a plain dereference would then assume 64-byte alignment.
-template <typename V>
-inline __attribute__((always_inline)) V LoadV(const float* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V>
-inline __attribute__((always_inline)) void StoreV(float* p, V v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
-
-constexpr int64_t kPad = 16;  // dy and the accumulators are padded to a multiple of 16 channels
-
-struct Geo {
-  int64_t n, h, w, ci;  // input
-  int64_t kh, kw;
-  int64_t oh, ow, co;  // output gradient
-  int64_t sh, sw, pt, pl;
-  int64_t m;   // kw * ci: rows of one kernel row of dw
-  int64_t cp;  // co rounded up to kPad
-  int64_t wp;  // padded input row length in pixels: (ow - 1) * sw + kw
-};
+using jaxcnn_native::StoreV;
+using jaxcnn_native::V16;
+using jaxcnn_native::V8;
 
 // What one chunk hands the micro-kernels: per output row q (with a valid input row for this
 // kernel row), the packed input row xr[q] (window of pixel o at xr[q] + o * xstep) and the packed
@@ -132,18 +111,7 @@ inline __attribute__((always_inline)) void ChunkRow(const Rows& rows, int64_t m,
     else Tile<V, W, (RR <= RMAX ? RR : 1), 1>(rows, m0, c0, t, astride);    \
     break;
       switch (r) {
-        JAXCNN_TILE_CASE(1)
-        JAXCNN_TILE_CASE(2)
-        JAXCNN_TILE_CASE(3)
-        JAXCNN_TILE_CASE(4)
-        JAXCNN_TILE_CASE(5)
-        JAXCNN_TILE_CASE(6)
-        JAXCNN_TILE_CASE(7)
-        JAXCNN_TILE_CASE(8)
-        JAXCNN_TILE_CASE(9)
-        JAXCNN_TILE_CASE(10)
-        JAXCNN_TILE_CASE(11)
-        JAXCNN_TILE_CASE(12)
+        JAXCNN_CASES_1_TO_12(JAXCNN_TILE_CASE)
         default:
           break;
       }
@@ -207,13 +175,7 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
         valid[q * g.kh + i] = ok;
         if (!ok) continue;
         float* dst = xpack.data() + (q * g.kh + i) * xrow;
-        const float* srow = it.x + ((n * g.h + ih) * g.w) * g.ci;
-        // padded column u holds input column u - pl
-        const int64_t u_lo = std::min(g.wp, std::max<int64_t>(0, g.pl));
-        const int64_t u_hi = std::max(u_lo, std::min(g.wp, g.w + g.pl));
-        std::memset(dst, 0, u_lo * g.ci * sizeof(float));
-        if (u_hi > u_lo) std::memcpy(dst + u_lo * g.ci, srow + (u_lo - g.pl) * g.ci, (u_hi - u_lo) * g.ci * sizeof(float));
-        std::memset(dst + u_hi * g.ci, 0, (g.wp - u_hi) * g.ci * sizeof(float));
+        jaxcnn_native::PackInputRow(g, it.x + ((n * g.h + ih) * g.w) * g.ci, dst);
       }
     }
     for (int64_t i = 0; i < g.kh; ++i) {
@@ -244,16 +206,11 @@ __attribute__((target("avx2,fma"))) void RunItemAvx2(const Geo& g, const Item& i
 }
 #endif
 
-RunItemFn SelectRunItem() {
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return RunItemAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return RunItemAvx2;
+const RunItemFn kRunItem = jaxcnn_native::SelectIsa<RunItemFn>(RunItemAvx512, RunItemAvx2, RunItemBase);
+#else
+const RunItemFn kRunItem = RunItemBase;
 #endif
-  return RunItemBase;
-}
-
-const RunItemFn kRunItem = SelectRunItem();
 
 constexpr int64_t kItems = 8;  // work items per call: enough to balance 2-8 threads
 
@@ -316,43 +273,24 @@ void WeightGrad(ffi::ThreadPool& pool, const float* x, const float* dy, float* d
   }
 }
 
-ffi::Error Check(bool ok, const char* what) {
-  if (!ok) return ffi::Error::InvalidArgument(std::string("jaxcnn dense weight gradient: ") + what);
-  return ffi::Error::Success();
-}
-
-ffi::Error Prepare(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& dy, ffi::Span<const int64_t> wd,
-                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, Geo* g) {
-  auto xd = x.dimensions(), dyd = dy.dimensions();
-  if (auto e = Check(xd.size() == 4 && dyd.size() == 4 && wd.size() == 4, "x, dy and dw must have rank 4"); e.failure())
-    return e;
-  *g = Geo{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], dyd[1], dyd[2], dyd[3], sh, sw, pt, pl, 0, 0, 0};
-  if (auto e = Check(wd[2] == g->ci && wd[3] == g->co && dyd[0] == g->n, "shapes do not match"); e.failure()) return e;
-  if (auto e = Check(sh >= 1 && sw >= 1 && pt >= 0 && pl >= 0, "stride must be >= 1 and padding >= 0"); e.failure())
-    return e;
-  g->m = g->kw * g->ci;
-  g->cp = (g->co + kPad - 1) / kPad * kPad;
-  g->wp = g->ow > 0 ? (g->ow - 1) * g->sw + g->kw : 0;
-  return ffi::Error::Success();
-}
-
+// dw (and db when the optional second result is asked for) from x and dy
 ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+                          ffi::ResultBuffer<ffi::F32> dw, std::optional<ffi::ResultBuffer<ffi::F32>> db, int64_t sh,
+                          int64_t sw, int64_t pt, int64_t pl) {
   Geo g;
-  if (auto e = Prepare(x, dy, dw->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
-  WeightGrad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), nullptr, g);
-  return ffi::Error::Success();
-}
-
-ffi::Error WeightBiasGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                              ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw,
-                              int64_t pt, int64_t pl) {
-  Geo g;
-  if (auto e = Prepare(x, dy, dw->dimensions(), sh, sw, pt, pl, &g); e.failure()) return e;
-  if (auto e = Check(db->dimensions().size() == 1 && db->dimensions()[0] == g.co, "db must have shape (Cout,)");
+  if (auto e = jaxcnn_native::MakeGeo(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl,
+                                      "weight gradient", &g);
       e.failure())
     return e;
-  WeightGrad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), db->typed_data(), g);
+  float* dbp = nullptr;
+  if (db.has_value()) {
+    auto bd = (*db)->dimensions();
+    if (auto e = jaxcnn_native::CheckArg(bd.size() == 1 && bd[0] == g.co, "weight gradient", "db must have shape (Cout,)");
+        e.failure())
+      return e;
+    dbp = (*db)->typed_data();
+  }
+  WeightGrad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), dbp, g);
   return ffi::Error::Success();
 }
 
@@ -364,18 +302,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvWeightGrad, WeightGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvWeightBiasGrad, WeightBiasGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .OptionalRet<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <vector>
 
+#include "conv_common.h"
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -95,18 +96,13 @@ JAXCNN_PAIRSUM_VARIANT(PairSumAvx512, __attribute__((target("avx512f,avx512vl,av
 JAXCNN_PAIRSUM_VARIANT(PairSumAvx2, __attribute__((target("avx2,fma"))))
 #endif
 
-template <bool kAdd>
-PairSumFn SelectPairSum() {
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return PairSumAvx512<kAdd>;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return PairSumAvx2<kAdd>;
+const PairSumFn kPairSet = jaxcnn_native::SelectIsa<PairSumFn>(PairSumAvx512<false>, PairSumAvx2<false>, PairSumBase<false>);
+const PairSumFn kPairAdd = jaxcnn_native::SelectIsa<PairSumFn>(PairSumAvx512<true>, PairSumAvx2<true>, PairSumBase<true>);
+#else
+const PairSumFn kPairSet = PairSumBase<false>;
+const PairSumFn kPairAdd = PairSumBase<true>;
 #endif
-  return PairSumBase<kAdd>;
-}
-
-const PairSumFn kPairSet = SelectPairSum<false>();
-const PairSumFn kPairAdd = SelectPairSum<true>();
 
 struct Geometry {
   int64_t n, h, w, c;  // input

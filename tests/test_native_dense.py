@@ -64,7 +64,7 @@ CASES = [
 @on_cpu
 def test_library_has_the_dense_kernel():
     assert native.available(), native.load_error()
-    assert hasattr(native._state["lib"], "JaxcnnConvWeightBiasGrad")
+    assert hasattr(native._state["lib"], "JaxcnnConvWeightGrad") and hasattr(native._state["lib"], "JaxcnnConvForward")
 
 
 @on_cpu
@@ -93,6 +93,9 @@ def test_gradients_equal_float64_as_closely_as_xla_float32(shape, kernel, cout, 
     gw = native_dense.wgrad_p.bind(x, ct, stride=stride, pads=pads, kernel=kernel, bias=True)
     np.testing.assert_allclose(gw[0], want[1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw[1], want[2], rtol=1e-4, atol=1e-4)
+    # one handler, the bias gradient an optional result: without it dw is the same
+    (gw_only,) = native_dense.wgrad_p.bind(x, ct, stride=stride, pads=pads, kernel=kernel, bias=False)
+    np.testing.assert_array_equal(gw_only, gw[0])
 
 
 # rows longer than the 12-pixel tile (29 = 12 + 12 + 5), and 70 channels: two 32-channel blocks and a 6-channel tail
@@ -117,12 +120,15 @@ def test_forward_equals_float64_as_closely_as_xla_float32(shape, kernel, cout, s
     y_hw = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DN).shape[1:3]
     wins = native_dense.native_forward_wins(kernel, shape[3], cout, y_hw)  # 1x1 and wide layers stay on XLA
     assert wins == (kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and y_hw[0] * y_hw[1] <= 1024)
-    assert ("jaxcnn_conv_forward_bias" in fwd.lower(x, w, b).as_text()) == wins
+    assert ("jaxcnn_conv_forward" in fwd.lower(x, w, b).as_text()) == wins
     assert _rel(fwd(x, w, b), want) <= bound
     # the kernel itself, whatever the rule: every case (1x1 and 40-channel tails included), eager dispatch
     eager = native_dense.wconv_p.bind(x, w, stride=stride, pads=pads, kernel=kernel)
     assert _rel(np.asarray(eager) + np.asarray(b, np.float64), want) <= bound
     assert np.all(np.isfinite(np.asarray(eager)))  # nothing read past a row's end or a padded channel
+    # the bias as the handler's optional operand: the same products, the bias added inside the kernel
+    with_b = native_dense.wconv_p.bind(x, w, b, stride=stride, pads=pads, kernel=kernel)
+    assert _rel(with_b, want) <= bound
 
 
 @on_cpu

@@ -41,14 +41,11 @@ _TARGETS = {
     "dw": "jaxcnn_depthwise_weight_grad",
 }
 _SYMBOLS = {"fwd": "JaxcnnDepthwiseForward", "dx": "JaxcnnDepthwiseInputGrad", "dw": "JaxcnnDepthwiseWeightGrad"}
-# the dense convolutions' weight gradient (csrc/conv_wgrad.cc), used by jaxcnn.lowering.native_dense
-TARGET_DENSE_W, TARGET_DENSE_WB = "jaxcnn_conv_weight_grad", "jaxcnn_conv_weight_bias_grad"
-_TARGETS.update(dense_w=TARGET_DENSE_W, dense_wb=TARGET_DENSE_WB)
-_SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_wb="JaxcnnConvWeightBiasGrad")
-# the dense convolutions' forward (csrc/conv_fwd.cc), also used by jaxcnn.lowering.native_dense
-TARGET_DENSE_FWD, TARGET_DENSE_FWD_B = "jaxcnn_conv_forward", "jaxcnn_conv_forward_bias"
-_TARGETS.update(dense_fwd=TARGET_DENSE_FWD, dense_fwd_b=TARGET_DENSE_FWD_B)
-_SYMBOLS.update(dense_fwd="JaxcnnConvForward", dense_fwd_b="JaxcnnConvForwardBias")
+# the dense convolutions' weight gradient (csrc/conv_wgrad.cc; the bias gradient is an optional second
+# result) and forward (csrc/conv_fwd.cc; the bias an optional third operand), used by jaxcnn.lowering.native_dense
+TARGET_DENSE_W, TARGET_DENSE_FWD = "jaxcnn_conv_weight_grad", "jaxcnn_conv_forward"
+_TARGETS.update(dense_w=TARGET_DENSE_W, dense_fwd=TARGET_DENSE_FWD)
+_SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_fwd="JaxcnnConvForward")
 
 _state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "warned_inapplicable": False, "enabled": None}
 

@@ -87,8 +87,7 @@ def _wgrad_ffi(x, dy, *, stride, pads, kernel, bias):
         raise RuntimeError(f"jaxcnn: the native weight-gradient kernel is not available: {native.load_error()}")
     outs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in _wgrad_abstract(x, dy, stride=stride, pads=pads,
                                                                               kernel=kernel, bias=bias)]
-    target = native.TARGET_DENSE_WB if bias else native.TARGET_DENSE_W
-    res = jax.ffi.ffi_call(target, outs)(
+    res = jax.ffi.ffi_call(native.TARGET_DENSE_W, outs)(
         x, dy, sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0])
     )
     return list(res)
@@ -103,8 +102,7 @@ def _wconv_ffi(x, dw, *db, stride, pads, kernel):
     if not native._load():
         raise RuntimeError(f"jaxcnn: the native convolution kernel is not available: {native.load_error()}")
     out = _wconv_abstract(x, dw, *db, stride=stride, pads=pads, kernel=kernel)
-    target = native.TARGET_DENSE_FWD_B if db else native.TARGET_DENSE_FWD
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out.shape, out.dtype))(
+    return jax.ffi.ffi_call(native.TARGET_DENSE_FWD, jax.ShapeDtypeStruct(out.shape, out.dtype))(
         x, dw, *db, sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0])
     )
 
