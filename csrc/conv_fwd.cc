@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -71,8 +72,10 @@ inline __attribute__((always_inline)) void Tile(const Geo& g, const Pix& px, con
     const float* xp[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) xp[r] = px.base[r] + i * xrow;
-    const float* wrow = wpack + i * g.m * g.cp + c0;
-    for (int64_t k = 0; k < g.m; ++k, wrow += g.cp) {
+    // wpack holds the channel block at c0 as its own (kh * m) x bw panel, so this walk is contiguous
+    const int64_t bw = std::min<int64_t>(NV * W, g.cp - c0);
+    const float* wrow = wpack + c0 * g.kh * g.m + i * g.m * bw;
+    for (int64_t k = 0; k < g.m; ++k, wrow += bw) {
       V wv[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) wv[v] = LoadV<V>(wrow + v * W);
@@ -111,14 +114,15 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
   // (every chunk streams the packed kernel through the tiles once)
   const int64_t want = std::max<int64_t>((4 * RMAX + g.ow - 1) / g.ow, (int64_t{1024} << 10) / std::max<int64_t>(4 * block, 1));
   const int64_t chunk = std::max<int64_t>(1, std::min(r_hi - r_lo, want));
-  std::vector<float> xpack(chunk * block);
+  // every packed row is written before it is read (PackInputRow or zeros), so no value-initialisation
+  const std::unique_ptr<float[]> xpack(new float[chunk * block]);
   const int64_t xstep = g.sw * g.ci;
   for (int64_t r0 = r_lo; r0 < r_hi; r0 += chunk) {
     const int64_t nr = std::min(chunk, r_hi - r0);
     for (int64_t q = 0; q < nr; ++q) {
       const int64_t n = (r0 + q) / g.oh, oh = (r0 + q) % g.oh;
       for (int64_t i = 0; i < g.kh; ++i) {
-        float* dst = xpack.data() + q * block + i * xrow;
+        float* dst = xpack.get() + q * block + i * xrow;
         const int64_t ih = oh * g.sh + i - g.pt;
         if (ih < 0 || ih >= g.h) {  // a padding row: zeros (its products add nothing)
           std::memset(dst, 0, xrow * sizeof(float));
@@ -128,17 +132,21 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
       }
     }
     const int64_t pixels = nr * g.ow;
-    for (int64_t c0 = 0; c0 < g.co; c0 += NVMAX * W) {
-      const int64_t nv = std::min<int64_t>(NVMAX, (g.cp - c0) / W);
-      const int64_t cvalid = std::min<int64_t>(g.co - c0, nv * W);
-      for (int64_t p0 = 0; p0 < pixels; p0 += RMAX) {
-        const int64_t r = std::min<int64_t>(RMAX, pixels - p0);
-        Pix px;
-        for (int64_t t = 0; t < r; ++t) {
-          const int64_t q = (p0 + t) / g.ow, o = (p0 + t) % g.ow;
-          px.base[t] = xpack.data() + q * block + o * xstep;
-          px.out[t] = y + ((r0 + q) * g.ow + o) * g.co;
-        }
+    // pixel tiles outer, channel blocks inner: a tile's input windows are read from L1 by every block
+    int64_t tq = 0, to = 0;  // output row (in the chunk) and column of the tile's first pixel
+    for (int64_t p0 = 0; p0 < pixels; p0 += RMAX) {
+      const int64_t r = std::min<int64_t>(RMAX, pixels - p0);
+      Pix px;
+      for (int64_t t = 0, q = tq, o = to; t < r; ++t) {
+        px.base[t] = xpack.get() + q * block + o * xstep;
+        px.out[t] = y + ((r0 + q) * g.ow + o) * g.co;
+        if (++o == g.ow) o = 0, ++q;
+      }
+      to += r;
+      while (to >= g.ow) to -= g.ow, ++tq;
+      for (int64_t c0 = 0; c0 < g.co; c0 += NVMAX * W) {
+        const int64_t nv = std::min<int64_t>(NVMAX, (g.cp - c0) / W);
+        const int64_t cvalid = std::min<int64_t>(g.co - c0, nv * W);
 #define JAXCNN_FWD_CASE(RR)                                                                              \
   case RR:                                                                                               \
     if (NVMAX >= 2 && nv == 2) Tile<V, W, (RR <= RMAX ? RR : 1), 2>(g, px, wpack, bias, xrow, c0, cvalid); \
@@ -173,24 +181,35 @@ __attribute__((target("avx2,fma"))) void RunRowsAvx2(const Geo& g, const float* 
 }
 #endif
 
+// the rows loop for this CPU and its channel block (NVMAX * W: the weight panels' width)
+struct Kernel {
+  RunRowsFn run;
+  int64_t block;
+};
 #if defined(__x86_64__) || defined(__i386__)
-const RunRowsFn kRunRows = jaxcnn_native::SelectIsa<RunRowsFn>(RunRowsAvx512, RunRowsAvx2, RunRowsBase);
+const Kernel kKernel = jaxcnn_native::SelectIsa<Kernel>({RunRowsAvx512, 32}, {RunRowsAvx2, 16}, {RunRowsBase, 16});
 #else
-const RunRowsFn kRunRows = RunRowsBase;
+const Kernel kKernel{RunRowsBase, 16};
 #endif
 
 constexpr int64_t kItems = 16;  // row ranges per call: enough to balance 2-8 threads
 
 void Forward(ffi::ThreadPool& pool, const float* x, const float* w, const float* b, float* y, const Geo& g) {
-  // w (kh x kw x ci x co) -> kh x m x cp, zero beyond co; the bias likewise
-  std::vector<float> wpack(g.kh * g.m * g.cp, 0.0f), bias(g.cp, 0.0f);
-  for (int64_t row = 0; row < g.kh * g.m; ++row) std::memcpy(&wpack[row * g.cp], w + row * g.co, g.co * sizeof(float));
+  // w (kh x kw x ci x co, i.e. kh * m rows of co) -> one (kh * m) x bw panel per block of kKernel.block
+  // channels (the last block narrower, bw a multiple of kPad), zero beyond co; the bias padded to cp
+  const int64_t krows = g.kh * g.m;
+  std::vector<float> wpack(krows * g.cp, 0.0f), bias(g.cp, 0.0f);
+  for (int64_t c0 = 0; c0 < g.cp; c0 += kKernel.block) {
+    const int64_t bw = std::min(kKernel.block, g.cp - c0), valid = std::max<int64_t>(0, std::min(bw, g.co - c0));
+    float* panel = wpack.data() + c0 * krows;
+    for (int64_t row = 0; row < krows; ++row) std::memcpy(panel + row * bw, w + row * g.co + c0, valid * sizeof(float));
+  }
   if (b != nullptr) std::memcpy(bias.data(), b, g.co * sizeof(float));
   const int64_t rows = g.n * g.oh;
   if (rows == 0 || g.ow == 0 || g.co == 0) return;
   const int64_t items = std::min<int64_t>(rows, kItems);
   ParallelFor(pool, items, [&](int64_t k) {
-    kRunRows(g, x, wpack.data(), bias.data(), y, rows * k / items, rows * (k + 1) / items);
+    kKernel.run(g, x, wpack.data(), bias.data(), y, rows * k / items, rows * (k + 1) / items);
   });
 }
 

@@ -143,7 +143,9 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
   const int64_t acc_bytes = 4 * g.kh * g.m * cw;
   const int64_t budget = std::min<int64_t>(int64_t{6} << 20, std::max<int64_t>(int64_t{768} << 10, 2 * acc_bytes));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(it.r_hi - it.r_lo, budget / per_row));
-  std::vector<float> dpack(chunk * drow), xpack(chunk * g.kh * xrow);
+  // packed rows are written before they are read (a chunk's nr dy rows; its valid input rows), so no
+  // value-initialisation
+  const std::unique_ptr<float[]> dpack(new float[chunk * drow]), xpack(new float[chunk * g.kh * xrow]);
   std::vector<const float*> xr(chunk), dr(chunk);
   std::vector<char> valid(chunk * g.kh);
   const int64_t copy_lo = std::min(it.c_lo, g.co), copy_hi = std::min(it.c_hi, g.co);
@@ -152,7 +154,7 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
     // pack dy rows (channels [c_lo, c_hi), zero beyond co) and sum the bias gradient
     for (int64_t q = 0; q < nr; ++q) {
       const float* src = it.dy + (r0 + q) * g.ow * g.co;
-      float* dst = dpack.data() + q * drow;
+      float* dst = dpack.get() + q * drow;
       for (int64_t o = 0; o < g.ow; ++o) {
         float* d = dst + o * cw;
         const float* s = src + o * g.co;
@@ -174,7 +176,7 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
         const bool ok = ih >= 0 && ih < g.h;
         valid[q * g.kh + i] = ok;
         if (!ok) continue;
-        float* dst = xpack.data() + (q * g.kh + i) * xrow;
+        float* dst = xpack.get() + (q * g.kh + i) * xrow;
         jaxcnn_native::PackInputRow(g, it.x + ((n * g.h + ih) * g.w) * g.ci, dst);
       }
     }
@@ -182,8 +184,8 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
       int64_t np = 0;
       for (int64_t q = 0; q < nr; ++q) {
         if (!valid[q * g.kh + i]) continue;
-        xr[np] = xpack.data() + (q * g.kh + i) * xrow;
-        dr[np] = dpack.data() + q * drow;
+        xr[np] = xpack.get() + (q * g.kh + i) * xrow;
+        dr[np] = dpack.get() + q * drow;
         ++np;
       }
       if (!np) continue;
