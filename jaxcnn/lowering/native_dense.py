@@ -243,6 +243,7 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: tuple[int, int
 FORWARD_MAX_COUT = 64  # the native forward wins up to this many output channels,
 FORWARD_MAX_WINDOW = 192  # kernel-row windows (kw * Cin floats) this long
 FORWARD_MAX_PIXELS = 32 * 32  # and output maps this large (per image), for kernels larger than 1x1
+STEM_MAX_CIN, STEM_MAX_COUT = 4, 32  # and image stems (RGB or grey in, few channels out) on maps of any size
 
 
 def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int, out_hw: tuple[int, int]) -> bool:
@@ -256,9 +257,18 @@ def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int, out_hw: tu
     1.33 against 2.13, allconv6's at 32x32 batch 128 7.3 against 7.7. Widening it to 128 channels and
     3 x 128-float windows was slower (1.64, 1.54, 7.7 ms), and at 224x224 the native kernel lost on the
     112x112 maps (allconv6's inference at batch 16: 58 against 36 ms), so larger maps keep XLA's, as do
-    1x1 layers, which XLA computes as a matrix product.
+    1x1 layers, which XLA computes as a matrix product. The exception is a stem of at most 4 input and 32
+    output channels: XLA's convolution of 3-channel images is slow (MobileNet v1's 224x224 -> 112x112x32 stem
+    took 6.4 ms alone against PyTorch's 0.6; ``experiments/profile_layers.py``), and with the native one
+    MobileNet v1's inference at 224x224 batch 8 took 45.2 ms against 52.6 (train step 254 against 258), after
+    the kernel's tiles were reordered (2026-12-04). allconv6's 224x224 stem (64 channels, bias and ReLU
+    straight after) stays on XLA: there XLA runs the whole network as one YNNPACK fusion, and taking the stem
+    out of it cost 38.6 against 25.7 ms.
     """
-    return (tuple(kernel) != (1, 1) and cout <= FORWARD_MAX_COUT and kernel[1] * cin <= FORWARD_MAX_WINDOW
+    k = tuple(kernel)
+    if k != (1, 1) and cin <= STEM_MAX_CIN and cout <= STEM_MAX_COUT:
+        return True
+    return (k != (1, 1) and cout <= FORWARD_MAX_COUT and kernel[1] * cin <= FORWARD_MAX_WINDOW
             and out_hw[0] * out_hw[1] <= FORWARD_MAX_PIXELS)
 
 
