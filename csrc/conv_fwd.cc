@@ -16,14 +16,15 @@
 // (the register blocking of oneDNN's and libxsmm's direct convolutions). A tile's pixels may
 // come from several output rows, so short rows (4x4 maps) still fill it. The input rows a chunk
 // of output rows reads are copied into zero-padded rows first (padding rows and columns become
-// zeros, so padding costs no branch) and w into rows padded to a multiple of 16 channels (so no
-// channel tail inside the loop).
+// zeros, so padding costs no branch) and w into one contiguous panel per block of channels a tile
+// covers, padded to a multiple of 16 channels (so no channel tail inside the loop). Each pixel tile
+// runs every channel block in turn, so its windows are read from L1 after the first.
 //
 // Threads: the output rows are split into ranges run on XLA's intra-op pool (parallel.h); every
 // output element is written by one item, so the result does not depend on thread timing.
 //
 // ISA: compiled for AVX-512 (16-float vectors, 12 x 2 tile), AVX2+FMA (8-float vectors, 6 x 2)
-// and baseline x86-64, picked at run time as in conv_wgrad.cc.
+// and baseline x86-64, picked at run time (conv_common.h's SelectIsa).
 
 #include <algorithm>
 #include <cstdint>
