@@ -68,6 +68,12 @@ inline xla::ffi::Error MakeGeo(xla::ffi::Span<const int64_t> xd, xla::ffi::Span<
   return xla::ffi::Error::Success();
 }
 
+// A per-channel operand (the bias, or the bias gradient): it must have shape (co,).
+inline xla::ffi::Error CheckChannelVector(xla::ffi::Span<const int64_t> dims, const Geo& g, const char* who,
+                                          const char* what) {
+  return CheckArg(dims.size() == 1 && dims[0] == g.co, who, what);
+}
+
 // Copies input row srow (w pixels of ci floats) into dst as a padded row of wp pixels: padded column u
 // holds input column u - pl, zeros outside the image (so padding costs the micro-kernels no branch).
 inline void PackInputRow(const Geo& g, const float* srow, float* dst) {
@@ -83,20 +89,17 @@ inline void PackInputRow(const Geo& g, const float* srow, float* dst) {
 #define JAXCNN_CASES_1_TO_12(CASE) \
   CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
 
+#if defined(__x86_64__) || defined(__i386__)
 // The variant for this CPU: AVX-512 (which __builtin_cpu_supports reports on AMD Zen 4/5 as on Intel),
-// else AVX2+FMA, else the baseline build.
+// else AVX2+FMA, else the baseline build. x86 only: elsewhere the kernels are built once, for the baseline.
 template <typename Fn>
 Fn SelectIsa(Fn avx512, Fn avx2, Fn base) {
-#if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2;
-#else
-  (void)avx512;
-  (void)avx2;
-#endif
   return base;
 }
+#endif
 
 }  // namespace jaxcnn_native
 

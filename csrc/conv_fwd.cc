@@ -166,19 +166,23 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
 
 using RunRowsFn = void (*)(const Geo&, const float*, const float*, const float*, float*, int64_t, int64_t);
 
+// Each variant's vector width W and channel vectors per tile NV; W * NV channels is also the width of
+// the weight panels Forward packs for it (kKernel.block), so both read these names.
+constexpr int kW512 = 16, kNv512 = 2, kW256 = 8, kNv256 = 2;
+
 void RunRowsBase(const Geo& g, const float* x, const float* wp, const float* b, float* y, int64_t lo, int64_t hi) {
-  RunRowsBody<V8, 8, 4, 2>(g, x, wp, b, y, lo, hi);
+  RunRowsBody<V8, kW256, 4, kNv256>(g, x, wp, b, y, lo, hi);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void RunRowsAvx512(const Geo& g, const float* x,
                                                                         const float* wp, const float* b, float* y,
                                                                         int64_t lo, int64_t hi) {
-  RunRowsBody<V16, 16, 12, 2>(g, x, wp, b, y, lo, hi);
+  RunRowsBody<V16, kW512, 12, kNv512>(g, x, wp, b, y, lo, hi);
 }
 __attribute__((target("avx2,fma"))) void RunRowsAvx2(const Geo& g, const float* x, const float* wp, const float* b,
                                                      float* y, int64_t lo, int64_t hi) {
-  RunRowsBody<V8, 8, 6, 2>(g, x, wp, b, y, lo, hi);
+  RunRowsBody<V8, kW256, 6, kNv256>(g, x, wp, b, y, lo, hi);
 }
 #endif
 
@@ -188,9 +192,10 @@ struct Kernel {
   int64_t block;
 };
 #if defined(__x86_64__) || defined(__i386__)
-const Kernel kKernel = jaxcnn_native::SelectIsa<Kernel>({RunRowsAvx512, 32}, {RunRowsAvx2, 16}, {RunRowsBase, 16});
+const Kernel kKernel = jaxcnn_native::SelectIsa<Kernel>({RunRowsAvx512, kW512 * kNv512}, {RunRowsAvx2, kW256 * kNv256},
+                                                         {RunRowsBase, kW256 * kNv256});
 #else
-const Kernel kKernel{RunRowsBase, 16};
+const Kernel kKernel{RunRowsBase, kW256 * kNv256};
 #endif
 
 constexpr int64_t kItems = 16;  // row ranges per call: enough to balance 2-8 threads
@@ -223,8 +228,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
       e.failure())
     return e;
   if (b.has_value()) {
-    auto bd = b->dimensions();
-    if (auto e = jaxcnn_native::CheckArg(bd.size() == 1 && bd[0] == g.co, "convolution", "b must have shape (Cout,)");
+    if (auto e = jaxcnn_native::CheckChannelVector(b->dimensions(), g, "convolution", "b must have shape (Cout,)");
         e.failure())
       return e;
   }

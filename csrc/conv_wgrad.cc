@@ -286,8 +286,7 @@ ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     return e;
   float* dbp = nullptr;
   if (db.has_value()) {
-    auto bd = (*db)->dimensions();
-    if (auto e = jaxcnn_native::CheckArg(bd.size() == 1 && bd[0] == g.co, "weight gradient", "db must have shape (Cout,)");
+    if (auto e = jaxcnn_native::CheckChannelVector((*db)->dimensions(), g, "weight gradient", "db must have shape (Cout,)");
         e.failure())
       return e;
     dbp = (*db)->typed_data();
