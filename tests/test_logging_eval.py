@@ -266,3 +266,32 @@ def test_load_model_says_what_it_needs_when_the_checkpoint_cannot_rebuild_the_mo
         load_model(copy)
     with pytest.raises(checkpoint.CheckpointError, match="holds no complete checkpoint"):
         load_model(tmp_path)
+
+
+def test_a_run_resumed_within_the_same_second_keeps_the_earlier_event_file(tmp_path, monkeypatch):
+    """tensorboardX names event files by the whole second; a resume inside that second must not truncate them."""
+    import time as time_module
+
+    from jaxcnn.train.loggers import TensorBoardLogger
+    from jaxcnn.train.records import EpochRecord
+
+    monkeypatch.setattr(time_module, "time", lambda: 1_800_000_000.25)  # both writers open in one second
+    def record(e):
+        return EpochRecord(epoch=e, step=10 * (e + 1), train_loss=[1.0 / (e + 1)] * 2, train_accuracy=[0.5] * 2,
+                           test_loss=[2.0 / (e + 1)] * 2, test_accuracy=[0.1 * (e + 1), 0.2 * (e + 1)],
+                           test_top5=[0.9] * 2, seconds=1.0, images_per_second=100.0)
+    first = TensorBoardLogger(tmp_path)
+    first.start({"model": "m"}, [0, 1], [])
+    for e in range(2):
+        first.epoch(record(e))
+    first.finish(True)
+    resumed = TensorBoardLogger(tmp_path)
+    resumed.start({"model": "m"}, [0, 1], [record(0), record(1)])
+    resumed.epoch(record(2))
+    resumed.finish(True)
+    assert len(list((tmp_path / "seed_1").glob("events.out.tfevents.1800000000.*"))) == 2
+    ea = EventAccumulator(str(tmp_path / "seed_1"))
+    ea.Reload()
+    events = ea.Scalars("test_accuracy")
+    assert [e.step for e in events] == [1, 2, 3]
+    np.testing.assert_allclose([e.value for e in events], [0.2, 0.4, 0.6], rtol=1e-6)

@@ -107,12 +107,24 @@ class Logger:
         """The run ended: completed (``ok``) or stopped by an error."""
 
 
+def _event_writer(logdir: Path, **kwargs: Any) -> Any:
+    """A tensorboardX SummaryWriter whose event file is new, even when another was opened this second.
+
+    tensorboardX names the file by the whole second and the host alone and opens it with "wb", so a
+    run resumed (or a study report rewritten) within the same second truncated the earlier file and
+    lost its epochs. The nanosecond suffix makes the name unique and keeps files in creation order,
+    the order TensorBoard reads them in.
+    """
+    suffix = f".{time.time_ns()}.{os.getpid()}"
+    return require("tensorboard").SummaryWriter(str(logdir), filename_suffix=suffix, **kwargs)
+
+
 class TensorBoardLogger(Logger):
     """Event files under ``logdir``: ``seed_<s>/`` per seed and ``mean/``, the same scalar tags in each."""
 
     def __init__(self, logdir: str | Path):
         self.logdir = Path(logdir)
-        self._writer_class = require("tensorboard").SummaryWriter
+        require("tensorboard")  # fail here, naming the extra, not at the first epoch
         self._writers: dict[str, Any] = {}
         self._seeds: list[int] = []
 
@@ -121,7 +133,7 @@ class TensorBoardLogger(Logger):
         logged = any(self.logdir.rglob("events.out.tfevents.*"))  # a resumed run has logged its epochs
         self._seeds = list(seeds)
         for name in ["mean", *(f"seed_{s}" for s in seeds)]:
-            self._writers[name] = self._writer_class(str(self.logdir / name), flush_secs=30)
+            self._writers[name] = _event_writer(self.logdir / name, flush_secs=30)
         if not logged or not history:
             table = "| parameter | value |\n|---|---|\n" + "\n".join(
                 f"| {k} | {v.replace('|', '/')} |" for k, v in sorted(params.items()))
@@ -317,7 +329,7 @@ class LogSpec:
             study.log_artifacts([p for p in paths if p.is_file()], "report")
             study.finish(True)
         if "tensorboard" in self.kinds and (out / "table.md").is_file():
-            writer = require("tensorboard").SummaryWriter(str(out / "tensorboard" / "study"))
+            writer = _event_writer(out / "tensorboard" / "study")
             writer.add_text("table", (out / "table.md").read_text(), 0)
             writer.close()
 
