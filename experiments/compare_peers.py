@@ -486,7 +486,8 @@ def markdown(report: dict[str, Any]) -> str:
     d = report["device"]
     lines += ["", f"reps {s['reps']} x >= {s['min_seconds']} s, interleaved; median per-step time; float32; "
               f"torch threads {s['torch_threads']}; {d.get('cpu', d['backend'])}; jax {d['jax']}, "
-              f"flax {d.get('flax', '—')}, torch {d.get('torch', '—')}."]
+              f"flax {d.get('flax', '—')}, torch {d.get('torch', '—')}; {d.get('host_malloc', '')} "
+              "(the whole process, PyTorch too)."]
     for fw, why in report["skipped"].items():
         lines.append(f"skipped {fw}: {why}")
     bad = [(r["case"], r["measure"], fw) for r in report["rows"] for fw in fws if r["results"][fw]["contaminated_reps"]]

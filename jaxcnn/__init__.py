@@ -40,7 +40,11 @@ from jaxcnn.layers import (
     SubsamplePad,
     Tanh,
 )
+from jaxcnn.lowering import host_allocator
 from jaxcnn.transforms import mixed_precision, round_channels, scale_width, with_conv_impl
+
+# before any JAX computation starts XLA's threads (importing jaxcnn starts none; see the module's docstring)
+host_allocator.configure()
 
 __version__ = "0.1.0"
 

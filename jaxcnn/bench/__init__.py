@@ -36,6 +36,7 @@ from jaxcnn.bench.rows import MEASURES, BenchRow
 from jaxcnn.bench.timing import LoadMeter, Run, Series, interleave, prepare, timed
 from jaxcnn.core import Layer
 from jaxcnn.lowering import compile_options as xla_options
+from jaxcnn.lowering import host_allocator
 from jaxcnn.lowering.conv import lowerings_used
 from jaxcnn.summary import summary
 from jaxcnn.train import step
@@ -108,6 +109,7 @@ def device_info() -> dict[str, Any]:
     info = {
         "backend": jax.default_backend(), "device_kind": d.device_kind, "device_count": jax.device_count(),
         "jax": jax.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "host_malloc": host_allocator.status().describe(),  # a 20-30% difference in big CPU steps
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -327,7 +329,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines.extend(f"\nwarning: {w}" for w in report.get("warnings", []))
     d = report["device"]
     lines.append(f"\ndevice: {d['backend']} {d['device_kind']} x{d['device_count']} ({d.get('cpu', '')}), "
-                 f"jax {d['jax']}")
+                 f"jax {d['jax']}; {d.get('host_malloc', '')}")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcnn.lowering import host_allocator
 from jaxcnn.storage import outdir
 from jaxcnn.train import peers
 from jaxcnn.train.cluster import Cluster, DistributedError, split_address
@@ -116,6 +117,7 @@ def initialize(cluster: Cluster | None = None) -> None:
         f"(--init-timeout): no peer, or two with the same --process-id; start "
         f"{'process 1' if n == 2 else f'processes 1 .. {n - 1} once each'} with the same --coordinator, or raise "
         "--init-timeout"))
+    host_allocator.restore_dispatch("a multi-process run")
     try:
         with peers.service_errors_end_in_one_line():
             jax.distributed.initialize(**kwargs)
