@@ -122,8 +122,10 @@ def test_forward_equals_float64_as_closely_as_xla_float32(shape, kernel, cout, s
     y_hw = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DN).shape[1:3]
     wins = native_dense.native_forward_wins(kernel, shape[3], cout, y_hw)  # 1x1 and wide layers stay on XLA
     stem = kernel != (1, 1) and shape[3] <= 4 and cout <= 32  # image stems: native on maps of any size
-    small = kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and y_hw[0] * y_hw[1] <= 1024
-    assert wins == (stem or small)
+    pixels = y_hw[0] * y_hw[1]
+    small = kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and 4 < pixels <= 1024
+    tiny = kernel != (1, 1) and cout <= 128 and kernel[1] * shape[3] <= 384 and pixels <= 4
+    assert wins == (stem or small or tiny)
     assert ("jaxcnn_conv_forward" in fwd.lower(x, w, b).as_text()) == wins
     assert _rel(fwd(x, w, b), want) <= bound
     # the kernel itself, whatever the rule: every case (1x1 and 40-channel tails included), eager dispatch
@@ -232,12 +234,17 @@ def test_auto_routes_by_the_measured_rule():
                unpadded=True)
     assert choose("auto", in_hw=(2, 2), batch=DOT_MAX_PIXELS // 4, **one) == "dot"
     assert choose("auto", in_hw=(2, 2), batch=DOT_MAX_PIXELS // 4 + 1, **one) == "native"
-    assert choose("auto", **{**args, "in_hw": (2, 2)}, dense_ok=True) == "shift"  # kernel larger than input
+    assert choose("auto", **{**args, "in_hw": (2, 2)}, dense_ok=True) == "im2col"  # kernel larger than input
+    assert choose("auto", **{**args, "in_hw": (2, 2), "groups": 2}) == "shift"  # grouped: per-tap products
     # the convolution itself: native on small maps with few channels, XLA's on 112x112 maps and wide layers
     assert native_dense.native_forward_wins((3, 3), 3, 64, (16, 16))
     assert not native_dense.native_forward_wins((3, 3), 3, 64, (112, 112))
     assert not native_dense.native_forward_wins((3, 3), 64, 128, (8, 8))
     assert not native_dense.native_forward_wins((1, 1), 16, 32, (8, 8))
+    # 2x2 maps and smaller: native up to 128 channels (allconv6's 4x4x128 -> 2x2x128 layer), XLA's beyond
+    assert native_dense.native_forward_wins((3, 3), 128, 128, (2, 2))
+    assert not native_dense.native_forward_wins((3, 3), 128, 256, (2, 2))
+    assert not native_dense.native_forward_wins((3, 3), 256, 128, (2, 2))
     try:
         native.set_enabled(False)
         assert choose("auto", **args, dense_ok=True, channels=(3, 16), batch=4) == "phase"
