@@ -72,6 +72,10 @@ CONV_CASES = [
      (9, 11, 2), True),
     ("s3_k5", False, dict(features=2, kernel=5, stride=3, padding=2), (10, 8, 3), True),
     ("kernel_larger_than_input", False, dict(features=3, kernel=3, stride=2, padding=1), (2, 2, 4), True),
+    # taps that see only padding are left out of shift's and im2col's sums (both, and every output in padding)
+    ("depthwise_larger_than_input", True, dict(kernel=3, stride=2, padding=1), (2, 2, 3), True),
+    ("only_padding_rows", False, dict(features=2, kernel=(2, 1), stride=4, padding=((3, 0), (0, 0))), (1, 3, 2),
+     True),
     ("s2_valid", False, dict(features=4, kernel=3, stride=2, padding="VALID"), (9, 8, 3), True),
     ("dilation_s2_valid", False, dict(features=3, kernel=3, stride=2, dilation=(2, 1), padding="VALID"), (9, 8, 2),
      True),

@@ -220,28 +220,28 @@ def _conv2d(x, w, stride, pads, dilation, groups, impl, b):
         )
     if impl == "phase":
         return _phase_conv(x, w, stride, pads)
-    taps = list(_taps(x, w.shape[:2], stride, pads, dilation))
+    live, taps = zip(*_taps(x, w.shape[:2], stride, pads, dilation), strict=True)
     kh, kw, cin_g, cout = w.shape
     n, oh, ow, c = taps[0].shape
     cout_g = cout // groups
     if impl == "shift":
         if cin_g == 1 and cout == c:  # depthwise, multiplier 1: a per-channel product per tap
-            y = taps[0] * w[0, 0, 0]
-            for t, (i, j) in enumerate(_positions(kh, kw)):
-                if t:
-                    y = y + taps[t] * w[i, j, 0]
+            y = taps[0] * w[live[0] + (0,)]
+            for (i, j), tap in zip(live[1:], taps[1:], strict=True):
+                y = y + tap * w[i, j, 0]
             return y
         y = None
-        for t, (i, j) in enumerate(_positions(kh, kw)):
-            part = _grouped_matmul(taps[t], w[i, j], groups, cin_g, cout_g)
+        for (i, j), tap in zip(live, taps, strict=True):
+            part = _grouped_matmul(tap, w[i, j], groups, cin_g, cout_g)
             y = part if y is None else y + part
         return y
-    # im2col: patches (N, oh, ow, kh*kw, C) -> one (grouped) matmul
+    # im2col: patches (N, oh, ow, taps, C) -> one (grouped) matmul
+    wt = w.reshape(kh * kw, cin_g, cout) if len(live) == kh * kw else jnp.stack([w[i, j] for i, j in live])
     if groups == 1:  # the windows side by side along channels: one plain 2-D matrix product
-        patches = jnp.concatenate(taps, axis=3).reshape(n * oh * ow, kh * kw * c)
-        return (patches @ w.reshape(kh * kw * c, cout)).reshape(n, oh, ow, cout)
-    patches = jnp.stack(taps, axis=3).reshape(n, oh, ow, kh * kw, groups, cin_g)
-    wm = w.reshape(kh * kw, cin_g, groups, cout_g)
+        patches = jnp.concatenate(taps, axis=3).reshape(n * oh * ow, len(live) * c)
+        return (patches @ wt.reshape(len(live) * c, cout)).reshape(n, oh, ow, cout)
+    patches = jnp.stack(taps, axis=3).reshape(n, oh, ow, len(live), groups, cin_g)
+    wm = wt.reshape(len(live), cin_g, groups, cout_g)
     y = jnp.einsum("nhwtgc,tcgd->nhwgd", patches, wm)
     return y.reshape(n, oh, ow, cout)
 
@@ -251,15 +251,26 @@ def _positions(kh: int, kw: int):
 
 
 def _taps(x, kernel, stride, pads, dilation):
-    """The input window seen by each kernel tap, as strided slices of the padded input."""
+    """``(i, j), window`` for each kernel tap whose window touches the image, as strided slices of the padded input.
+
+    A tap that sees only padding (a 3x3 kernel's outer taps on a 2x2 map with stride 2) adds nothing, so it
+    is left out (at least one tap is always kept, so an all-padding output still has its shape).
+    """
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     hp, wp = xp.shape[1:3]
     keh, kew = effective_kernel(kernel, dilation)
     oh = (hp - keh) // stride[0] + 1
     ow = (wp - kew) // stride[1] + 1
-    for i, j in _positions(*kernel):
+
+    def touches(start: int, step: int, count: int, pad: int, size: int) -> bool:
+        return any(pad <= start + k * step < pad + size for k in range(count))
+
+    live = [(i, j) for i, j in _positions(*kernel)
+            if touches(i * dilation[0], stride[0], oh, pads[0][0], x.shape[1])
+            and touches(j * dilation[1], stride[1], ow, pads[1][0], x.shape[2])] or [(0, 0)]
+    for i, j in live:
         r, c = i * dilation[0], j * dilation[1]
-        yield lax.slice(
+        yield (i, j), lax.slice(
             xp, (0, r, c, 0), (xp.shape[0], r + (oh - 1) * stride[0] + 1, c + (ow - 1) * stride[1] + 1, xp.shape[3]),
             (1, stride[0], stride[1], 1),
         )
