@@ -15,7 +15,7 @@
 // registers and, per window float, loads NV vectors of w and broadcasts R window floats
 // (the register blocking of oneDNN's and libxsmm's direct convolutions). A tile's pixels may
 // come from several output rows, so short rows (4x4 maps) still fill it. The input rows a chunk
-// of output rows reads are copied into zero-padded rows first (padding rows and columns become
+// of output rows reads are copied, each once, into zero-padded rows first (padding rows and columns become
 // zeros, so padding costs no branch) and w into one contiguous panel per block of channels a tile
 // covers, padded to a multiple of 16 channels (so no channel tail inside the loop). Each pixel tile
 // runs every channel block in turn, so its windows are read from L1 after the first.
@@ -115,22 +115,32 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
   // (every chunk streams the packed kernel through the tiles once)
   const int64_t want = std::max<int64_t>((4 * RMAX + g.ow - 1) / g.ow, (int64_t{1024} << 10) / std::max<int64_t>(4 * block, 1));
   const int64_t chunk = std::max<int64_t>(1, std::min(r_hi - r_lo, want));
-  // every packed row is written before it is read (PackInputRow or zeros), so no value-initialisation
-  const std::unique_ptr<float[]> xpack(new float[chunk * block]);
+  // The chunk's output rows of one image read input rows oh0*sh - pt .. (oh1*sh - pt + kh - 1): each is packed
+  // once, in order, so output row u of the segment reads its kh rows from packed row u*sh on (L rows of a
+  // segment need (L-1)*sh + kh <= L*max(kh, sh) packed rows). Packing kh rows per output row instead copied
+  // every input row kh/sh times, from memory not yet in cache, before any arithmetic.
+  // Every packed row is written before it is read (PackInputRow or zeros), so no value-initialisation.
+  const std::unique_ptr<float[]> xpack(new float[chunk * std::max(g.kh, g.sh) * xrow]);
+  const std::unique_ptr<const float*[]> rowbase(new const float*[chunk]);  // output row q's kernel row 0
   const int64_t xstep = g.sw * g.ci;
   for (int64_t r0 = r_lo; r0 < r_hi; r0 += chunk) {
     const int64_t nr = std::min(chunk, r_hi - r0);
-    for (int64_t q = 0; q < nr; ++q) {
-      const int64_t n = (r0 + q) / g.oh, oh = (r0 + q) % g.oh;
-      for (int64_t i = 0; i < g.kh; ++i) {
-        float* dst = xpack.get() + q * block + i * xrow;
-        const int64_t ih = oh * g.sh + i - g.pt;
+    for (int64_t q = 0, used = 0; q < nr;) {
+      const int64_t n = (r0 + q) / g.oh, oh0 = (r0 + q) % g.oh;
+      const int64_t len = std::min(nr - q, g.oh - oh0);  // output rows of image n in this chunk
+      const int64_t ih_lo = oh0 * g.sh - g.pt, rows = (len - 1) * g.sh + g.kh;
+      for (int64_t t = 0; t < rows; ++t) {
+        float* dst = xpack.get() + (used + t) * xrow;
+        const int64_t ih = ih_lo + t;
         if (ih < 0 || ih >= g.h) {  // a padding row: zeros (its products add nothing)
           std::memset(dst, 0, xrow * sizeof(float));
           continue;
         }
         jaxcnn_native::PackInputRow(g, x + ((n * g.h + ih) * g.w) * g.ci, dst);
       }
+      for (int64_t u = 0; u < len; ++u) rowbase[q + u] = xpack.get() + (used + u * g.sh) * xrow;
+      used += rows;
+      q += len;
     }
     const int64_t pixels = nr * g.ow;
     // pixel tiles outer, channel blocks inner: a tile's input windows are read from L1 by every block
@@ -139,7 +149,7 @@ inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float
       const int64_t r = std::min<int64_t>(RMAX, pixels - p0);
       Pix px;
       for (int64_t t = 0, q = tq, o = to; t < r; ++t) {
-        px.base[t] = xpack.get() + q * block + o * xstep;
+        px.base[t] = rowbase[q] + o * xstep;
         px.out[t] = y + ((r0 + q) * g.ow + o) * g.co;
         if (++o == g.ow) o = 0, ++q;
       }
