@@ -48,7 +48,8 @@ All compute the same function; which is fastest depends on the backend:
   ``JAXCNN_NATIVE=0``), ``shift`` for other grouped/depthwise kernels, ``im2col`` for dense
   kernels larger than their (unpadded) input (XLA:CPU takes 5-10x longer there, e.g. a
   3x3 kernel on a 2x2 map: allconv6's last 2x2x128 -> 1x1x256 layer at batch 128 took 9.3 ms
-  with XLA's, 1.0 with ``shift``'s nine products and 0.55 as one product of the windows;
+  with XLA's, 1.0 with ``shift``'s nine products and 0.48 as one product of the four windows that
+  touch the image;
   allconv6's inference at 32x32 batch 128 10.0 -> 9.3 ms, its train step 33.5 -> 31.8),
   ``native`` for float32 dense kernels (:func:`dense_native_wins`)
   except 1x1 stride-1 ones with at most :data:`DOT_MAX_PIXELS` output pixels, which get ``dot``;
@@ -163,7 +164,7 @@ def choose(
 # (3..1024 channels, 1x1 and 3x3, stride 1 and 2, 128..200k output pixels), and faster than a dot for 1x1
 # convs down to 512 output pixels; at 128 pixels (MobileNet's 1x1x1024 layers at batch 128) the dot was
 # 2x faster: the kernel's fixed cost, clearing and reducing a Cin x Cout accumulator, is no longer small.
-SMALL_MAP_DENSE = "im2col"
+SMALL_MAP_DENSE = "im2col"  # dense kernels larger than their input: one product of the windows (module docstring)
 DOT_MAX_PIXELS = 256  # 1x1 stride-1 convs with at most this many output pixels (N*H*W) use dot instead
 
 
