@@ -21,6 +21,10 @@ caching allocator and JAX's GPU preallocation do for device memory; the peak doe
 a Python loop no longer overlaps its own work with a running single-device step (the engine's
 loops move data while the previous step's results are read back, so they lose little).
 
+Now and then (one call in 30-180 in the probe of ``tests/test_host_allocator.py``, and in bursts on a
+busy machine) a call still faults the whole buffer in once, when the heap's layout moved under it; the
+calls after it reuse the buffer again.
+
 ``import jaxcnn`` applies both when it can (Linux with glibc, JAX's backend not started yet, the
 dispatch option not set by the user); ``JAXCNN_MALLOC=0`` leaves both as they are. :func:`status`
 says which happened, and the benchmarks print it.
