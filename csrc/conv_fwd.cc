@@ -110,7 +110,7 @@ template <typename V, int W, int RMAX, int NVMAX>
 inline __attribute__((always_inline)) void RunRowsBody(const Geo& g, const float* x, const float* wpack,
                                                        const float* bias, float* y, int64_t r_lo, int64_t r_hi) {
   const int64_t xrow = g.wp * g.ci;     // floats per packed input row
-  const int64_t block = g.kh * xrow;   // the kh packed rows of one output row
+  const int64_t block = g.kh * xrow;   // the kh packed rows one output row reads (the chunk size's unit)
   // rows per chunk: at least 4 tiles of pixels, and the packed rows within about 1 MB when that allows more
   // (every chunk streams the packed kernel through the tiles once)
   const int64_t want = std::max<int64_t>((4 * RMAX + g.ow - 1) / g.ow, (int64_t{1024} << 10) / std::max<int64_t>(4 * block, 1));
