@@ -123,8 +123,8 @@ def test_forward_equals_float64_as_closely_as_xla_float32(shape, kernel, cout, s
     wins = native_dense.native_forward_wins(kernel, shape[3], cout, y_hw)  # 1x1 and wide layers stay on XLA
     stem = kernel != (1, 1) and shape[3] <= 4 and cout <= 32  # image stems: native on maps of any size
     pixels = y_hw[0] * y_hw[1]
-    small = kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and 4 < pixels <= 1024
-    tiny = kernel != (1, 1) and cout <= 128 and kernel[1] * shape[3] <= 384 and pixels <= 4
+    small = kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and 16 < pixels <= 1024
+    tiny = kernel != (1, 1) and cout <= 128 and kernel[1] * shape[3] <= 384 and pixels <= 16
     assert wins == (stem or small or tiny)
     assert ("jaxcnn_conv_forward" in fwd.lower(x, w, b).as_text()) == wins
     assert _rel(fwd(x, w, b), want) <= bound
@@ -241,8 +241,10 @@ def test_auto_routes_by_the_measured_rule():
     assert not native_dense.native_forward_wins((3, 3), 3, 64, (112, 112))
     assert not native_dense.native_forward_wins((3, 3), 64, 128, (8, 8))
     assert not native_dense.native_forward_wins((1, 1), 16, 32, (8, 8))
-    # 2x2 maps and smaller: native up to 128 channels (allconv6's 4x4x128 -> 2x2x128 layer), XLA's beyond
+    # 4x4 maps and smaller: native up to 128 channels (allconv6's 8x8x64 -> 4x4x128 and 4x4x128 -> 2x2x128
+    # layers), XLA's beyond
     assert native_dense.native_forward_wins((3, 3), 128, 128, (2, 2))
+    assert native_dense.native_forward_wins((3, 3), 64, 128, (4, 4))
     assert not native_dense.native_forward_wins((3, 3), 128, 256, (2, 2))
     assert not native_dense.native_forward_wins((3, 3), 256, 128, (2, 2))
     try:

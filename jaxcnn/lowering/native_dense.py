@@ -243,7 +243,7 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: tuple[int, int
 FORWARD_MAX_COUT = 64  # the native forward wins up to this many output channels,
 FORWARD_MAX_WINDOW = 192  # kernel-row windows (kw * Cin floats) this long
 FORWARD_MAX_PIXELS = 32 * 32  # and output maps this large (per image), for kernels larger than 1x1
-SMALL_MAP_PIXELS, SMALL_MAP_MAX_COUT, SMALL_MAP_MAX_WINDOW = 4, 128, 3 * 128
+SMALL_MAP_PIXELS, SMALL_MAP_MAX_COUT, SMALL_MAP_MAX_WINDOW = 4 * 4, 128, 3 * 128
 STEM_MAX_CIN, STEM_MAX_COUT = 4, 32  # and image stems (RGB or grey in, few channels out) on maps of any size
 
 
@@ -264,9 +264,12 @@ def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int, out_hw: tu
     MobileNet v1's inference at 224x224 batch 8 took 45.2 ms against 52.6 (train step 254 against 258), after
     the kernel's tiles were reordered (2026-12-04). allconv6's 224x224 stem (64 channels, bias and ReLU
     straight after) stays on XLA: there XLA runs the whole network as one YNNPACK fusion, and taking the stem
-    out of it cost 38.6 against 25.7 ms. On maps of at most 2x2 outputs the native kernel also wins up to 128
-    channels (allconv6's 4x4x128 -> 2x2x128 layer at batch 128: 0.86 against XLA's 1.13 ms alone; allconv6's
-    inference at 32x32 batch 128 9.3 -> 8.9 ms; 2026-12-04, interleaved medians).
+    out of it cost 38.6 against 25.7 ms. On output maps of at most 4x4 the native kernel also wins up to 128
+    channels (2026-12-04, interleaved medians, whole programs under default options): allconv6's 4x4x128 ->
+    2x2x128 layer at batch 128 took 0.86 against XLA's 1.13 ms alone (allconv6's inference at 32x32 batch 128
+    9.3 -> 8.9 ms), and its 8x8x64 -> 4x4x128 layer on the native kernel took that inference 8.35 -> 6.38 and
+    7.47 -> 5.82 ms in two runs (train step 23.9 -> 22.6, 23.6 -> 22.3), allconv6_7_bn's on 28x28 inputs at
+    batch 125 3.62 -> 2.96 ms; allconv6_5_bn's level (1.81 / 1.86).
     """
     if tuple(kernel) == (1, 1):
         return False
