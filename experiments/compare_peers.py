@@ -25,8 +25,12 @@ Frameworks, each written the way its users would write it:
 * ``flax``: a hand-written ``flax.linen`` Module of the same architecture (depthwise as ``nn.Conv``
   with ``feature_group_count``), ``apply(..., mutable=['batch_stats'])``, the same jit/donate/optax step,
   plain ``jax.jit`` (no option of jaxcnn's: ``import jaxcnn`` sets no XLA flag).
-* ``torch-eager-cl``: hand-written ``torch.nn`` model, model and input in ``channels_last``.
-* ``torch-eager``: the same model in plain NCHW.
+* ``torch-eager-cl``: hand-written ``torch.nn`` model (experiments/peer_torch.py), model and input in
+  ``channels_last``, in a PyTorch process of its own with glibc's malloc defaults, as its users run it.
+* ``torch-eager``: the same model in plain NCHW, same process.
+* ``torch-eager-cl-hostmem``: ``torch-eager-cl`` in a second PyTorch process given jaxcnn's host-memory
+  settings (``jaxcnn.lowering.host_allocator``: no mmap, 2 GiB trim), to show how much of a ratio is the
+  allocator: PyTorch gains from them too, up to 1.5x on allconv6 224x224 inference on the 2-core Xeon.
 
 Models: allconv6 = 5 x [conv3x3 stride 2 pad 1 + bias, ReLU] (64, 64, 128, 128, 256), global
 average pool, Dense(10); MobileNet v1 = conv3x3 s2 (32a) + BN + ReLU, the paper's 13 depthwise
@@ -40,8 +44,10 @@ that a repetition lasts >= ``--min-seconds``; ``--reps`` repetitions, interleave
 (rep 1: jaxcnn, flax, torch-eager-cl, torch-eager; rep 2: ...) so slow drift of the shared VM hits all
 of them alike; the median per-step time gives images/s = batch / median. JAX work is blocked on at
 the end of each repetition (asynchronous dispatch counted). Each runtime's one-time start-up is paid
-on a tiny conv before any timing, so first calls are per model. All frameworks share one process;
-torch uses ``--torch-threads`` threads (default: the usable cores), XLA its default pool.
+on a tiny conv before any timing, so first calls are per model. jaxcnn and Flax share this process;
+PyTorch runs in worker processes driven over a pipe (a round trip per repetition, well under 1 ms of
+>= 2 s), whose CPU time the other-load meter counts as the benchmark's own; torch uses
+``--torch-threads`` threads (default: the usable cores), XLA its default pool.
 
 How to read the ratios: ``jaxcnn/<peer>`` = jaxcnn images/s divided by the peer's images/s on the
 same case and mode; > 1 means jaxcnn is faster, 0.5 means it takes twice as long per step. Run-to-run
@@ -55,6 +61,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -66,6 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from peer_torch import ALLCONV6, BN_EPS, BN_MOMENTUM, LR, MBV1_BLOCKS, MOMENTUM, NUM_CLASSES, Case, make_batch, scaled
 
 from jaxcnn import models
 from jaxcnn.bench import device_info
@@ -76,49 +84,13 @@ from jaxcnn.lowering import compile_options
 from jaxcnn.storage.files import atomic_write_text
 from jaxcnn.train import step as train_step_module  # the engine's step, timed for jaxcnn
 
-FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager")
-PEERS = ("torch-eager-cl", "torch-eager", "flax")  # ratio denominators: jaxcnn / peer
+FRAMEWORKS = ("jaxcnn", "flax", "torch-eager-cl", "torch-eager", "torch-eager-cl-hostmem")
+PEERS = ("torch-eager-cl", "torch-eager", "torch-eager-cl-hostmem", "flax")  # ratio denominators: jaxcnn / peer
+TORCH_VARIANTS = {  # framework -> (channels_last, the worker's malloc)
+    "torch-eager-cl": (True, "glibc"), "torch-eager": (False, "glibc"), "torch-eager-cl-hostmem": (True, "jaxcnn"),
+}
 DEFAULT_CASES = ("allconv6:32:128", "mbv1_1.0:32:128", "mbv1_0.25:32:128", "allconv6:224:16", "mbv1_1.0:224:8")
 QUICK_CASES = ("allconv6:32:8", "mbv1_0.25:32:8")
-NUM_CLASSES = 10
-LR, MOMENTUM = 0.01, 0.9
-BN_MOMENTUM, BN_EPS = 0.9, 1e-5  # flax/jaxcnn convention; torch momentum = 1 - 0.9
-
-# Architectures, written out here independently of jaxcnn's builders (the parameter-count check
-# compares the three implementations).
-ALLCONV6 = (64, 64, 128, 128, 256)  # 3x3 stride-2 convs
-MBV1_BLOCKS = (  # (pointwise channels, depthwise stride), Howard et al. 2017 Table 1
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
-)
-
-
-def scaled(c: int, alpha: float) -> int:
-    """Channels times the width multiplier alpha, rounded (alpha 0.25..1 keeps every count integral)."""
-    return max(1, int(round(c * alpha)))
-
-
-# -- cases ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Case:
-    """One workload: ``model`` is ``allconv6`` or ``mbv1`` (width ``alpha``), square input, batch."""
-
-    model: str
-    alpha: float
-    size: int
-    batch: int
-
-    @property
-    def label(self) -> str:
-        """Short name, e.g. ``mbv1_1.0`` or ``allconv6``."""
-        return f"mbv1_{self.alpha:g}" if self.model == "mbv1" else "allconv6"
-
-    @property
-    def spec(self) -> str:
-        """The ``--cases`` spelling of this case."""
-        return f"{self.label}:{self.size}:{self.batch}"
 
 
 def parse_case(text: str) -> Case:
@@ -160,6 +132,7 @@ class Runner:
     param_count: int
     state_count: int  # BatchNorm running statistics (mean + var entries)
     notes: str = ""
+    close: Callable[[], Any] | None = None  # frees what the step holds (the PyTorch worker's model)
 
 
 def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -310,79 +283,67 @@ def flax_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray) -> Runner:
                        f"flax.linen {type(module).__name__}, mutable=['batch_stats']")
 
 
-def _torch_module(case: Case):
-    import torch.nn as nn
+class TorchWorker:
+    """A PyTorch process of its own (experiments/peer_torch.py --serve), driven over a pipe.
 
-    if case.model == "allconv6":
-        layers: list[nn.Module] = []
-        cin = 3
-        for c in ALLCONV6:
-            layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
-            cin = c
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, NUM_CLASSES)]
-        return nn.Sequential(*layers)
+    PyTorch runs outside jaxcnn's process so that it keeps the allocator its users get (``malloc="glibc"``)
+    or gets jaxcnn's settings on purpose (``"jaxcnn"``); its CPU time counts as the benchmark's own in
+    the other-load meter, and a ``run`` round trip costs well under a millisecond of a >= 2 s repetition.
+    """
 
-    def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1) -> list[nn.Module]:
-        return [
-            nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout, momentum=1 - BN_MOMENTUM, eps=BN_EPS),
-            nn.ReLU(inplace=True),
-        ]
+    def __init__(self, malloc: str, threads: int) -> None:
+        script = Path(__file__).resolve().with_name("peer_torch.py")
+        self.malloc = malloc
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--serve", "--threads", str(threads), "--malloc", malloc],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self.info = self._read()
 
-    cin = scaled(32, case.alpha)
-    layers = conv_bn(3, cin, 3, 2)
-    for c, s in MBV1_BLOCKS:
-        cout = scaled(c, case.alpha)
-        layers += conv_bn(cin, cin, 3, s, groups=cin) + conv_bn(cin, cout, 1, 1)
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, NUM_CLASSES)]
-    return nn.Sequential(*layers)
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            raise RuntimeError(f"the PyTorch worker (--malloc {self.malloc}) exited with {self.proc.wait()}; "
+                               "its error is printed above")
+        msg = json.loads(line)
+        if "error" in msg:
+            raise RuntimeError(f"PyTorch worker (--malloc {self.malloc}): {msg['error']}")
+        return msg
 
+    def call(self, **msg: Any) -> dict[str, Any]:
+        """Send one command and wait for its reply."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
 
-def torch_runner(case: Case, mode: str, x: np.ndarray, y: np.ndarray, *, channels_last: bool) -> Runner:
-    """PyTorch eager, NCHW or channels_last; the batch is the same NHWC array, transposed."""
-    import torch
-
-    torch.manual_seed(0)
-    model = _torch_module(case)
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(y.astype(np.int64))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        xt = xt.contiguous(memory_format=torch.channels_last)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_state = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
-    if mode == "train":
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def run(n: int) -> None:
-            for _ in range(n):
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xt), yt)
-                loss.backward()
-                opt.step()
-
-    else:
-        model.eval()
-
-        def run(n: int) -> None:
-            with torch.inference_mode():
-                for _ in range(n):
-                    model(xt)
-
-    layout = "channels_last" if channels_last else "NCHW"
-    return Runner("torch-eager-cl" if channels_last else "torch-eager", run, n_params, n_state,
-                  f"torch.nn.Sequential, eager, {layout}, {torch.get_num_threads()} threads")
+    def close(self) -> None:
+        """Ask the worker to quit, and reap it."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-BUILDERS: dict[str, Callable[[Case, str, np.ndarray, np.ndarray], Runner]] = {
-    "jaxcnn": jaxcnn_runner,
-    "flax": flax_runner,
-    "torch-eager-cl": lambda c, m, x, y: torch_runner(c, m, x, y, channels_last=True),
-    "torch-eager": lambda c, m, x, y: torch_runner(c, m, x, y, channels_last=False),
-}
+def torch_runner(case: Case, mode: str, framework: str, worker: TorchWorker) -> Runner:
+    """PyTorch eager (peer_torch.torch_step) built and run in ``worker``'s process."""
+    channels_last, _ = TORCH_VARIANTS[framework]
+    key = f"{framework}/{case.spec}/{mode}"
+    built = worker.call(op="build", key=key, case=[case.model, case.alpha, case.size, case.batch], mode=mode,
+                        channels_last=channels_last)
+
+    def run(n: int) -> None:
+        worker.call(op="run", key=key, n=n)
+
+    notes = f"{built['notes']}; own process, {worker.info['host_malloc']}"
+    return Runner(framework, run, built["params"], built["state"], notes, lambda: worker.call(op="drop", key=key))
 
 
 # -- the measurement (timing as in jaxcnn.bench.timing: first call, calibration, interleaved reps) -------
@@ -390,18 +351,21 @@ BUILDERS: dict[str, Callable[[Case, str, np.ndarray, np.ndarray], Runner]] = {
 
 def measure(
     case: Case, mode: str, frameworks: list[str], *, reps: int, min_seconds: float, max_other_load: float,
-    retries: int, meter: LoadMeter, log: Callable[[str], None],
+    retries: int, meter: LoadMeter, log: Callable[[str], None], workers: dict[str, TorchWorker],
 ) -> dict[str, Any]:
     """Build every framework's step for ``case``/``mode``, then time them interleaved; returns a report row."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((case.batch, case.size, case.size, 3), dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, case.batch).astype(np.int32)
+    x, y = make_batch(case)
     runners: dict[str, Runner] = {}
     meas: dict[str, Series] = {}
     for fw in frameworks:
-        runners[fw] = BUILDERS[fw](case, mode, x, y)
+        if fw == "jaxcnn":
+            runners[fw] = jaxcnn_runner(case, mode, x, y)
+        elif fw == "flax":
+            runners[fw] = flax_runner(case, mode, x, y)
+        else:
+            runners[fw] = torch_runner(case, mode, fw, workers[TORCH_VARIANTS[fw][1]])
         m = meas[fw] = prepare(runners[fw].run, min_seconds)  # first call: JAX traces + compiles + one step
-        log(f"  {fw:15s} first call {m.first_call_s:7.2f} s, {m.calls_per_rep} steps per repetition")
+        log(f"  {fw:22s} first call {m.first_call_s:7.2f} s, {m.calls_per_rep} steps per repetition")
 
     params = {fw: r.param_count for fw, r in runners.items()}
     state = {fw: r.state_count for fw, r in runners.items()}
@@ -436,6 +400,9 @@ def measure(
             "state_count": runners[fw].state_count,
             "implementation": runners[fw].notes,
         }
+    for r in runners.values():
+        if r.close is not None:
+            r.close()
     ratios = {
         f"jaxcnn/{peer}": results["jaxcnn"]["images_per_s"] / results[peer]["images_per_s"]
         if "jaxcnn" in results and peer in results else None
@@ -486,8 +453,13 @@ def markdown(report: dict[str, Any]) -> str:
     d = report["device"]
     lines += ["", f"reps {s['reps']} x >= {s['min_seconds']} s, interleaved; median per-step time; float32; "
               f"torch threads {s['torch_threads']}; {d.get('cpu', d['backend'])}; jax {d['jax']}, "
-              f"flax {d.get('flax', '—')}, torch {d.get('torch', '—')}; {d.get('host_malloc', '')} "
-              "(the whole process, PyTorch too)."]
+              f"flax {d.get('flax', '—')}, torch {d.get('torch', '—')}; jaxcnn and flax: {d.get('host_malloc', '')}."]
+    variants = [fw for fw in fws if fw in TORCH_VARIANTS]
+    workers = report.get("torch_workers", {})
+    if variants:
+        lines.append("PyTorch runs in processes of its own: " + "; ".join(
+            f"{fw}: {workers.get(TORCH_VARIANTS[fw][1], {}).get('host_malloc', TORCH_VARIANTS[fw][1])}"
+            for fw in variants) + ".")
     for fw, why in report["skipped"].items():
         lines.append(f"skipped {fw}: {why}")
     bad = [(r["case"], r["measure"], fw) for r in report["rows"] for fw in fws if r["results"][fw]["contaminated_reps"]]
@@ -499,6 +471,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def available(frameworks: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """The frameworks that can run, the skipped ones with the reason, and the peers' versions."""
+    import importlib.metadata
+    import importlib.util
+
     ok, skipped, versions = [], {}, {}
     for fw in frameworks:
         if fw == "flax":
@@ -510,20 +485,24 @@ def available(frameworks: list[str]) -> tuple[list[str], dict[str, str], dict[st
                 continue
             versions["flax"] = flax.__version__
         elif fw.startswith("torch"):
+            # looked up, not imported: PyTorch runs in worker processes, not in this one
             try:
-                import torch
-            except ImportError as e:
-                skipped[fw] = f"torch is not installed ({e}); pip install -e '.[torch]'"
+                found = importlib.util.find_spec("torch") is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                skipped[fw] = "torch is not installed; pip install -e '.[torch]'"
                 continue
-            versions["torch"] = torch.__version__
+            versions["torch"] = importlib.metadata.version("torch")
         ok.append(fw)
     return ok, skipped, versions
 
 
-def prewarm(frameworks: list[str]) -> None:
-    """Pay each runtime's one-time start-up (backend, compiler, oneDNN) on a tiny conv, outside every timing.
+def prewarm() -> None:
+    """Pay JAX's one-time start-up (backend, compiler) on a tiny conv, outside every timing.
 
-    Otherwise the first framework of each kind would carry it in its first-call time.
+    Otherwise the first JAX framework would carry it in its first-call time; the PyTorch workers do the
+    same for PyTorch before they report ready.
     """
     xs = np.ones((2, 8, 8, 3), np.float32)
     w = np.ones((3, 3, 3, 4), np.float32)
@@ -533,12 +512,6 @@ def prewarm(frameworks: list[str]) -> None:
         return jnp.mean(jax.nn.relu(y))
 
     jax.block_until_ready(jax.jit(jax.grad(loss))(w, xs))
-    if any(f.startswith("torch") for f in frameworks):
-        import torch
-
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            conv = torch.nn.Conv2d(3, 4, 3, padding=1).to(memory_format=fmt)
-            conv(torch.ones(2, 3, 8, 8).contiguous(memory_format=fmt)).mean().backward()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -584,16 +557,26 @@ def main(argv: list[str] | None = None) -> int:
     frameworks, skipped, versions = available(wanted)
     for fw, why in skipped.items():
         print(f"skipping {fw}: {why}", flush=True)
-    torch_threads = None
-    if any(f.startswith("torch") for f in frameworks):
-        import torch
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers: dict[str, TorchWorker] = {}
+    for fw in frameworks:
+        malloc = TORCH_VARIANTS.get(fw, (None, None))[1]
+        if malloc is not None and malloc not in workers:
+            workers[malloc] = TorchWorker(malloc, args.torch_threads or cores)
+    torch_threads = next((w.info["threads"] for w in workers.values()), None)
+    try:
+        return _run(args, cases, modes, reps, min_seconds, frameworks, skipped, versions, workers, torch_threads,
+                    argv, log)
+    finally:
+        for w in workers.values():
+            w.close()
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(args.torch_threads or cores)
-        torch_threads = torch.get_num_threads()
 
-    prewarm(frameworks)
-    meter = LoadMeter()
+def _run(args, cases, modes, reps, min_seconds, frameworks, skipped, versions, workers, torch_threads,
+         argv, log) -> int:
+    """Time every case and mode, print the tables and write the reports (main's body, workers started)."""
+    prewarm()
+    meter = LoadMeter(pids=[w.proc.pid for w in workers.values()])
     if not meter.ok:
         log("note: /proc/stat unreadable; other processes' load is not checked")
     device = {**device_info(), **versions, "optax": optax.__version__, "numpy": np.__version__,
@@ -605,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{case.spec} {mode}:")
             rows.append(measure(case, mode, frameworks, reps=reps, min_seconds=min_seconds,
                                 max_other_load=args.max_other_load, retries=max(0, args.retries),
-                                meter=meter, log=log))
+                                meter=meter, log=log, workers=workers))
     report = {
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
         "settings": {"reps": reps, "min_seconds": min_seconds, "measures": modes, "quick": args.quick,
@@ -613,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
                      "cases": [c.spec for c in cases], "num_classes": NUM_CLASSES, "dtype": "float32",
                      "train_step": "BN train mode + softmax CE + backward + SGD momentum 0.9 lr 0.01"},
         "device": device,
+        "torch_workers": {m: {k: w.info[k] for k in ("pid", "host_malloc", "jax_imported")}
+                          for m, w in workers.items()},
         "frameworks": frameworks,
         "skipped": skipped,
         "rows": rows,

@@ -12,11 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "compare_peers.py"
-FRAMEWORKS = ["jaxcnn", "flax", "torch-eager-cl", "torch-eager"]
-RATIOS = ["jaxcnn/torch-eager-cl", "jaxcnn/torch-eager", "jaxcnn/flax"]
+FRAMEWORKS = ["jaxcnn", "flax", "torch-eager-cl", "torch-eager", "torch-eager-cl-hostmem"]
+RATIOS = ["jaxcnn/torch-eager-cl", "jaxcnn/torch-eager", "jaxcnn/torch-eager-cl-hostmem", "jaxcnn/flax"]
 
 
 def _module():
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))  # its sibling peer_torch.py, as when run as a script
     spec = importlib.util.spec_from_file_location("compare_peers", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["compare_peers"] = mod  # dataclasses look their module up there
@@ -50,7 +52,7 @@ def test_missing_peers_are_skipped_with_a_reason(monkeypatch):
                         "param_count": 557_898, "results": {"jaxcnn": result},
                         "ratios": dict.fromkeys(RATIOS)}]}
     md = cp.markdown(report)
-    assert "| allconv6 | 32x32 | 4 | train | 557,898 | 100 | — | — | — |" in md
+    assert "| allconv6 | 32x32 | 4 | train | 557,898 | 100 | — | — | — | — |" in md
     assert "skipped flax:" in md
 
 
@@ -96,12 +98,19 @@ def test_quick_run_of_jaxcnn_against_torch_runs_where_flax_is_missing(tmp_path):
     out_json = tmp_path / "peers.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--cases", "allconv6:32:4", "--measure", "train", "--reps", "2",
-         "--retries", "0", "--frameworks", "jaxcnn,torch-eager-cl", "--json", str(out_json)],
+         "--retries", "0", "--frameworks", "jaxcnn,torch-eager-cl,torch-eager-cl-hostmem", "--json", str(out_json)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (row,) = json.loads(out_json.read_text())["rows"]
-    for fw in ("jaxcnn", "torch-eager-cl"):
+    report = json.loads(out_json.read_text())
+    (row,) = report["rows"]
+    # PyTorch ran in processes of its own: the stock one never imported JAX (nor jaxcnn's malloc settings)
+    workers = report["torch_workers"]
+    assert set(workers) == {"glibc", "jaxcnn"} and workers["glibc"]["pid"] != workers["jaxcnn"]["pid"]
+    assert workers["glibc"]["jax_imported"] is False and "glibc defaults" in workers["glibc"]["host_malloc"]
+    assert workers["jaxcnn"]["jax_imported"] is True
+    assert "own process" in row["results"]["torch-eager-cl"]["implementation"]
+    for fw in ("jaxcnn", "torch-eager-cl", "torch-eager-cl-hostmem"):
         r = row["results"][fw]
         assert r["reps"] == 2 and len(r["rep_step_ms"]) == 2 and r["step_ms_low"] <= r["step_ms_median"]
     assert row["ratios"]["jaxcnn/torch-eager-cl"] == pytest.approx(

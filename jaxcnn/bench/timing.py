@@ -20,7 +20,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["LoadMeter", "Series", "calibrate", "interleave", "prepare", "timed"]
@@ -29,10 +29,15 @@ Run = Callable[[int], None]  # run(n): n calls, blocked on at the end
 
 
 class LoadMeter:
-    """Cores' worth of CPU time other processes used between ``start()`` and ``stop()`` (None off Linux)."""
+    """Cores' worth of CPU time other processes used between ``start()`` and ``stop()`` (None off Linux).
 
-    def __init__(self) -> None:
+    ``pids``: helper processes whose CPU time counts as the benchmark's own (compare_peers's PyTorch
+    workers), read from ``/proc/<pid>/stat``.
+    """
+
+    def __init__(self, pids: Iterable[int] = ()) -> None:
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.pids = list(pids)
         self.ok = self._busy() is not None
         self._t = self._busy_at = self._own = 0.0
 
@@ -46,21 +51,32 @@ class LoadMeter:
         user, nice, system, _idle, _iowait, irq, softirq = fields
         return float(user + nice + system + irq + softirq)
 
+    def _own_seconds(self) -> float:
+        t = os.times()
+        own = t.user + t.system
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    # fields after the ")" that closes the command name: utime and stime are the 12th and 13th
+                    rest = f.read().rsplit(")", 1)[1].split()
+                own += (int(rest[11]) + int(rest[12])) / self.hz
+            except (OSError, ValueError, IndexError):
+                pass  # a helper that exited uses no CPU
+        return own
+
     def start(self) -> None:
         """Begin an interval."""
         self._t = time.perf_counter()
         self._busy_at = self._busy() or 0.0
-        t = os.times()
-        self._own = t.user + t.system
+        self._own = self._own_seconds()
 
     def stop(self) -> float | None:
         """Other processes' average CPU use over the interval, in cores."""
         wall = time.perf_counter() - self._t
         if not self.ok or wall <= 0:
             return None
-        t = os.times()
         busy = ((self._busy() or 0.0) - self._busy_at) / self.hz
-        return max(0.0, (busy - (t.user + t.system - self._own)) / wall)
+        return max(0.0, (busy - (self._own_seconds() - self._own)) / wall)
 
 
 @dataclass
