@@ -41,6 +41,7 @@ struct Geo {
   int64_t m;   // kw * ci: one kernel row's window length
   int64_t cp;  // co rounded up to kPad
   int64_t wp;  // padded input row length in pixels: (ow - 1) * sw + kw
+  bool relu = false;  // forward only: write max(y, 0) (NaN kept), the ReLU after the layer fused into the store
 };
 
 inline xla::ffi::Error CheckArg(bool ok, const char* who, const char* what) {

@@ -88,6 +88,13 @@ inline __attribute__((always_inline)) void Tile(const Geo& g, const Pix& px, con
       }
     }
   }
+  if (g.relu) {  // max(a, 0) that keeps NaN, as jnp.maximum does: a < 0 is false for NaN
+    const V z = {};
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) a[r][v] = a[r][v] < z ? z : a[r][v];
+  }
   if (cvalid >= NV * W) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
@@ -229,14 +236,15 @@ void Forward(ffi::ThreadPool& pool, const float* x, const float* w, const float*
   });
 }
 
-// y = conv(x, w) (+ b when the optional bias operand is passed)
+// y = conv(x, w) (+ b when the optional bias operand is passed), then max(y, 0) when relu is nonzero
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        std::optional<ffi::Buffer<ffi::F32>> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
-                       int64_t pt, int64_t pl) {
+                       int64_t pt, int64_t pl, int64_t relu) {
   Geo g;
   if (auto e = jaxcnn_native::MakeGeo(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, "convolution", &g);
       e.failure())
     return e;
+  g.relu = relu != 0;
   if (b.has_value()) {
     if (auto e = jaxcnn_native::CheckChannelVector(b->dimensions(), g, "convolution", "b must have shape (Cout,)");
         e.failure())
@@ -258,4 +266,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, ForwardImpl,
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("relu"));

@@ -109,11 +109,11 @@ class _Container(Layer):
         _check_container_tree(self, in_shape, state, "state")
         return self.forward(params, state, x, train=train, key=key)
 
-    def _run(self, i: int, params, state, x, new_state, *, train, key):
+    def _run(self, i: int, params, state, x, new_state, *, train, key, relu: bool = False):
         attr, k, child = self.children()[i]
         sub_key = None if key is None else jax.random.fold_in(key, i)
-        y, s = _child_call(attr, child.apply, params.get(k, {}), state.get(k, {}), x, train=train, key=sub_key,
-                           _key=k)
+        fn = child.apply_relu if relu else child.apply  # relu: see _fuses_relu
+        y, s = _child_call(attr, fn, params.get(k, {}), state.get(k, {}), x, train=train, key=sub_key, _key=k)
         if child.has_arrays():
             new_state[k] = s
         return y
@@ -165,11 +165,26 @@ class Sequential(_Container):
         return Spec(shape, macs, other, rf[0], rf[1])
 
     def forward(self, params, state, x, *, train, key):
-        """Feed x through each layer in order."""
+        """Feed x through each layer in order (a Conv and the ReLU after it as one call, see _fuses_relu)."""
         new_state: State = {}
-        for i in range(len(self.layers)):
-            x = self._run(i, params, state, x, new_state, train=train, key=key)
+        i = 0
+        while i < len(self.layers):
+            fuse = _fuses_relu(self.layers, i)
+            x = self._run(i, params, state, x, new_state, train=train, key=key, relu=fuse)
+            i += 2 if fuse else 1
         return x, new_state
+
+
+def _fuses_relu(layers: tuple[Layer, ...], i: int) -> bool:
+    """Whether ``layers[i]`` is a plain Conv followed by a plain ReLU, run as ``Conv.apply_relu``.
+
+    Exact classes only: a subclass may compute something else, and stays two calls. The ReLU has no
+    arrays, so skipping its own call loses no state and no check.
+    """
+    from jaxcnn.layers.activations import ReLU  # the layers import this module
+    from jaxcnn.layers.linear import Conv
+
+    return i + 1 < len(layers) and type(layers[i]) is Conv and type(layers[i + 1]) is ReLU
 
 
 def _joined(layer: Layer, in_shape: Shape, body: Spec, short: Spec, fix: str) -> tuple[tuple[int, ...], ...]:

@@ -57,12 +57,7 @@ class LayerError(ValueError):
 
     def with_prefix(self, prefix: str, key: str | None = None) -> LayerError:
         """Return the same error with ``prefix`` (and the child's params key) put in front of its path."""
-        if not self.path:
-            path = prefix
-        elif self.path.startswith("["):
-            path = prefix + self.path
-        else:
-            path = f"{prefix}.{self.path}"
+        path = prefix if not self.path else prefix + self.path if self.path.startswith("[") else f"{prefix}.{self.path}"
         keys = ((key,) if key else ()) + self.keys
         return type(self)(self.layer, self.in_shape, self.problem, self.hint, path, keys)
 
@@ -87,9 +82,7 @@ def layer_label(layer: Any) -> str:
         if not f.repr:
             continue
         value = getattr(layer, f.name)
-        if isinstance(value, Layer) or (
-            isinstance(value, tuple) and value and isinstance(value[0], Layer)
-        ):
+        if isinstance(value, Layer) or (isinstance(value, tuple) and value and isinstance(value[0], Layer)):
             continue  # children are named by their own path
         if f.default is not dataclasses.MISSING and value in (f.default, (f.default, f.default)):
             continue
@@ -241,11 +234,16 @@ class Layer:
         key: jax.Array | None = None,
     ) -> tuple[jax.Array, State]:
         """Run the layer on a batch ``x`` (NHWC); returns ``(y, new_state)``."""
+        self.check_call(params, state, x)
+        return self.forward(params, state, x, train=train, key=key)
+
+    def check_call(self, params: Params, state: State, x: jax.Array) -> Shape:
+        """Check ``x``'s shape and the two trees as :meth:`apply` does; returns the per-example input shape."""
         in_shape = batched_shape(self, x)
         self.spec(in_shape)
         check_tree(self, in_shape, params, self.param_shapes(in_shape), "params")
         check_tree(self, in_shape, state, self.state_shapes(in_shape), "state")
-        return self.forward(params, state, x, train=train, key=key)
+        return in_shape
 
     def forward(
         self, params: Params, state: State, x: jax.Array, *, train: bool, key: jax.Array | None

@@ -388,3 +388,83 @@ def test_without_the_kernel_everything_runs_on_xla(mode, env, warned):
     assert out["native_in_program"] == [False] * 3
     assert out["max_err"] < 1e-4
     assert len(out["warnings"]) == warned
+
+
+# (input NHWC, kernel, Cout, stride, padding): native forward (stem, small map, 4x4 output) and one on XLA
+RELU_CASES = [((2, 9, 7, 3), (3, 3), 17, 2, 1), ((3, 8, 8, 16), (3, 3), 24, 1, "SAME"),
+              ((2, 8, 8, 64), (3, 3), 128, 2, 1), ((2, 10, 10, 96), (3, 3), 200, 1, "VALID")]
+
+
+@on_cpu
+@pytest.mark.parametrize("shape, kernel, cout, stride, padding", RELU_CASES, ids=["stem", "small", "4x4", "xla"])
+def test_a_conv_and_its_relu_run_as_one_call_with_the_same_values_and_gradients(shape, kernel, cout, stride, padding):
+    x = _rand(shape, 40)
+    fused = jc.Sequential([jc.Conv(cout, kernel, stride, padding), jc.ReLU()])
+    apart = jc.Sequential([jc.Conv(cout, kernel, stride, padding), jc.Sequential([jc.ReLU()])])  # not adjacent
+    params, state = fused.init(jax.random.key(1), shape[1:])
+    assert apart.init(jax.random.key(1), shape[1:])[1] == state  # the same trees: the ReLU owns none
+
+    def loss(model, p, x):
+        return jnp.sum(jnp.sin(model.apply(p, state, x)[0]) ** 2)
+
+    def run(model):
+        return jax.jit(lambda p, x: (model.apply(p, state, x)[0],
+                                     jax.grad(lambda p, x: loss(model, p, x), (0, 1))(p, x)))(params, x)
+
+    (y, (gp, gx)), (y2, (gp2, gx2)) = run(fused), run(apart)
+    native_wins = native_dense.native_forward_wins(kernel, shape[3], cout, y.shape[1:3])
+    assert native_wins == (cout != 200)
+    text = str(jax.make_jaxpr(lambda p, x: fused.apply(p, state, x)[0])(params, x))
+    # where the native forward runs, the ReLU is inside it: no max of XLA's left in the forward
+    assert ("relu=True" in text and "max" not in text) == native_wins
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y2))  # max(y, 0) in the kernel or after: the same
+    np.testing.assert_allclose(gx, gx2, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), gp, gp2)
+    # and against float64 XLA: relu(conv + b), the gradients through jax.nn.relu's rule
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        ref = jc.with_conv_impl(apart, "xla")
+        want = np.asarray(ref.apply(p64, state, jnp.asarray(x, jnp.float64))[0])
+        gwant = jax.grad(lambda p, x: loss(ref, p, x), (0, 1))(p64, jnp.asarray(x, jnp.float64))
+    assert np.all(np.asarray(y) >= 0) and np.mean(np.asarray(y) == 0) > 0.2  # the ReLU did cut
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gx, gwant[1], rtol=1e-3, atol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), gp, gwant[0])
+
+
+@on_cpu
+def test_the_fused_relu_keeps_nan_as_jnp_maximum_does():
+    x = np.array(_rand((2, 9, 7, 3), 41))
+    x[1, 4, 3, 0] = np.nan  # poisons every output window that covers it: output row 2, columns 1 and 2
+    x = jnp.asarray(x)
+    conv = jc.Conv(17, 3, 2, 1)
+    params, _ = conv.init(jax.random.key(2), x.shape[1:])
+    y, _ = jax.jit(conv.apply_relu)(params, {}, x)
+    want = jax.nn.relu(jc.with_conv_impl(conv, "xla").apply(params, {}, x)[0])
+    assert "jaxcnn_conv_forward" in jax.jit(conv.apply_relu).lower(params, {}, x).as_text()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    assert np.isnan(np.asarray(y)).sum() == 2 * 17  # those two output pixels, every channel
+    np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(want), rtol=1e-5, atol=1e-6)
+
+
+def test_only_a_plain_conv_then_a_plain_relu_fuse():
+    from jaxcnn.combinators import _fuses_relu
+
+    @dataclasses.dataclass(frozen=True)
+    class ScaledConv(jc.Conv):  # a subclass may compute something else: it keeps its own forward
+        def forward(self, params, state, x, *, train, key):
+            y, s = super().forward(params, state, x, train=train, key=key)
+            return 2 * y, s
+
+    assert _fuses_relu((jc.Conv(4), jc.ReLU()), 0)
+    assert not _fuses_relu((jc.Conv(4), jc.ReLU6()), 0)
+    assert not _fuses_relu((jc.ReLU(), jc.Conv(4)), 0)
+    assert not _fuses_relu((jc.Conv(4),), 0)
+    assert not _fuses_relu((ScaledConv(4), jc.ReLU()), 0)
+    model = jc.Sequential([ScaledConv(4, 3, 1, 1), jc.ReLU()])
+    x = _rand((2, 5, 5, 3), 42)
+    params, state = model.init(jax.random.key(0), x.shape[1:])
+    y = model.apply(params, state, x)[0]
+    (conv_params,) = params.values()
+    assert "max" in str(jax.make_jaxpr(lambda x: model.apply(params, state, x)[0])(x))  # its own ReLU ran
+    np.testing.assert_allclose(y, jax.nn.relu(2 * jc.Conv(4, 3, 1, 1).apply(conv_params, {}, x)[0]), rtol=1e-6)

@@ -189,15 +189,21 @@ def conv2d(
     groups: int,
     impl: str = "xla",
     b: jax.Array | None = None,
+    relu: bool = False,
 ) -> jax.Array:
-    """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering, plus bias ``b`` if given."""
-    y = _conv2d(x, w, stride, pads, dilation, groups, impl, b)
-    if isinstance(y, tuple):  # the lowering added the bias itself (its gradient is fused)
+    """Convolve NHWC ``x`` with HWIO ``w`` (I = C / groups) using the chosen lowering, plus bias ``b`` if given.
+
+    ``relu=True``: ``jax.nn.relu`` of the result (what a ReLU layer after it computes, same values and
+    gradients), applied by the native dense forward as it writes its output where that kernel runs.
+    """
+    y = _conv2d(x, w, stride, pads, dilation, groups, impl, b, relu)
+    if isinstance(y, tuple):  # the lowering added the bias (its gradient is fused) and the ReLU itself
         return y[0]
-    return y if b is None else y + b.astype(y.dtype)
+    y = y if b is None else y + b.astype(y.dtype)
+    return jax.nn.relu(y) if relu else y
 
 
-def _conv2d(x, w, stride, pads, dilation, groups, impl, b):
+def _conv2d(x, w, stride, pads, dilation, groups, impl, b, relu=False):
     native_ok = native.depthwise_applicable(x.dtype, w.shape, x.shape[3], groups, dilation, pads)
     dense_ok = native_dense.applicable(x.dtype, groups, dilation, pads) and w.dtype == x.dtype
     impl = choose(impl, groups, x.shape[1:3], w.shape[:2], stride, dilation, native_ok=native_ok, dense_ok=dense_ok,
@@ -209,7 +215,7 @@ def _conv2d(x, w, stride, pads, dilation, groups, impl, b):
         if tuple(w.shape[:2]) == (1, 1) and tuple(stride) == (1, 1) and not any(p for pr in pads for p in pr):
             forward = _dot_fwd  # a 1x1 conv's forward and input gradient as dots
         bias = None if b is None else b.astype(x.dtype)
-        return (native_dense.conv(x, w, bias, stride, pads, forward),)
+        return (native_dense.conv(x, w, bias, stride, pads, forward, relu),)
     if impl == "dot":
         return _dot_1x1(x, w)
     if impl == "native":

@@ -58,7 +58,7 @@ def _input_grad(ct, w, stride, pads, in_shape):
 
 
 # -- primitives ---------------------------------------------------------------------------
-# wconv(x, dw[, db]) = conv(x, dw) (+ db): linear in (dw, db).
+# wconv(x, dw[, db]) = conv(x, dw) (+ db), then ReLU when relu=True: linear in (dw, db) when relu=False.
 # wgrad(x, dy) = (dW[, db]): the transpose of wconv in (dw, db); linear in dy, and in x for dW.
 
 wconv_p = Primitive("jaxcnn_dense_wconv")
@@ -66,12 +66,13 @@ wgrad_p = Primitive("jaxcnn_dense_wgrad")
 wgrad_p.multiple_results = True
 
 
-def _wconv_impl(x, dw, *db, stride, pads, kernel):
+def _wconv_impl(x, dw, *db, stride, pads, kernel, relu=False):
     y = _xla(x, dw, stride, pads)
-    return y + db[0] if db else y
+    y = y + db[0] if db else y
+    return jax.nn.relu(y) if relu else y
 
 
-def _wconv_abstract(x, dw, *db, stride, pads, kernel):
+def _wconv_abstract(x, dw, *db, stride, pads, kernel, relu=False):
     n, h, w, _ = x.shape
     oh, ow = ((s + lo + hi - k) // st + 1 for s, k, st, (lo, hi) in zip((h, w), kernel, stride, pads, strict=True))
     return jax.core.ShapedArray((n, oh, ow, dw.shape[3]), x.dtype)
@@ -98,12 +99,13 @@ def _eager(prim, **params):
     return jax.jit(lambda *a: prim.bind(*a, **params))
 
 
-def _wconv_ffi(x, dw, *db, stride, pads, kernel):
+def _wconv_ffi(x, dw, *db, stride, pads, kernel, relu=False):
     if not native._load():
         raise RuntimeError(f"jaxcnn: the native convolution kernel is not available: {native.load_error()}")
     out = _wconv_abstract(x, dw, *db, stride=stride, pads=pads, kernel=kernel)
     return jax.ffi.ffi_call(native.TARGET_DENSE_FWD, jax.ShapeDtypeStruct(out.shape, out.dtype))(
-        x, dw, *db, sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0])
+        x, dw, *db, sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pads[0][0]), pl=np.int64(pads[1][0]),
+        relu=np.int64(relu),
     )
 
 
@@ -112,30 +114,37 @@ wconv_p.def_impl(lambda *a, **p: _eager(wconv_p, **p)(*a))
 mlir.register_lowering(wconv_p, mlir.lower_fun(_wconv_impl, multiple_results=False))
 # on CPU wconv is the native forward kernel (csrc/conv_fwd.cc) wherever it is bound: as the primal where
 # native_forward_wins routes it, and (any shape) as a forward-mode kernel tangent or the transpose of a
-# weight gradient in second derivatives; each computes conv(x, dw) + db
+# weight gradient in second derivatives; each computes conv(x, dw) + db (and the fused ReLU where asked)
 mlir.register_lowering(wconv_p, mlir.lower_fun(_wconv_ffi, multiple_results=False), platform="cpu")
 wgrad_p.def_abstract_eval(_wgrad_abstract)
 wgrad_p.def_impl(lambda *a, **p: _eager(wgrad_p, **p)(*a))
 mlir.register_lowering(wgrad_p, mlir.lower_fun(_wgrad_ffi, multiple_results=True), platform="cpu")
 
 
-def _wconv_jvp(primals, tangents, *, stride, pads, kernel):
+def _wconv_jvp(primals, tangents, *, stride, pads, kernel, relu=False):
     x, dw, *db = primals
     tx, tdw, *tdb = tangents
-    y = wconv_p.bind(x, dw, *db, stride=stride, pads=pads, kernel=kernel)
+    y = wconv_p.bind(x, dw, *db, stride=stride, pads=pads, kernel=kernel, relu=relu)
     parts = []
     if type(tx) is not ad.Zero:
         parts.append(_xla(tx, dw, stride, pads))
     if type(tdw) is not ad.Zero or (tdb and type(tdb[0]) is not ad.Zero):
         tdw = ad.instantiate_zeros(tdw)
         tdb = [ad.instantiate_zeros(t) for t in tdb]
-        parts.append(wconv_p.bind(x, tdw, *tdb, stride=stride, pads=pads, kernel=kernel))
+        parts.append(wconv_p.bind(x, tdw, *tdb, stride=stride, pads=pads, kernel=kernel, relu=False))
     if not parts:
         return y, ad.Zero.from_primal_value(y)
-    return y, functools.reduce(jnp.add, parts)
+    return y, _relu_tangent(y, functools.reduce(jnp.add, parts), relu)
 
 
-def _wconv_transpose(ct, x, dw, *db, stride, pads, kernel):
+def _relu_tangent(y, t, relu: bool):
+    """The tangent through a ReLU whose output is ``y``: jax.nn.relu's rule (zero where y <= 0, and at NaN)."""
+    return jnp.where(y > 0, t, jnp.zeros_like(t)) if relu else t
+
+
+def _wconv_transpose(ct, x, dw, *db, stride, pads, kernel, relu=False):
+    if relu:  # only its JVP's linear parts (relu=False) are ever transposed
+        raise NotImplementedError("jaxcnn: wconv with a fused ReLU is not linear")
     if ad.is_undefined_primal(x):  # only the kernel and bias are linear
         raise NotImplementedError("jaxcnn: wconv is linear in the kernel and bias only")
     nb = len(db)
@@ -173,7 +182,7 @@ def _wgrad_transpose(cts, x, dy, *, stride, pads, kernel, bias):
             return [None, ad.Zero(dy.aval)]
         cdw = jnp.zeros((*kernel, x.shape[3], dy.aval.shape[3]), x.dtype) if cdw is None else cdw
         extra = [jnp.zeros((dy.aval.shape[3],), x.dtype) if cdb is None else cdb] if bias else []
-        return [None, wconv_p.bind(x, cdw, *extra, stride=stride, pads=pads, kernel=kernel)]
+        return [None, wconv_p.bind(x, cdw, *extra, stride=stride, pads=pads, kernel=kernel, relu=False)]
     # linear in x (dW only): <wgrad(x, dy)[0], cdw> = <x, input gradient of dy through kernel cdw>
     if cdw is None:
         return [ad.Zero(x.aval), None]
@@ -227,17 +236,20 @@ batching.primitive_batchers[wgrad_p] = _batch_wgrad
 
 
 def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: tuple[int, int],
-         pads: tuple[tuple[int, int], tuple[int, int]], forward: Callable[..., jax.Array]) -> jax.Array:
+         pads: tuple[tuple[int, int], tuple[int, int]], forward: Callable[..., jax.Array],
+         relu: bool = False) -> jax.Array:
     """``forward(x, w, stride, pads) (+ b)`` whose kernel and bias gradients are the native kernel.
 
     ``forward`` is the lowering of the convolution itself (XLA's, or ``phase``'s, whose input
     gradient is what reverse mode gets for ``x``), a module-level function (it is a static
-    argument); it must compute the convolution of ``x`` with ``w``.
+    argument); it must compute the convolution of ``x`` with ``w``. ``relu=True`` returns
+    ``jax.nn.relu`` of the result, with jax.nn.relu's derivative; where the native forward computes
+    the convolution, the ReLU is applied as it stores its output (one pass over the output fewer).
     """
     stride, pads = tuple(stride), tuple(map(tuple, pads))
     if b is None:
-        return _conv_nobias(x, w, stride, pads, forward)
-    return _conv_bias(x, w, b, stride, pads, forward)
+        return _conv_nobias(x, w, stride, pads, forward, bool(relu))
+    return _conv_bias(x, w, b, stride, pads, forward, bool(relu))
 
 
 FORWARD_MAX_COUT = 64  # the native forward wins up to this many output channels,
@@ -281,22 +293,23 @@ def native_forward_wins(kernel: tuple[int, int], cin: int, cout: int, out_hw: tu
             and out_hw[0] * out_hw[1] <= FORWARD_MAX_PIXELS)
 
 
-def _primal(x, w, b, stride, pads, forward):
+def _primal(x, w, b, stride, pads, forward, relu):
     out_hw = _wconv_abstract(x, w, stride=stride, pads=pads, kernel=tuple(w.shape[:2])).shape[1:3]
     if native_forward_wins(tuple(w.shape[:2]), w.shape[2], w.shape[3], out_hw):
-        return wconv_p.bind(x, w, *b, stride=stride, pads=pads, kernel=tuple(w.shape[:2]))
+        return wconv_p.bind(x, w, *b, stride=stride, pads=pads, kernel=tuple(w.shape[:2]), relu=relu)
     y = forward(x, w, stride, pads)
-    return y + b[0] if b else y
+    y = y + b[0] if b else y
+    return jax.nn.relu(y) if relu else y
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv_nobias(x, w, stride, pads, forward):
-    return _primal(x, w, (), stride, pads, forward)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_nobias(x, w, stride, pads, forward, relu):
+    return _primal(x, w, (), stride, pads, forward, relu)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _conv_bias(x, w, b, stride, pads, forward):
-    return _primal(x, w, (b,), stride, pads, forward)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6))
+def _conv_bias(x, w, b, stride, pads, forward, relu):
+    return _primal(x, w, (b,), stride, pads, forward, relu)
 
 
 def _tangent(forward, x, w, tx, twb, stride, pads):
@@ -305,24 +318,24 @@ def _tangent(forward, x, w, tx, twb, stride, pads):
         parts.append(jax.jvp(lambda x_: forward(x_, w, stride, pads), (x,), (tx,))[1])
     if any(not isinstance(t, SymbolicZero) for t in twb):
         twb = [jnp.zeros(t.shape, t.dtype) if isinstance(t, SymbolicZero) else t for t in twb]
-        parts.append(wconv_p.bind(x, *twb, stride=stride, pads=pads, kernel=tuple(w.shape[:2])))
+        parts.append(wconv_p.bind(x, *twb, stride=stride, pads=pads, kernel=tuple(w.shape[:2]), relu=False))
     return parts
 
 
-def _nobias_jvp(stride, pads, forward, primals, tangents):
+def _nobias_jvp(stride, pads, forward, relu, primals, tangents):
     x, w = primals
     tx, tw = tangents
-    y = _primal(x, w, (), stride, pads, forward)
+    y = _primal(x, w, (), stride, pads, forward, relu)
     parts = _tangent(forward, x, w, tx, [tw], stride, pads)
-    return y, functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
+    return y, _relu_tangent(y, functools.reduce(jnp.add, parts), relu) if parts else jnp.zeros_like(y)
 
 
-def _bias_jvp(stride, pads, forward, primals, tangents):
+def _bias_jvp(stride, pads, forward, relu, primals, tangents):
     x, w, b = primals
     tx, tw, tb = tangents
-    y = _primal(x, w, (b,), stride, pads, forward)
+    y = _primal(x, w, (b,), stride, pads, forward, relu)
     parts = _tangent(forward, x, w, tx, [tw, tb], stride, pads)
-    return y, functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
+    return y, _relu_tangent(y, functools.reduce(jnp.add, parts), relu) if parts else jnp.zeros_like(y)
 
 
 _conv_nobias.defjvp(_nobias_jvp, symbolic_zeros=True)
