@@ -36,11 +36,11 @@ interval over seeds and whether it exceeds the seed noise (jaxcnn.study.stats.co
 
 Budget: the default aims at the 15-minute limit on the 2-core CPU machine (README gives the
 measured figure of the reference run). What it costs on a fresh clone with empty caches (2-core Xeon,
-family 6 model 167, 2026-12-03; 472 s in all): the nine allconv6 members 4-32 s of training each (10
-epochs, 3 seeds) plus about 10 s each to tune the compile options and compile, 273 s together;
-MobileNet v1 0.25 in its 32x32, stem-stride-1 form (4.2x the multiply-adds of the 28x28 stride-2
-form) 135 s of training and 25 s of tuning and compiling. Alpha 0.5 takes about twice alpha 0.25's
-time. So MobileNet dominates the time, and a faster depthwise convolution shortens it directly.
+family 6 model 167, 2026-12-04; 431 s in all): the nine allconv6 members 5-26 s of training each (10
+epochs, 3 seeds) plus 15-20 s each to tune the compile options, compile, initialise and evaluate, 249 s
+together; MobileNet v1 0.25 in its 32x32, stem-stride-1 form (4.2x the multiply-adds of the 28x28
+stride-2 form) 108 s of training and 58 s of the rest; data, tables and figures 16 s. Alpha 0.5 takes
+about twice alpha 0.25's time. So MobileNet dominates the time, and a faster depthwise convolution shortens it directly.
 ``--epochs-allconv``, ``--epochs-mobilenet``, ``--num-seeds`` and ``--alphas`` change the recipe;
 ``--full`` is 30 epochs for both families, all four alphas and 5 seeds (an exact permutation
 test of 5 against 5 seeds can reach p = 0.008; of 3 against 3 never below 0.10), without a
