@@ -97,3 +97,39 @@ def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
                 out_dir=tmp_path / "run", resume=True)
     assert again.compile_choice["name"] == "xla" and len(again.history) == 2
     assert jax.tree_util.tree_structure(again.params) == jax.tree_util.tree_structure(result.params)
+
+
+def test_a_repeated_run_finds_its_choice_from_the_training_program_without_the_probe(monkeypatch, tmp_path):
+    from jaxcnn import Conv, Dense, GlobalAvgPool, ReLU, Sequential
+    from jaxcnn.train import TrainData, fit
+    from jaxcnn.train.trainer import Trainer
+
+    monkeypatch.setenv("JAXCNN_TUNE", "1")
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 48)
+    model = Sequential([Conv(4, 3), ReLU(), GlobalAvgPool(), Dense(3)])
+    data = TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=3)
+    cfg = TrainConfig(epochs=1, batch=16, schedule="constant")
+    first = fit(model, data, cfg, quiet=True, out_dir=tmp_path / "a")
+    assert not first.compile_choice["cached"]
+    entries = sorted((tmp_path / "cache" / "compile-options").glob("*.json"))
+    assert len(entries) == 2  # the probe's key and the training program's
+    probes = []
+    original = Trainer._choose
+    monkeypatch.setattr(Trainer, "_choose", lambda self, carry: probes.append(1) or original(self, carry))
+    second = fit(model, data, cfg, quiet=True, out_dir=tmp_path / "b")
+    assert probes == [] and second.compile_choice["cached"]  # found without tracing the probe
+    assert second.compile_choice["name"] == first.compile_choice["name"]
+    assert second.compile_choice["seconds"] == first.compile_choice["seconds"]
+    np.testing.assert_array_equal(second.test_accuracy, first.test_accuracy)  # the same compiled program
+    # another program (a different batch) has no entry of its own: its probe is tuned, then both are kept
+    third = fit(model, data, TrainConfig(epochs=1, batch=8, schedule="constant"), quiet=True, out_dir=tmp_path / "c")
+    assert probes == [1] and not third.compile_choice["cached"]
+    assert len(list((tmp_path / "cache" / "compile-options").glob("*.json"))) == 4
+    # a damaged program entry costs a new measurement, with a warning, never a wrong choice
+    for e in (tmp_path / "cache" / "compile-options").glob("*.json"):
+        e.write_text("{not json")
+    fourth = fit(model, data, cfg, quiet=True, out_dir=tmp_path / "d")
+    assert probes == [1, 1] and not fourth.compile_choice["cached"]

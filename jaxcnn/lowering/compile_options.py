@@ -227,6 +227,27 @@ def _read_cache(key: str, names: tuple[str, ...] = ("xla",), factor: float = TOL
     return Choice(options=options(rec["name"]), cached=True, key=key, **fields)
 
 
+def program_key(text: str, names: tuple[str, ...] | None = None) -> str:
+    """The cache key of a whole program's choice, from its lowered text (see :func:`cached_choice`)."""
+    return cache_key(None, (), names or candidates_for(), "program", text=text)  # type: ignore[arg-type]
+
+
+def cached_choice(key: str, names: tuple[str, ...] | None = None) -> Choice | None:
+    """The choice once made for the program of :func:`program_key` ``key``, or None (then tune its probe).
+
+    A training run keys its choice by its training program as well as by the probe the choice was
+    measured on: a repeated run finds it from the program it has to lower anyway, without tracing and
+    lowering the probe again (half a second to a second of a short run's start).
+    """
+    return _read_cache(key, names or candidates_for())
+
+
+def remember(choice: Choice, key: str) -> None:
+    """Store ``choice`` under a program's key too (a measured choice only: XLA's default needs no entry)."""
+    if choice.seconds:
+        _write_cache(Choice(choice.name, choice.options, choice.seconds, choice.errors, choice.rejected, False, key))
+
+
 def _write_cache(choice: Choice) -> None:
     from jaxcnn.storage.files import atomic_write_text
 

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from jaxcnn.core import Layer
+from jaxcnn.lowering import compile_options
 from jaxcnn.storage import checkpoint, files, weights
 from jaxcnn.summary import summary
 from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
@@ -267,15 +268,27 @@ def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y
               ) -> tuple[Trainer, float]:
     """The trainer with its compile options chosen and every chunk compiled, and the seconds that took."""
     t0 = time.perf_counter()
-    trainer = trainer.with_compile_options(carry)
-    choice, cfg = trainer.choice, trainer.cfg
+    cfg, lowered = trainer.cfg, None
+    if cfg.loop == "device" and cfg.compile_options == "auto" and not trainer.multiprocess \
+            and compile_options.tuning_enabled() and len(compile_options.candidates_for()) > 1:
+        # the chunk program has to be lowered anyway: its text finds a choice made before (compile_options)
+        lowered = trainer.lower_chunk(carry, x_dev, y_dev)
+        key = compile_options.program_key(lowered.as_text())
+        if (hit := compile_options.cached_choice(key)) is not None:
+            trainer = trainer.with_choice(hit)
+        else:
+            trainer = trainer.with_compile_options(carry)
+            compile_options.remember(trainer.choice, key)
+    else:
+        trainer = trainer.with_compile_options(carry)
+    choice = trainer.choice
     if not run.quiet and cfg.compile_options == "auto" and choice.seconds:
         print(f"compile options: {choice.name} ({'cached' if choice.cached else 'measured'}: "
               + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
               + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
     seconds = time.perf_counter() - t0
     if cfg.loop == "device":
-        seconds += trainer.compile(carry, x_dev, y_dev)
+        seconds += trainer.compile(carry, x_dev, y_dev, lowered)
     return trainer, seconds
 
 

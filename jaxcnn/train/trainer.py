@@ -154,9 +154,13 @@ class Trainer:
 
         The returned Trainer's ``choice`` says which options and the measurements behind them.
         """
+        return self.with_choice(self._choose(carry))
+
+    def with_choice(self, choice: compile_options.Choice) -> Trainer:
+        """A Trainer whose programs use the options of ``choice`` (already made, e.g. read from the cache)."""
         new = copy.copy(self)
-        new.choice = self._choose(carry)
-        new._use_options(new.choice.options)
+        new.choice = choice
+        new._use_options(choice.options)
         return new
 
     def _choose(self, carry: step.TrainState) -> compile_options.Choice:
@@ -284,12 +288,20 @@ class Trainer:
             self._live[live] = self.put(np.int32(live))
         return (*rows, self._live[live])
 
-    def compile(self, carry, x_dev, y_dev) -> float:
-        """Compile the one chunk program an epoch runs; returns the seconds it took."""
-        t0 = time.perf_counter()
+    def lower_chunk(self, carry, x_dev, y_dev) -> Any:
+        """The chunk program an epoch runs, traced and lowered (its text does not depend on compile options)."""
         perm, keys = self._perm_fn(self.epoch_keys(0))
-        self._chunk_fns[self.chunk] = self.chunk_fn(self.chunk).lower(
-            carry, x_dev, y_dev, *self._chunk_args(perm, keys, 0)).compile()
+        return self.chunk_fn(self.chunk).lower(carry, x_dev, y_dev, *self._chunk_args(perm, keys, 0))
+
+    def compile(self, carry, x_dev, y_dev, lowered: Any = None) -> float:
+        """Compile the one chunk program an epoch runs (``lowered``: as lowered by an untuned Trainer's
+        :meth:`lower_chunk`, compiled here with this Trainer's options); returns the seconds it took."""
+        t0 = time.perf_counter()
+        if lowered is None:
+            exe = self.lower_chunk(carry, x_dev, y_dev).compile()
+        else:
+            exe = lowered.compile(compiler_options=self.compiler_options or None)
+        self._chunk_fns[self.chunk] = exe
         return time.perf_counter() - t0
 
     def _evaluate(self, params, state, x, y, mask):
