@@ -75,17 +75,24 @@ def test_tune_measures_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert other.key != first.key
 
 
-def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
+def _tiny_run(monkeypatch, tmp_path, seed: int):
+    """A 4-channel conv net and 48 random 8x8 images, tuning on and its cache in ``tmp_path / "cache"``."""
     from jaxcnn import Conv, Dense, GlobalAvgPool, ReLU, Sequential
-    from jaxcnn.train import TrainData, fit
+    from jaxcnn.train import TrainData
 
     monkeypatch.setenv("JAXCNN_TUNE", "1")
     monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
     y = rng.integers(0, 3, 48)
     model = Sequential([Conv(4, 3), ReLU(), GlobalAvgPool(), Dense(3)])
-    data = TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=3)
+    return model, TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=3)
+
+
+def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
+    from jaxcnn.train import fit
+
+    model, data = _tiny_run(monkeypatch, tmp_path, 0)
     result = fit(model, data, TrainConfig(epochs=1, batch=16, schedule="constant"), quiet=True,
                  out_dir=tmp_path / "run")
     rec = result.compile_choice
@@ -100,17 +107,10 @@ def test_fit_tunes_and_records_the_choice(monkeypatch, tmp_path):
 
 
 def test_a_repeated_run_finds_its_choice_from_the_training_program_without_the_probe(monkeypatch, tmp_path):
-    from jaxcnn import Conv, Dense, GlobalAvgPool, ReLU, Sequential
-    from jaxcnn.train import TrainData, fit
+    from jaxcnn.train import fit
     from jaxcnn.train.trainer import Trainer
 
-    monkeypatch.setenv("JAXCNN_TUNE", "1")
-    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
-    y = rng.integers(0, 3, 48)
-    model = Sequential([Conv(4, 3), ReLU(), GlobalAvgPool(), Dense(3)])
-    data = TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=3)
+    model, data = _tiny_run(monkeypatch, tmp_path, 1)
     cfg = TrainConfig(epochs=1, batch=16, schedule="constant")
     first = fit(model, data, cfg, quiet=True, out_dir=tmp_path / "a")
     assert not first.compile_choice["cached"]
