@@ -42,7 +42,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,7 @@ def cached_choice(key: str, names: tuple[str, ...] | None = None) -> Choice | No
 def remember(choice: Choice, key: str) -> None:
     """Store ``choice`` under a program's key too (a measured choice only: XLA's default needs no entry)."""
     if choice.seconds:
-        _write_cache(Choice(choice.name, choice.options, choice.seconds, choice.errors, choice.rejected, False, key))
+        _write_cache(replace(choice, cached=False, key=key))
 
 
 def _write_cache(choice: Choice) -> None:
