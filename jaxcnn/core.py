@@ -57,7 +57,8 @@ class LayerError(ValueError):
 
     def with_prefix(self, prefix: str, key: str | None = None) -> LayerError:
         """Return the same error with ``prefix`` (and the child's params key) put in front of its path."""
-        path = prefix if not self.path else prefix + self.path if self.path.startswith("[") else f"{prefix}.{self.path}"
+        sep = "" if self.path.startswith("[") else "."  # an index joins its container's path directly
+        path = f"{prefix}{sep}{self.path}" if self.path else prefix
         keys = ((key,) if key else ()) + self.keys
         return type(self)(self.layer, self.in_shape, self.problem, self.hint, path, keys)
 
