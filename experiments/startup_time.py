@@ -4,8 +4,9 @@ Command: python experiments/startup_time.py [--runs 3] [-- TRAIN ARGS...]
 Default train arguments: allconv6_1_bn --data mnist5k --epochs 1. Each run is a fresh process with a new --out
 folder and the same JAXCNN_CACHE_DIR (a new empty folder unless --cache-dir is given), so the first run compiles
 and the later ones load their programs from the persistent compilation cache. Runtime: about 40 s on 2 cores.
-Expected: the first epoch starts ~15 s after the start on the first run, ~2.7 s on the others (2-core Xeon,
-2026-12-03; the 2-core Zen 4 of the round before: ~20 s and ~4.5 s).
+Expected: the first epoch starts ~13-15 s after the start on the first run, ~2.2-2.7 s on the others (2-core
+Xeon, 2026-12-03 and late 2026-12-04; 3.5-5.8 s when that machine ran slow; the 2-core Zen 4 of the round
+before: ~20 s and ~4.5 s).
 """
 
 from __future__ import annotations
