@@ -105,12 +105,15 @@ def tuning_enabled() -> bool:
     return os.environ.get("JAXCNN_TUNE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def tunes(choice: str) -> bool:
+    """Whether :func:`resolve` measures candidates for ``choice``: ``auto``, tuning on, more than one candidate."""
+    return choice == "auto" and tuning_enabled() and len(candidates_for()) > 1
+
+
 def resolve(choice: str, fn: Callable[..., Any], args: tuple, **kwargs: Any) -> Choice:
     """``auto`` -> :func:`tune` (or XLA's default when tuning is off); a candidate name -> that candidate."""
     if choice == "auto":
-        if not tuning_enabled() or len(candidates_for()) == 1:
-            return Choice("xla", {})
-        return tune(fn, args, **kwargs)
+        return tune(fn, args, **kwargs) if tunes(choice) else Choice("xla", {})
     return Choice(choice, options(choice))
 
 

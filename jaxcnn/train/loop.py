@@ -269,8 +269,7 @@ def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y
     """The trainer with its compile options chosen and every chunk compiled, and the seconds that took."""
     t0 = time.perf_counter()
     cfg, lowered = trainer.cfg, None
-    if cfg.loop == "device" and cfg.compile_options == "auto" and not trainer.multiprocess \
-            and compile_options.tuning_enabled() and len(compile_options.candidates_for()) > 1:
+    if cfg.loop == "device" and trainer.tunes_options():
         # the chunk program has to be lowered anyway: its text finds a choice made before (compile_options)
         lowered = trainer.lower_chunk(carry, x_dev, y_dev)
         key = compile_options.program_key(lowered.as_text())

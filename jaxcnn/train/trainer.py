@@ -163,6 +163,10 @@ class Trainer:
         new._use_options(choice.options)
         return new
 
+    def tunes_options(self) -> bool:
+        """Whether choosing this Trainer's compile options measures candidates (never in a multi-process run)."""
+        return not self.multiprocess and compile_options.tunes(self.cfg.compile_options)
+
     def _choose(self, carry: step.TrainState) -> compile_options.Choice:
         if self.multiprocess and self.cfg.compile_options == "auto":
             # each process would time the candidates on its own and could pick differently; every process
