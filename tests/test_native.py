@@ -49,8 +49,9 @@ def _rand(shape, seed):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-# (id, input NHWC, kernel (kh, kw), stride, explicit pads). Channel counts 1, 3, 17, 67 and 80 cover the
-# scalar tail, the 16-wide and the 64-wide blocks of the kernel; rows and columns that see no input
+# (id, input NHWC, kernel (kh, kw), stride, explicit pads). Channel counts 1, 3, 17, 20, 67 and 80 cover the
+# scalar tail, the one-vector and the four-vector blocks of the kernel's variant on this CPU (16 and 64
+# floats with AVX-512, 8 and 32 with AVX2); rows and columns that see no input
 # (padding wider than the kernel reach) must come out zero.
 CASES = [
     ("s1_same_odd", (2, 7, 9, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),
