@@ -207,12 +207,14 @@ __attribute__((target("avx2,fma"))) void RunRowsAvx2(const Geo& g, const float* 
 struct Kernel {
   RunRowsFn run;
   int64_t block;
+  const char* isa;  // which variant, for JaxcnnKernelIsa
 };
 #if defined(__x86_64__) || defined(__i386__)
-const Kernel kKernel = jaxcnn_native::SelectIsa<Kernel>({RunRowsAvx512, kW512 * kNv512}, {RunRowsAvx2, kW256 * kNv256},
-                                                         {RunRowsBase, kW256 * kNv256});
+const Kernel kKernel = jaxcnn_native::SelectIsa<Kernel>({RunRowsAvx512, kW512 * kNv512, "avx512"},
+                                                         {RunRowsAvx2, kW256 * kNv256, "avx2"},
+                                                         {RunRowsBase, kW256 * kNv256, "baseline"});
 #else
-const Kernel kKernel{RunRowsBase, kW256 * kNv256};
+const Kernel kKernel{RunRowsBase, kW256 * kNv256, "baseline"};
 #endif
 
 constexpr int64_t kItems = 16;  // row ranges per call: enough to balance 2-8 threads
@@ -255,6 +257,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 }
 
 }  // namespace
+
+// The variant every kernel of this library runs on this CPU (they share SelectIsa): "avx512", "avx2" or
+// "baseline". Python reads it (jaxcnn.lowering.native.isa) because which lowering wins depends on it.
+extern "C" const char* JaxcnnKernelIsa() { return kKernel.isa; }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvForward, ForwardImpl,
                               ffi::Ffi::Bind()

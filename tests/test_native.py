@@ -73,6 +73,20 @@ def test_library_is_built_and_loads():
 
 
 @on_cpu
+def test_kernel_isa_is_the_one_this_cpu_reports():
+    # the variant the kernels picked (and the forward rule reads) against the kernel's own CPU flags
+    flags_file = Path("/proc/cpuinfo")
+    if os.uname().machine != "x86_64":
+        assert native.isa() == "baseline"  # built once, for the baseline, off x86
+        return
+    if not flags_file.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(next(line for line in flags_file.read_text().splitlines() if line.startswith("flags")).split())
+    want = ("avx512" if {"avx512f", "avx512vl"} <= flags else "avx2" if {"avx2", "fma"} <= flags else "baseline")
+    assert native.isa() == want
+
+
+@on_cpu
 @pytest.mark.parametrize("shape, kernel, stride, pads", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_forward_and_gradients_equal_xla(shape, kernel, stride, pads):
     x = _rand(shape, 0)

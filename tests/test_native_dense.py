@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -125,7 +126,8 @@ def test_forward_equals_float64_as_closely_as_xla_float32(shape, kernel, cout, s
     pixels = y_hw[0] * y_hw[1]
     small = kernel != (1, 1) and cout <= 64 and kernel[1] * shape[3] <= 192 and 16 < pixels <= 1024
     tiny = kernel != (1, 1) and cout <= 128 and kernel[1] * shape[3] <= 384 and pixels <= 16
-    assert wins == (stem or small or tiny)
+    avx2 = kernel != (1, 1) and native.isa() == "avx2" and pixels > 16  # without AVX-512: every map beyond 4x4
+    assert wins == (stem or small or tiny or avx2)
     assert ("jaxcnn_conv_forward" in fwd.lower(x, w, b).as_text()) == wins
     assert _rel(fwd(x, w, b), want) <= bound
     # the kernel itself, whatever the rule: every case (1x1 and 40-channel tails included), eager dispatch
@@ -236,17 +238,28 @@ def test_auto_routes_by_the_measured_rule():
     assert choose("auto", in_hw=(2, 2), batch=DOT_MAX_PIXELS // 4 + 1, **one) == "native"
     assert choose("auto", **{**args, "in_hw": (2, 2)}, dense_ok=True) == "im2col"  # kernel larger than input
     assert choose("auto", **{**args, "in_hw": (2, 2), "groups": 2}) == "shift"  # grouped: per-tap products
-    # the convolution itself: native on small maps with few channels, XLA's on 112x112 maps and wide layers
-    assert native_dense.native_forward_wins((3, 3), 3, 64, (16, 16))
-    assert not native_dense.native_forward_wins((3, 3), 3, 64, (112, 112))
-    assert not native_dense.native_forward_wins((3, 3), 64, 128, (8, 8))
-    assert not native_dense.native_forward_wins((1, 1), 16, 32, (8, 8))
+    # the convolution itself, with AVX-512: native on small maps with few channels, XLA's on 112x112 maps and
+    # wide layers
+    wins = functools.partial(native_dense.native_forward_wins, isa="avx512")
+    assert wins((3, 3), 3, 64, (16, 16))
+    assert not wins((3, 3), 3, 64, (112, 112))
+    assert not wins((3, 3), 64, 128, (8, 8))
+    assert not wins((1, 1), 16, 32, (8, 8))
     # 4x4 maps and smaller: native up to 128 channels (allconv6's 8x8x64 -> 4x4x128 and 4x4x128 -> 2x2x128
     # layers), XLA's beyond
-    assert native_dense.native_forward_wins((3, 3), 128, 128, (2, 2))
-    assert native_dense.native_forward_wins((3, 3), 64, 128, (4, 4))
-    assert not native_dense.native_forward_wins((3, 3), 128, 256, (2, 2))
-    assert not native_dense.native_forward_wins((3, 3), 256, 128, (2, 2))
+    assert wins((3, 3), 128, 128, (2, 2))
+    assert wins((3, 3), 64, 128, (4, 4))
+    assert not wins((3, 3), 128, 256, (2, 2))
+    assert not wins((3, 3), 256, 128, (2, 2))
+    # with AVX2 alone: native for every kernel larger than 1x1 on maps beyond 4x4; the same rule up to 4x4
+    avx2 = functools.partial(native_dense.native_forward_wins, isa="avx2")
+    assert avx2((3, 3), 3, 64, (112, 112)) and avx2((3, 3), 128, 256, (7, 7)) and avx2((3, 3), 64, 128, (5, 5))
+    assert not avx2((1, 1), 256, 256, (56, 56))
+    assert avx2((3, 3), 128, 128, (2, 2)) and not avx2((3, 3), 128, 256, (2, 2)) and avx2((3, 3), 64, 128, (4, 4))
+    # the default is this CPU's
+    here = native.isa()
+    for case in [((3, 3), 3, 64, (112, 112)), ((3, 3), 128, 256, (7, 7)), ((3, 3), 128, 256, (2, 2))]:
+        assert native_dense.native_forward_wins(*case) == native_dense.native_forward_wins(*case, isa=here)
     try:
         native.set_enabled(False)
         assert choose("auto", **args, dense_ok=True, channels=(3, 16), batch=4) == "phase"
@@ -391,8 +404,9 @@ def test_without_the_kernel_everything_runs_on_xla(mode, env, warned):
 
 
 # (input NHWC, kernel, Cout, stride, padding): native forward (stem, small map, 4x4 output) and one on XLA
+# (a 4x4 output with 200 channels: XLA's with AVX-512 or AVX2)
 RELU_CASES = [((2, 9, 7, 3), (3, 3), 17, 2, 1), ((3, 8, 8, 16), (3, 3), 24, 1, "SAME"),
-              ((2, 8, 8, 64), (3, 3), 128, 2, 1), ((2, 10, 10, 96), (3, 3), 200, 1, "VALID")]
+              ((2, 8, 8, 64), (3, 3), 128, 2, 1), ((2, 6, 6, 96), (3, 3), 200, 1, "VALID")]
 
 
 @on_cpu

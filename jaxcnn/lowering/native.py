@@ -91,6 +91,15 @@ def available() -> bool:
     return enabled() and _load()
 
 
+def isa() -> str | None:
+    """The instruction set the native kernels run with here (``avx512``, ``avx2``, ``baseline``); None if not loaded."""
+    if not _load():
+        return None
+    fn = _state["lib"].JaxcnnKernelIsa
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 def load_error() -> str | None:
     """Why the library failed to load (None if it loaded or was not tried)."""
     return _state["error"]
