@@ -24,7 +24,7 @@
 // output element is written by one item, so the result does not depend on thread timing.
 //
 // ISA: compiled for AVX-512 (16-float vectors, 12 x 2 tile), AVX2+FMA (8-float vectors, 6 x 2)
-// and baseline x86-64, picked at run time (conv_common.h's SelectIsa).
+// and baseline x86-64 (4-float SSE vectors, 6 x 2), picked at run time (conv_common.h's SelectIsa).
 
 #include <algorithm>
 #include <cstdint>
@@ -185,10 +185,10 @@ using RunRowsFn = void (*)(const Geo&, const float*, const float*, const float*,
 
 // Each variant's vector width W and channel vectors per tile NV; W * NV channels is also the width of
 // the weight panels Forward packs for it (kKernel.block), so both read these names.
-constexpr int kW512 = 16, kNv512 = 2, kW256 = 8, kNv256 = 2;
+constexpr int kW512 = 16, kNv512 = 2, kW256 = 8, kNv256 = 2, kW128 = 4, kNv128 = 2;
 
 void RunRowsBase(const Geo& g, const float* x, const float* wp, const float* b, float* y, int64_t lo, int64_t hi) {
-  RunRowsBody<V8, kW256, 4, kNv256>(g, x, wp, b, y, lo, hi);
+  RunRowsBody<jaxcnn_native::V4, kW128, 6, kNv128>(g, x, wp, b, y, lo, hi);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -212,16 +212,16 @@ struct Kernel {
 #if defined(__x86_64__) || defined(__i386__)
 const Kernel kKernel = jaxcnn_native::SelectIsa<Kernel>({RunRowsAvx512, kW512 * kNv512, "avx512"},
                                                          {RunRowsAvx2, kW256 * kNv256, "avx2"},
-                                                         {RunRowsBase, kW256 * kNv256, "baseline"});
+                                                         {RunRowsBase, kW128 * kNv128, "baseline"});
 #else
-const Kernel kKernel{RunRowsBase, kW256 * kNv256, "baseline"};
+const Kernel kKernel{RunRowsBase, kW128 * kNv128, "baseline"};
 #endif
 
 constexpr int64_t kItems = 16;  // row ranges per call: enough to balance 2-8 threads
 
 void Forward(ffi::ThreadPool& pool, const float* x, const float* w, const float* b, float* y, const Geo& g) {
   // w (kh x kw x ci x co, i.e. kh * m rows of co) -> one (kh * m) x bw panel per block of kKernel.block
-  // channels (the last block narrower, bw a multiple of kPad), zero beyond co; the bias padded to cp
+  // channels (the last block narrower, bw a multiple of the vector width), zero beyond co; the bias padded to cp
   const int64_t krows = g.kh * g.m;
   std::vector<float> wpack(krows * g.cp, 0.0f), bias(g.cp, 0.0f);
   for (int64_t c0 = 0; c0 < g.cp; c0 += kKernel.block) {

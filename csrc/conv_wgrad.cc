@@ -27,8 +27,8 @@
 // depend only on the shape (few pixels and many channels: split channels; else split pixels).
 //
 // ISA: the chunk loop is compiled for AVX-512 (16-float vectors, 12 x 2 tile), AVX2+FMA (8-float
-// vectors, 6 x 2) and baseline x86-64, and picked at run time (__builtin_cpu_supports, which
-// reports AVX-512 on AMD Zen 4/5 as on Intel).
+// vectors, 6 x 2) and baseline x86-64 (4-float SSE vectors, 6 x 2), and picked at run time
+// (conv_common.h's SelectIsa; __builtin_cpu_supports reports AVX-512 on AMD Zen 4/5 as on Intel).
 
 #include <algorithm>
 #include <cstdint>
@@ -197,7 +197,7 @@ inline __attribute__((always_inline)) void RunItemBody(const Geo& g, const Item&
 
 using RunItemFn = void (*)(const Geo&, const Item&);
 
-void RunItemBase(const Geo& g, const Item& it) { RunItemBody<V8, 8, 4, 2>(g, it); }
+void RunItemBase(const Geo& g, const Item& it) { RunItemBody<jaxcnn_native::V4, 4, 6, 2>(g, it); }
 
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void RunItemAvx512(const Geo& g, const Item& it) {

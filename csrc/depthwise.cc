@@ -34,16 +34,14 @@ using jaxcnn_native::ParallelFor;
 using jaxcnn_native::LoadV;
 using jaxcnn_native::StoreV;
 using jaxcnn_native::V16;
+using jaxcnn_native::V4;
 using jaxcnn_native::V8;
-// SSE's native width, for the baseline build.
-typedef float V4 __attribute__((vector_size(16), aligned(4), may_alias));
 
 // out[c] (+)= sum_p a[p][c] * b[p][c] for c in [0, C): the one hot loop of all three kernels.
 // `a` and `b` list the pairs of C-long channel vectors to multiply (taps x input pixels for
 // the forward and input gradient, output pixels for one tap of the weight gradient). Blocks of
 // four vectors keep four accumulators in registers across the pairs. V is the target's native
-// vector (16, 8 or 4 floats): GCC lowers a generic vector wider than the target's registers
-// through the stack (a 16-float vector under AVX2 ran 4-15x slower than this on AMD Zen 3).
+// vector (16, 8 or 4 floats; see conv_common.h: a 16-float vector under AVX2 ran 4-10x slower on Zen 3).
 // Each channel's sum runs over p in the same order in every variant, so all give the same bits.
 template <typename V, bool kAdd>
 inline __attribute__((always_inline)) void PairSumBody(const float* const* a, const float* const* b, int64_t np,

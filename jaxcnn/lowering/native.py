@@ -47,6 +47,10 @@ TARGET_DENSE_W, TARGET_DENSE_FWD = "jaxcnn_conv_weight_grad", "jaxcnn_conv_forwa
 _TARGETS.update(dense_w=TARGET_DENSE_W, dense_fwd=TARGET_DENSE_FWD)
 _SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_fwd="JaxcnnConvForward")
 
+# JAXCNN_NATIVE_ISA caps the instruction set the kernels pick (csrc/conv_common.h's SelectIsa; read when the
+# library loads): the tests run each variant on one CPU with it. It never raises the choice above the CPU's.
+ISA_VARIABLE, ISAS = "JAXCNN_NATIVE_ISA", ("avx512", "avx2", "baseline")
+
 _state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "warned_inapplicable": False, "enabled": None}
 
 
@@ -75,6 +79,10 @@ def _load() -> bool:
                 "the compiled library jaxcnn/_native*.so is not there (reinstall with `pip install -e .`, "
                 "which compiles csrc/ with the C++ compiler)"
             )
+        cap = os.environ.get(ISA_VARIABLE)
+        if cap and cap not in ISAS:  # empty: as if unset, as the library reads it
+            raise ValueError(f"{ISA_VARIABLE}={cap!r} is not one of {', '.join(ISAS)} (unset it to let the "
+                             "kernels pick this CPU's best)")
         lib = ctypes.CDLL(spec.origin)
         for key, symbol in _SYMBOLS.items():
             jax.ffi.register_ffi_target(_TARGETS[key], jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
