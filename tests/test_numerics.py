@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import BatchNorm, models, with_conv_impl
+from jaxcnn import BatchNorm, ReLU, Tanh, models, with_conv_impl
 from jaxcnn.lowering import compile_options
 from jaxcnn.lowering.conv import IMPLS
+from jaxcnn.transforms import map_layers
 
 try:
     import torch
@@ -162,7 +163,12 @@ BATCH, SIZE, CLASSES = 16, 32, 10  # a 2x2 last map: BN over 64 values, not a ha
 
 @functools.cache
 def mobilenet_case():
-    model = models.get("mobilenet_v1/0.25", num_classes=CLASSES, padding=1, stem_stride=1)
+    # tanh in place of every ReLU, here and in PyTorch's twin: a ReLU whose input lies within rounding of 0
+    # takes a different branch in float32 than in float64, an O(1) change in one gradient element that no
+    # accuracy can prevent; on an AMD Zen 3 one such flip gave 1.7e-3 against 6e-6 for whichever lowering
+    # hit it, and rescaling the images by 1 +- 3e-6 moved the failure to other lowerings (2026-12-07)
+    model = map_layers(lambda layer: Tanh() if isinstance(layer, ReLU) else layer,
+                       models.get("mobilenet_v1/0.25", num_classes=CLASSES, padding=1, stem_stride=1))
     params, state = model.init(jax.random.key(7), (SIZE, SIZE, 3))
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((BATCH, SIZE, SIZE, 3)) + 0.5).astype(np.float32)
@@ -200,7 +206,7 @@ def torch_step_error() -> float:
     model, params, state, x, y = mobilenet_case()
     results = {}
     for dtype in (torch.float32, torch.float64):
-        ref, mapping = tc.torch_mobilenet_v1_025()
+        ref, mapping = tc.torch_mobilenet_v1_025(torch.nn.Tanh)
         tc.load(mapping, params, state)
         ref = ref.to(dtype).train(True)
         xt = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()).to(dtype)

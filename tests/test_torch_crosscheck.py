@@ -191,8 +191,12 @@ MOBILENET_BLOCKS = ((16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2),
                     (128, 1), (128, 1), (128, 1), (128, 1), (128, 1), (256, 2), (256, 1))
 
 
-def torch_mobilenet_v1_025():
-    """Stem conv 3x3/1 + BN + ReLU; depthwise 3x3 + BN + ReLU + pointwise 1x1 + BN + ReLU blocks; GAP; FC."""
+def torch_mobilenet_v1_025(act=None):
+    """Stem conv 3x3/1 + BN + ReLU; depthwise 3x3 + BN + ReLU + pointwise 1x1 + BN + ReLU blocks; GAP; FC.
+
+    ``act``: the activation module's class in place of ``nn.ReLU`` (test_numerics uses ``nn.Tanh``).
+    """
+    act = nn.ReLU if act is None else act
     mapping = []
 
     def add(path, mod):
@@ -203,17 +207,17 @@ def torch_mobilenet_v1_025():
     layers = OrderedDict(
         conv0=add(("conv0",), nn.Conv2d(3, cin, 3, stride=1, padding=1, bias=False)),
         bn0=add(("bn0",), nn.BatchNorm2d(cin)),
-        relu0=nn.ReLU(),
+        relu0=act(),
     )
     for i, (c, s) in enumerate(MOBILENET_BLOCKS, start=1):
         b = f"block{i}"
         layers[b] = nn.Sequential(
             add((b, "dw"), nn.Conv2d(cin, cin, 3, stride=s, padding=1, groups=cin, bias=False)),
             add((b, "dw_bn"), nn.BatchNorm2d(cin)),
-            nn.ReLU(),
+            act(),
             add((b, "pw"), nn.Conv2d(cin, c, 1, bias=False)),
             add((b, "pw_bn"), nn.BatchNorm2d(c)),
-            nn.ReLU(),
+            act(),
         )
         cin = c
     layers["pool"] = nn.AdaptiveAvgPool2d(1)
