@@ -103,9 +103,11 @@ def isa() -> str | None:
     """The instruction set the native kernels run with here (``avx512``, ``avx2``, ``baseline``); None if not loaded."""
     if not _load():
         return None
-    fn = _state["lib"].JaxcnnKernelIsa
-    fn.restype = ctypes.c_char_p
-    return fn().decode()
+    if "isa" not in _state:  # fixed once the library has loaded; the routing rule asks at every trace
+        fn = _state["lib"].JaxcnnKernelIsa
+        fn.restype = ctypes.c_char_p
+        _state["isa"] = fn().decode()
+    return _state["isa"]
 
 
 def load_error() -> str | None:
