@@ -450,6 +450,52 @@ def test_d1_a_peer_killed_mid_run_is_named_with_the_epoch_and_last_good_checkpoi
     assert epoch == int(newest.stem.split("-")[1]) + 1
 
 
+_BARRIER_LOOP = """
+import os, signal, sys, time
+from jaxcnn.train import distributed
+from jaxcnn.train.cluster import Cluster, DistributedError
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+distributed.initialize(Cluster(f"127.0.0.1:{port}", 2, pid, init_timeout=30, peer_timeout=30))
+try:
+    with distributed.exclusive(out):
+        distributed.barrier("first")
+        if pid == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        for i in range(600):  # process 0 waits at barriers (multihost_utils' AllGather) until one fails
+            distributed.barrier(f"b{i}")
+            time.sleep(0.05)
+except DistributedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_d1_a_peer_lost_at_a_barrier_is_the_same_one_line(tmp_path):
+    # a failed AllGather in a barrier comes back as a ValueError ("UNKNOWN: Gloo AllGather failed: ...
+    # Connection closed by peer"), not JaxRuntimeError; it was reported raw, then JAX's shutdown printed a
+    # traceback (CI, 2026-12-07). The peer timeout (30 s) is far off, so the failed collective must say it.
+    import time
+
+    port, t0 = _free_port(), time.monotonic()
+    procs = []
+    for pid in (0, 1):
+        err = open(tmp_path / f"b{pid}.err", "w")
+        env = {**_env(), "XLA_FLAGS": with_opt()}
+        procs.append(subprocess.Popen([sys.executable, "-c", _BARRIER_LOOP, str(pid), str(port), str(tmp_path / "o")],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=err))
+        err.close()
+    try:
+        assert procs[1].wait(timeout=60) == -9
+        line = _ended(procs[0], tmp_path, "b0.err", 20)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert line.startswith("error: --distributed: lost another process"), line
+    assert "Gloo" in line and time.monotonic() - t0 < 50
+
+
 def test_d1_timeouts_are_options_checked_and_carried_in_the_cluster():
     import argparse
 

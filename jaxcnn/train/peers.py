@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -210,11 +211,20 @@ def exit_without_shutdown() -> None:
         os._exit(2)
 
 
+_RUNTIME_STATUS = re.compile(r"(UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED|CANCELLED|DEADLINE_EXCEEDED|"
+                             r"FAILED_PRECONDITION|DATA_LOSS): ")
+
+
 def lost_peer(e: BaseException) -> DistributedError | None:
     """The one-line DistributedError for a JAX runtime error that means another process is gone, else None."""
-    if jax.process_count() == 1 or isinstance(e, (ValueError, KeyboardInterrupt, SystemExit)):
+    if jax.process_count() == 1 or isinstance(e, (DistributedError, KeyboardInterrupt, SystemExit)):
         return None
-    if type(e).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
+    # a program whose collective fails raises JaxRuntimeError, except that a jitted program's failure can
+    # come back as a ValueError carrying the runtime's status ("UNKNOWN: Gloo AllGather failed: ... Connection
+    # closed by peer", seen from multihost_utils' barrier); a ValueError of ours never starts with a status code
+    runtime = type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+    if not runtime and not (type(e) is ValueError and _RUNTIME_STATUS.match(str(e))
+                            and any(w in str(e).lower() for w in ("gloo", "nccl", "mpi"))):
         return None
     if not any(w in str(e).lower() for w in ("gloo", "nccl", "connection", "peer", "socket", "unavailable",
                                              "deadline", "closed", "reset", "heartbeat", "barrier")):
