@@ -545,6 +545,8 @@ def _compile_options_cache(tmp: Path, rng: np.random.Generator) -> Iterator[tupl
     yield "hostile:rejected_choice", case(json.dumps({**valid, "rejected": {"ynn-dot": "too inaccurate"}}).encode())
     yield "hostile:unknown_candidate", case(json.dumps({**valid, "name": "--xla_cpu_everything"}).encode())
     yield "hostile:no_accuracy_record", case(json.dumps({**valid, "errors": {}}).encode())
+    for bad in (-5, "many", 10**400, True):  # a skipped tuning's run length must be a count
+        yield "hostile:tune_above_calls_not_a_count", case(json.dumps({**valid, "tune_above_calls": bad}).encode())
     while True:
         yield "mutated", case(_json_or_bytes(valid, rng))
 

@@ -75,6 +75,53 @@ def test_tune_measures_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert other.key != first.key
 
 
+def test_a_run_too_short_to_repay_tuning_keeps_the_reference_and_a_longer_one_tunes(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((64, 32)), jnp.float32)
+    compiles, references = [], []
+    real_compile, real_reference = jax.stages.Lowered.compile, co._float64_reference
+    monkeypatch.setattr(jax.stages.Lowered, "compile",
+                        lambda self, **kw: compiles.append(1) or real_compile(self, **kw))
+    monkeypatch.setattr(co, "_float64_reference", lambda *a: references.append(1) or real_reference(*a))
+
+    def fn(x):
+        return jnp.tanh(x @ x.T).sum(0)
+
+    short = co.tune(fn, (x,), reps=2, calls=3)
+    # the reference alone was compiled and timed: 3 calls of ~50 us cannot repay ~4 compiles
+    assert (short.name, list(short.seconds), short.errors) == ("xla", ["xla"], {})
+    assert (len(compiles), references) == (1, [])
+    t_ref = short.seconds["xla"]
+    assert 3 < short.tune_above_calls and co.GAIN_BOUND * short.tune_above_calls * t_ref < 4 * 60  # a bound, not 0
+    again = co.tune(fn, (x,), reps=2, calls=short.tune_above_calls)  # no longer: the record serves it
+    assert again.cached and again.name == "xla" and len(compiles) == 1
+    longer = co.tune(fn, (x,), reps=2, calls=short.tune_above_calls + 1)  # may repay it: measured afresh
+    assert not longer.cached and set(longer.seconds) == set(co.candidates_for())
+    assert longer.tune_above_calls == 0
+    full = co.tune(fn, (x,), reps=2, use_cache=False)  # no run length given (benchmarks): every candidate checked
+    assert set(full.errors) == set(co.candidates_for()) and references[-1:] == [1]
+
+
+def test_only_a_candidate_whose_gain_repays_the_float64_check_is_checked(monkeypatch):
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 16, 16, 64)) + 5, jnp.float32)
+
+    def plain(x):  # a long plain sum: inaccurate under ynn-dot-only (test_numerics)
+        return jnp.mean(x, axis=(0, 1, 2))
+
+    names, references = ("xla", "ynn-dot-only"), []
+    real_reference = co._float64_reference
+    monkeypatch.setattr(co, "_float64_reference", lambda *a: references.append(1) or real_reference(*a))
+    for faster, calls, checked in ((0.5, 10**9, True), (0.999999, 10, False), (2.0, 10**9, False)):
+        # the candidates' medians set by hand: the decision, not the machine's speed, is under test
+        monkeypatch.setattr(co, "_interleaved_seconds", lambda compiled, args, reps, f=faster:
+                            {n: 1e-3 * (f if n != "xla" else 1.0) for n in compiled})
+        references.clear()
+        choice = co.tune(plain, (x,), names=names, reps=1, use_cache=False, calls=calls)
+        assert choice.name == "xla" and choice.tune_above_calls == 0
+        assert (references == [1]) == checked and (set(choice.errors) == set(names)) == checked
+        assert ("ynn-dot-only" in choice.rejected) == checked  # checked, it is refused; unchecked, never chosen
+
+
 def _tiny_run(monkeypatch, tmp_path, seed: int):
     """A 4-channel conv net and 48 random 8x8 images, tuning on and its cache in ``tmp_path / "cache"``."""
     from jaxcnn import Conv, Dense, GlobalAvgPool, ReLU, Sequential
@@ -82,6 +129,7 @@ def _tiny_run(monkeypatch, tmp_path, seed: int):
 
     monkeypatch.setenv("JAXCNN_TUNE", "1")
     monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(co, "GAIN_BOUND", 1e12)  # these runs are far too short to repay tuning: tune anyway
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
     y = rng.integers(0, 3, 48)
@@ -118,7 +166,7 @@ def test_a_repeated_run_finds_its_choice_from_the_training_program_without_the_p
     assert len(entries) == 2  # the probe's key and the training program's
     probes = []
     original = Trainer._choose
-    monkeypatch.setattr(Trainer, "_choose", lambda self, carry: probes.append(1) or original(self, carry))
+    monkeypatch.setattr(Trainer, "_choose", lambda self, carry, *a: probes.append(1) or original(self, carry, *a))
     second = fit(model, data, cfg, quiet=True, out_dir=tmp_path / "b")
     assert probes == [] and second.compile_choice["cached"]  # found without tracing the probe
     assert second.compile_choice["name"] == first.compile_choice["name"]

@@ -13,6 +13,16 @@ program the engine or the benchmark compiles gets its options through
 4. caches the choice on disk keyed by the probe's program text (model, shapes, dtypes),
    backend, device, CPU and versions, so a workload is tuned once per machine.
 
+A training run also says how many probe-sized calls it will make (``calls``: steps x seeds), and
+tuning is an investment only a long enough run pays back. The reference candidate is compiled and
+timed first; when even :data:`GAIN_BOUND` of the run's time (the largest gain any candidate has shown
+over XLA's default: 1.5x, a third of the step) is less than compiling the other candidates and the
+float64 reference would cost, the reference is kept untuned (a short study member on MNIST: 2-3 s of
+possible gain against 4-5 s of tuning). Otherwise every candidate is timed, and only a candidate whose
+gain over the run exceeds the float64 check's cost is checked: the fastest one that passes is picked,
+so a field of candidates within a few percent of each other costs no float64 program at all. Without
+``calls`` (benchmarks, tests) every candidate is compiled, checked and timed.
+
 Why per program: the options that help differ between workloads. On the 2-core Zen 4 CPU
 (jaxlib 0.10.2), ``ynn-dot`` (YNNPACK fusions of dots with their neighbours, XLA's own
 convolutions, YNNPACK reductions) trains allconv6 at 32x32 about 1.5x faster than XLA's
@@ -67,6 +77,9 @@ CHOICES = ("auto", *CANDIDATES)
 # level 0 was as fast to compile but changed values by an ulp. Never for programs that run many times.
 ONE_SHOT: dict[str, str] = {"xla_backend_optimization_level": "1"}
 TOLERANCE_FACTOR = 4.0
+# the most a candidate has saved over XLA's default anywhere measured (ynn-dot, allconv6 32x32 on the Zen 4
+# machine: 1.5x faster, a third of the step); a run whose whole time times this cannot repay tuning skips it
+GAIN_BOUND = 0.35
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 CACHE_VERSION = 1
 
@@ -82,6 +95,8 @@ class Choice:
     rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was refused
     cached: bool = False
     key: str = ""
+    # not tuned because the run was too short to repay it: tuning pays only for runs of more calls than this
+    tune_above_calls: int = 0
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready record (for checkpoints, results and benchmark rows)."""
@@ -211,8 +226,12 @@ def _cache_problem(rec: Any, names: tuple[str, ...], factor: float) -> str | Non
     return None
 
 
-def _read_cache(key: str, names: tuple[str, ...] = ("xla",), factor: float = TOLERANCE_FACTOR) -> Choice | None:
-    """The cached choice for ``key``, or None: a missing entry is measured; a damaged one too, with a warning."""
+def _read_cache(key: str, names: tuple[str, ...] = ("xla",), factor: float = TOLERANCE_FACTOR,
+                calls: int | None = None) -> Choice | None:
+    """The cached choice for ``key``, or None: a missing entry is measured; a damaged one too, with a warning.
+
+    An entry that records a skipped tuning (``tune_above_calls``) serves only runs of at most that many calls.
+    """
     from jaxcnn.storage import files
 
     path = _cache_dir() / f"{key}.json"
@@ -221,13 +240,18 @@ def _read_cache(key: str, names: tuple[str, ...] = ("xla",), factor: float = TOL
     try:
         rec = json.loads(files.read_regular(path, "compile-options cache entry"))
         why = _cache_problem(rec, names, factor)
+        above = rec.get("tune_above_calls", 0) if why is None else 0
+        if not (isinstance(above, int) and not isinstance(above, bool) and 0 <= above < 2**62):
+            why = "field 'tune_above_calls' is not a count"
     except (OSError, ValueError, RecursionError) as e:  # FileProblem is a ValueError
         why = str(e)[:200]
     if why is not None:  # a damaged or edited entry only costs a new measurement, which replaces it
         print(f"warning: ignoring compile-options cache entry {path} ({why}); measuring again", file=sys.stderr)
         return None
+    if above and (calls is None or calls > above):  # tuning was skipped for a shorter run: this one may repay it
+        return None
     fields = {k: rec[k] for k in ("name", "seconds", "errors", "rejected") if k in rec}
-    return Choice(options=options(rec["name"]), cached=True, key=key, **fields)
+    return Choice(options=options(rec["name"]), cached=True, key=key, tune_above_calls=above, **fields)
 
 
 def program_key(text: str, names: tuple[str, ...] | None = None) -> str:
@@ -235,14 +259,14 @@ def program_key(text: str, names: tuple[str, ...] | None = None) -> str:
     return cache_key(None, (), names or candidates_for(), "program", text=text)  # type: ignore[arg-type]
 
 
-def cached_choice(key: str, names: tuple[str, ...] | None = None) -> Choice | None:
+def cached_choice(key: str, names: tuple[str, ...] | None = None, calls: int | None = None) -> Choice | None:
     """The choice once made for the program of :func:`program_key` ``key``, or None (then tune its probe).
 
     A training run keys its choice by its training program as well as by the probe the choice was
     measured on: a repeated run finds it from the program it has to lower anyway, without tracing and
     lowering the probe again (half a second to a second of a short run's start).
     """
-    return _read_cache(key, names or candidates_for())
+    return _read_cache(key, names or candidates_for(), calls=calls)
 
 
 def remember(choice: Choice, key: str) -> None:
@@ -271,33 +295,83 @@ def tune(
     label: str = "",
     use_cache: bool = True,
     factor: float = TOLERANCE_FACTOR,
+    calls: int | None = None,
 ) -> Choice:
     """Pick the fastest candidate whose outputs of ``fn(*args)`` are as accurate as XLA's default compile.
 
     ``fn`` must be pure and return the outputs to check (for a training step: loss,
     gradients and BatchNorm statistics); it is called with ``args`` unchanged (no donation).
-    The first name is the reference and is never refused.
+    The first name is the reference and is never refused. ``calls``: how many times the run will
+    call a program of ``fn``'s cost; given, tuning stops where it cannot repay itself (module docstring).
     """
     names = names or candidates_for()
     # traced and lowered once: the cache key hashes it and every candidate compiles it with its own options
     # (tracing a training step again per candidate cost ~0.3 s each)
     lowered = jax.jit(fn).lower(*args)
     key = cache_key(fn, args, names, label, text=lowered.as_text()) if use_cache else ""
-    if use_cache and (hit := _read_cache(key, names, factor)) is not None:
+    if use_cache and (hit := _read_cache(key, names, factor, calls)) is not None:
         return hit
-    want = _float64_reference(fn, args)
-    compiled, errors, rejected = {}, {}, {}
-    reference: list[float] | None = None
-    for name in names:
-        exe = lowered.compile(compiler_options=options(name) or None)
-        errs = relative_errors(exe(*args), want)
+    ref = names[0]
+    t0 = time.perf_counter()
+    compiled = {ref: lowered.compile(compiler_options=options(ref) or None)}
+    compile_s = time.perf_counter() - t0
+    if calls is not None and len(names) > 1:
+        t_ref = _median_seconds(compiled[ref], args, 3)
+        cost = (len(names) + 1) * compile_s  # the other candidates' compiles and the float64 reference (about two)
+        if GAIN_BOUND * calls * t_ref < cost:
+            choice = Choice(ref, options(ref), {ref: t_ref}, key=key, tune_above_calls=int(cost / (GAIN_BOUND * t_ref)))
+            if use_cache:
+                _write_cache(choice)
+            return choice
+    for name in names[1:]:
+        compiled[name] = lowered.compile(compiler_options=options(name) or None)
+    errors: dict[str, float] = {}
+    rejected: dict[str, str] = {}
+    want: Any = None
+    reference: list[float] = []
+
+    def check(name: str) -> str | None:  # why ``name`` is less accurate than the reference, or None
+        nonlocal want, reference
+        if want is None:
+            want = _float64_reference(fn, args)
+            reference = relative_errors(compiled[ref](*args), want)
+            errors[ref] = max(reference, default=0.0)
+        if name == ref:
+            return None
+        errs = relative_errors(compiled[name](*args), want)
         errors[name] = max(errs, default=0.0)
-        if reference is None:
-            reference = errs
-        elif (why := accuracy_verdict(errs, reference, factor)) is not None:
-            rejected[name] = why
-            continue
-        compiled[name] = exe
+        return accuracy_verdict(errs, reference, factor)
+
+    if calls is None:  # every candidate checked before any is timed (benchmarks, tests: the full record)
+        for name in names:
+            if (why := check(name)) is not None:
+                rejected[name] = why
+                del compiled[name]
+    seconds = _interleaved_seconds(compiled, args, reps)
+    best = ref
+    for name in sorted(seconds, key=seconds.__getitem__):
+        if name == ref or calls is None:  # the fastest left (all checked already when calls is None)
+            best = name
+            break
+        if (seconds[ref] - seconds[name]) * calls < 2 * compile_s:  # the gain would not pay for the float64 check
+            break
+        if (why := check(name)) is None:
+            best = name
+            break
+        rejected[name] = why
+    choice = Choice(best, options(best), seconds, errors, rejected, False, key)
+    if use_cache:
+        _write_cache(choice)
+    return choice
+
+
+def _median_seconds(exe: Any, args: tuple, reps: int) -> float:
+    """Median seconds of ``reps`` calls of ``exe(*args)`` after one warm-up call."""
+    return _interleaved_seconds({"": exe}, args, reps)[""]
+
+
+def _interleaved_seconds(compiled: dict[str, Any], args: tuple, reps: int) -> dict[str, float]:
+    """Median seconds per call of each executable, after a warm-up, the calls interleaved."""
     times: dict[str, list[float]] = {name: [] for name in compiled}
     for exe in compiled.values():  # warm-up
         jax.block_until_ready(exe(*args))
@@ -306,9 +380,4 @@ def tune(
             t = time.perf_counter()
             jax.block_until_ready(exe(*args))
             times[name].append(time.perf_counter() - t)
-    seconds = {name: statistics.median(ts) for name, ts in times.items()}
-    best = min(seconds, key=seconds.__getitem__)
-    choice = Choice(best, options(best), seconds, errors, rejected, False, key)
-    if use_cache:
-        _write_cache(choice)
-    return choice
+    return {name: statistics.median(ts) for name, ts in times.items()}

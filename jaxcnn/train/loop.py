@@ -264,27 +264,34 @@ def _restore(trainer: Trainer, run: _Run, carry: step.TrainState
     return start, history, carry
 
 
-def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y_dev: Any
+def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y_dev: Any, epochs: int
               ) -> tuple[Trainer, float]:
-    """The trainer with its compile options chosen and every chunk compiled, and the seconds that took."""
+    """The trainer with its compile options chosen (for ``epochs`` epochs to go) and every chunk compiled,
+    and the seconds that took."""
     t0 = time.perf_counter()
-    cfg, lowered = trainer.cfg, None
+    cfg, lowered, calls = trainer.cfg, None, trainer.probe_calls(epochs)
     if cfg.loop == "device" and trainer.tunes_options():
         # the chunk program has to be lowered anyway: its text finds a choice made before (compile_options)
         lowered = trainer.lower_chunk(carry, x_dev, y_dev)
         key = compile_options.program_key(lowered.as_text())
-        if (hit := compile_options.cached_choice(key)) is not None:
+        if (hit := compile_options.cached_choice(key, calls=calls)) is not None:
             trainer = trainer.with_choice(hit)
         else:
-            trainer = trainer.with_compile_options(carry)
+            trainer = trainer.with_compile_options(carry, epochs)
             compile_options.remember(trainer.choice, key)
     else:
-        trainer = trainer.with_compile_options(carry)
+        trainer = trainer.with_compile_options(carry, epochs)
     choice = trainer.choice
     if not run.quiet and cfg.compile_options == "auto" and choice.seconds:
-        print(f"compile options: {choice.name} ({'cached' if choice.cached else 'measured'}: "
-              + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
-              + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
+        how = "cached" if choice.cached else "measured"
+        if choice.tune_above_calls:  # what the reference's compile and step time said about this run's length
+            print(f"compile options: {choice.name} (not tuned: {calls} one-seed steps at "
+                  f"{1e3 * choice.seconds[choice.name]:.1f} ms could not repay tuning, which pays from "
+                  f"{choice.tune_above_calls} on; {how})", file=sys.stderr)
+        else:
+            print(f"compile options: {choice.name} ({how}: "
+                  + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice.seconds.items())
+                  + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
     seconds = time.perf_counter() - t0
     if cfg.loop == "device":
         seconds += trainer.compile(carry, x_dev, y_dev, lowered)
@@ -341,7 +348,7 @@ def _fit(trainer: Trainer, run: _Run) -> FitResult:
     y_dev = trainer.put(data.y_train) if cfg.loop == "device" else None
     compile_s = 0.0
     if start < cfg.epochs:
-        trainer, compile_s = _compiled(trainer, run, carry, x_dev, y_dev)
+        trainer, compile_s = _compiled(trainer, run, carry, x_dev, y_dev, cfg.epochs - start)
     choice = trainer.choice.record() if trainer.choice is not None else None
     base = {**weights.model_record(model, data, run.meta), "config": asdict(cfg), **run.meta, "identity": run.identity,
             "summary_totals": summary(model, trainer.in_shape).totals.to_dict(), "versions": files.versions(),

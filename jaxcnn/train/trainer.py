@@ -149,12 +149,18 @@ class Trainer:
         self._eval_fn = jax.jit(self._seedwise(self._evaluate, (0, 0, None, None, None)), compiler_options=options,
                                 **self._out)
 
-    def with_compile_options(self, carry: step.TrainState) -> Trainer:
+    def with_compile_options(self, carry: step.TrainState, epochs: int | None = None) -> Trainer:
         """A Trainer whose programs use ``cfg.compile_options`` (tuned on one seed's step when "auto").
 
-        The returned Trainer's ``choice`` says which options and the measurements behind them.
+        ``epochs``: how many epochs the run will train (default ``cfg.epochs``); tuning is skipped when
+        that is too short to repay it (:func:`jaxcnn.lowering.compile_options.tune`). The returned
+        Trainer's ``choice`` says which options and the measurements behind them.
         """
-        return self.with_choice(self._choose(carry))
+        return self.with_choice(self._choose(carry, self.probe_calls(epochs)))
+
+    def probe_calls(self, epochs: int | None = None) -> int:
+        """How many one-seed steps (the tuning probe's work) ``epochs`` epochs of every seed make."""
+        return max(1, (self.cfg.epochs if epochs is None else epochs) * self.steps_per_epoch * len(self.seeds))
 
     def with_choice(self, choice: compile_options.Choice) -> Trainer:
         """A Trainer whose programs use the options of ``choice`` (already made, e.g. read from the cache)."""
@@ -167,7 +173,7 @@ class Trainer:
         """Whether choosing this Trainer's compile options measures candidates (never in a multi-process run)."""
         return not self.multiprocess and compile_options.tunes(self.cfg.compile_options)
 
-    def _choose(self, carry: step.TrainState) -> compile_options.Choice:
+    def _choose(self, carry: step.TrainState, calls: int | None = None) -> compile_options.Choice:
         if self.multiprocess and self.cfg.compile_options == "auto":
             # each process would time the candidates on its own and could pick differently; every process
             # must compile the same program, so "auto" means XLA's default here
@@ -183,7 +189,7 @@ class Trainer:
             (loss, (new_state, _, _)), grads = step.loss_and_grads(self.model, params, state, x, y, key, self.loss)
             return loss, grads, new_state
 
-        return compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y))
+        return compile_options.resolve(self.cfg.compile_options, probe, (params, state, x, y), calls=calls)
 
     def _seedwise(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
         """Map ``fn`` over the leading seed axis of the arguments whose ``in_axes`` entry is 0.
