@@ -32,7 +32,7 @@ include = _ffi_include()
 if include and os.environ.get("JAXCNN_BUILD_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off"):
     ext_modules.append(Extension(
         "jaxcnn._native",
-        sources=["csrc/depthwise.cc", "csrc/conv_wgrad.cc", "csrc/conv_fwd.cc"],
+        sources=["csrc/depthwise.cc", "csrc/conv_wgrad.cc", "csrc/conv_fwd.cc", "csrc/batchnorm.cc"],
         depends=["csrc/parallel.h", "csrc/conv_common.h"],
         include_dirs=[include],
         language="c++",

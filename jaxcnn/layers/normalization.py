@@ -13,6 +13,7 @@ from jax import lax
 
 from jaxcnn.core import Layer, Params, ParamsError, Shape, Spec, State
 from jaxcnn.layers.hyperparams import check_dtype
+from jaxcnn.lowering import native_bn
 from jaxcnn.lowering.reductions import broadcast_rows, mean_leading, sum_leading
 
 # -- normalisation and regularisation --------------------------------------------------
@@ -118,9 +119,13 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, offset: jax.Array, eps: flo
 
 def _bn_primal(x, scale, offset, eps):
     axes = x.ndim - 1
-    mean = mean_leading(x, axes)
-    centred = x - mean
-    var = mean_leading(jnp.square(centred), axes)
+    if native_bn.applicable(x):  # both statistics in one native read of x (csrc/batchnorm.cc)
+        mean, var = native_bn.stats(x)
+        centred = x - mean
+    else:
+        mean = mean_leading(x, axes)
+        centred = x - mean
+        var = mean_leading(jnp.square(centred), axes)
     rstd = lax.rsqrt(var + eps)
     return centred * rstd * scale + offset, mean, var, centred, rstd
 
@@ -143,7 +148,11 @@ def _bn_jvp(eps, primals, tangents):
     def rows(v):
         return broadcast_rows(v.astype(x.dtype), x.shape, 0, axes)
 
-    ty = k * tx + centred * rows(rstd * (tscale - k * rstd * s2 / m)) + rows(toffset - k * s1 / m)
+    a, b = rstd * (tscale - k * rstd * s2 / m), toffset - k * s1 / m
+    if native_bn.applicable(x):  # reverse mode: the transpose is the backward's two sums in one native pass
+        ty = k * tx + native_bn.rows_affine(a.astype(x.dtype), b.astype(x.dtype), x, mean)
+    else:
+        ty = k * tx + centred * rows(a) + rows(b)
     return (y, mean, var), (ty, s1 / m, (2.0 / m) * s2)
 
 

@@ -46,6 +46,9 @@ _SYMBOLS = {"fwd": "JaxcnnDepthwiseForward", "dx": "JaxcnnDepthwiseInputGrad", "
 TARGET_DENSE_W, TARGET_DENSE_FWD = "jaxcnn_conv_weight_grad", "jaxcnn_conv_forward"
 _TARGETS.update(dense_w=TARGET_DENSE_W, dense_fwd=TARGET_DENSE_FWD)
 _SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_fwd="JaxcnnConvForward")
+# BatchNorm's sums (csrc/batchnorm.cc), used by jaxcnn.lowering.native_bn
+_TARGETS.update(bn_stats="jaxcnn_batchnorm_stats", bn_dual="jaxcnn_batchnorm_dual_sum")
+_SYMBOLS.update(bn_stats="JaxcnnBatchNormStats", bn_dual="JaxcnnBatchNormDualSum")
 
 # JAXCNN_NATIVE_ISA caps the instruction set the kernels pick (csrc/conv_common.h's SelectIsa; read when the
 # library loads): the tests run each variant on one CPU with it. It never raises the choice above the CPU's.
