@@ -38,11 +38,12 @@ TARGET_STATS, TARGET_DUAL = "jaxcnn_batchnorm_stats", "jaxcnn_batchnorm_dual_sum
 def applicable(x: jax.Array) -> bool:
     """Whether :func:`stats` and :func:`rows_affine` run natively for ``x`` (float32, big enough, CPU, loaded).
 
-    Only with one device: a batch sharded over several would reach a custom call gathered whole onto
-    each (XLA cannot split it), where XLA's own sums stay per shard and add up the partial sums.
+    Whatever the device count, so a result does not depend on it (a study member trained beside another
+    on a second device must equal its one-device run). A batch sharded over several devices reaches the
+    custom call gathered whole (XLA cannot split it): the same values, at the cost of that gather.
     """
     return (x.dtype == jnp.float32 and x.ndim >= 2 and math.prod(x.shape) >= MIN_ELEMENTS
-            and jax.default_backend() == "cpu" and jax.device_count() == 1 and native.available())
+            and jax.default_backend() == "cpu" and native.available())
 
 
 def _rows(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
