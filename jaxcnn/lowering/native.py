@@ -47,7 +47,8 @@ TARGET_DENSE_W, TARGET_DENSE_FWD = "jaxcnn_conv_weight_grad", "jaxcnn_conv_forwa
 _TARGETS.update(dense_w=TARGET_DENSE_W, dense_fwd=TARGET_DENSE_FWD)
 _SYMBOLS.update(dense_w="JaxcnnConvWeightGrad", dense_fwd="JaxcnnConvForward")
 # BatchNorm's sums (csrc/batchnorm.cc), used by jaxcnn.lowering.native_bn
-_TARGETS.update(bn_stats="jaxcnn_batchnorm_stats", bn_dual="jaxcnn_batchnorm_dual_sum")
+TARGET_BN_STATS, TARGET_BN_DUAL = "jaxcnn_batchnorm_stats", "jaxcnn_batchnorm_dual_sum"
+_TARGETS.update(bn_stats=TARGET_BN_STATS, bn_dual=TARGET_BN_DUAL)
 _SYMBOLS.update(bn_stats="JaxcnnBatchNormStats", bn_dual="JaxcnnBatchNormDualSum")
 
 # JAXCNN_NATIVE_ISA caps the instruction set the kernels pick (csrc/conv_common.h's SelectIsa; read when the

@@ -27,12 +27,12 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jaxcnn.lowering import native
-from jaxcnn.lowering.reductions import broadcast_rows, sum_leading
+from jaxcnn.lowering.reductions import broadcast_rows, mean_leading, sum_leading
 
 # below this many elements a map is in cache and XLA's fused reductions are as fast as a call out
 MIN_ELEMENTS = 1 << 15
 
-TARGET_STATS, TARGET_DUAL = "jaxcnn_batchnorm_stats", "jaxcnn_batchnorm_dual_sum"
+TARGET_STATS, TARGET_DUAL = native.TARGET_BN_STATS, native.TARGET_BN_DUAL  # registered when the library loads
 
 
 def applicable(x: jax.Array) -> bool:
@@ -52,9 +52,8 @@ def _rows(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def _xla_stats(x):
     axes = x.ndim - 1
-    mean = sum_leading(x, axes) / math.prod(x.shape[:axes])
-    var = sum_leading(jnp.square(x - mean), axes) / math.prod(x.shape[:axes])
-    return mean, var
+    mean = mean_leading(x, axes)
+    return mean, mean_leading(jnp.square(x - mean), axes)
 
 
 def _xla_dual_sum(g, x, mean):
