@@ -58,6 +58,11 @@ ISA_VARIABLE, ISAS = "JAXCNN_NATIVE_ISA", ("avx512", "avx2", "baseline")
 _state: dict[str, Any] = {"loaded": None, "error": None, "warned": False, "warned_inapplicable": False, "enabled": None}
 
 
+def target_names() -> tuple[str, ...]:
+    """The FFI target names of every native kernel (what a program calling them names in its custom calls)."""
+    return tuple(_TARGETS.values())
+
+
 def _env_enabled() -> bool:
     return os.environ.get("JAXCNN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 

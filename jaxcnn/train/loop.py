@@ -21,8 +21,8 @@ from jaxcnn.lowering import compile_options
 from jaxcnn.storage import checkpoint, files, weights
 from jaxcnn.summary import summary
 from jaxcnn.train import distributed as _distributed  # fit's ``distributed`` argument would shadow the module name
+from jaxcnn.train import kept, options, step
 from jaxcnn.train import loggers as _loggers
-from jaxcnn.train import options, step
 from jaxcnn.train.config import TrainConfig, TrainingError, fill_new_fields
 from jaxcnn.train.inputs import TrainData
 from jaxcnn.train.records import EpochRecord
@@ -270,10 +270,16 @@ def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y
     and the seconds that took."""
     t0 = time.perf_counter()
     cfg, lowered, calls = trainer.cfg, None, trainer.probe_calls(epochs)
+    # a program kept by an earlier run is loaded without tracing it (program_cache); else traced and kept
+    exported = kept.chunk(trainer, carry, x_dev, y_dev) if cfg.loop == "device" else None
     if cfg.loop == "device" and trainer.tunes_options():
-        # the chunk program has to be lowered anyway: its text finds a choice made before (compile_options)
-        lowered = trainer.lower_chunk(carry, x_dev, y_dev)
-        key = compile_options.program_key(lowered.as_text())
+        # the chunk program's identity finds a choice made before (compile_options): its cache key when it
+        # was kept, else its lowered text (it has to be lowered anyway)
+        if exported is not None:
+            key = compile_options.program_key(f"kept program {exported.key}")
+        else:
+            lowered = trainer.lower_chunk(carry, x_dev, y_dev)
+            key = compile_options.program_key(lowered.as_text())
         if (hit := compile_options.cached_choice(key, calls=calls)) is not None:
             trainer = trainer.with_choice(hit)
         else:
@@ -294,7 +300,7 @@ def _compiled(trainer: Trainer, run: _Run, carry: step.TrainState, x_dev: Any, y
                   + "".join(f"; {k} refused: {v}" for k, v in choice.rejected.items()) + ")", file=sys.stderr)
     seconds = time.perf_counter() - t0
     if cfg.loop == "device":
-        seconds += trainer.compile(carry, x_dev, y_dev, lowered)
+        seconds += trainer.compile(carry, x_dev, y_dev, lowered, exported)
     return trainer, seconds
 
 

@@ -20,13 +20,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcnn.core import Layer
-from jaxcnn.lowering import compile_options
+from jaxcnn.lowering import compile_options, program_cache
 from jaxcnn.train import distributed as _distributed
 from jaxcnn.train import options as _options
 from jaxcnn.train import step
 from jaxcnn.train.config import TrainConfig
 from jaxcnn.train.inputs import TrainData, augment, epoch_permutation
 from jaxcnn.train.optimizers import make_optimizer
+from jaxcnn.train.seed_axis import epoch_keys as _epoch_keys
+from jaxcnn.train.seed_axis import first_seed as _first_seed
+from jaxcnn.train.seed_axis import stack_seeds as _stack_seeds
 
 
 def _divisor_chunk(steps: int, lo: int = 3, hi: int = 8) -> int:
@@ -35,20 +38,6 @@ def _divisor_chunk(steps: int, lo: int = 3, hi: int = 8) -> int:
         if lo <= c <= hi and steps % c == 0:
             return c
     return 4
-
-
-# One program each, not one per leaf shape: eagerly, stacking or slicing a model's ~20 leaves compiles (or
-# loads from the persistent cache) ~20 tiny programs, a second of a short run's start-up.
-@jax.jit
-def _stack_seeds(per_seed: list[Any]) -> Any:
-    """Per-seed pytrees -> one pytree with a leading seed axis."""
-    return jax.tree_util.tree_map(lambda *vs: jnp.stack(vs), *per_seed)
-
-
-@jax.jit
-def _first_seed(tree: Any) -> Any:
-    """The first seed's slice of every leaf."""
-    return jax.tree_util.tree_map(lambda v: v[0], tree)
 
 
 class EpochOut(NamedTuple):
@@ -73,6 +62,7 @@ class Trainer:
                  devices: Sequence[jax.Device] | None = None, *, optimizer: step.OptimizerLike | None = None,
                  loss: step.LossFn | None = None, metrics: dict[str, step.LossFn] | None = None):
         self.cfg = cfg.check()
+        self.given = {"optimizer": optimizer, "loss": loss}  # None: the config's (jaxcnn.train.kept describes it)
         self.model, self.data = _options.apply(model, data, cfg)
         n = data.x_train.shape[0]
         if n < cfg.batch:
@@ -298,16 +288,26 @@ class Trainer:
             self._live[live] = self.put(np.int32(live))
         return (*rows, self._live[live])
 
+    def first_chunk_args(self, carry, x_dev, y_dev) -> tuple[Any, ...]:
+        """The arguments of the epoch's first chunk (the shapes every chunk call has)."""
+        perm, keys = self._perm_fn(self.epoch_keys(0))
+        return (carry, x_dev, y_dev, *self._chunk_args(perm, keys, 0))
+
     def lower_chunk(self, carry, x_dev, y_dev) -> Any:
         """The chunk program an epoch runs, traced and lowered (its text does not depend on compile options)."""
-        perm, keys = self._perm_fn(self.epoch_keys(0))
-        return self.chunk_fn(self.chunk).lower(carry, x_dev, y_dev, *self._chunk_args(perm, keys, 0))
+        return self.chunk_fn(self.chunk).lower(*self.first_chunk_args(carry, x_dev, y_dev))
 
-    def compile(self, carry, x_dev, y_dev, lowered: Any = None) -> float:
+    def compile(self, carry, x_dev, y_dev, lowered: Any = None,
+                exported: program_cache.ExportedProgram | None = None) -> float:
         """Compile the one chunk program an epoch runs (``lowered``: as lowered by an untuned Trainer's
-        :meth:`lower_chunk`, compiled here with this Trainer's options); returns the seconds it took."""
+        :meth:`lower_chunk`; ``exported``: as :func:`jaxcnn.train.kept.chunk` gave it), with this Trainer's options;
+        returns the seconds it took."""
         t0 = time.perf_counter()
-        if lowered is None:
+        if exported is not None:
+            out_like = (carry, (0, 0, dict.fromkeys(exported.meta.get("out_keys", ()), 0)))
+            exe = exported.compile(self.first_chunk_args(carry, x_dev, y_dev), out_like,
+                                   len(jax.tree_util.tree_leaves(carry)), self.compiler_options)
+        elif lowered is None:
             exe = self.lower_chunk(carry, x_dev, y_dev).compile()
         else:
             exe = lowered.compile(compiler_options=self.compiler_options or None)
@@ -328,7 +328,7 @@ class Trainer:
     # host-side drivers
     def epoch_keys(self, epoch: int) -> jax.Array:
         """Per-seed keys of epoch ``epoch``."""
-        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(self.keys)
+        return _epoch_keys(self.keys, epoch)
 
     def run_epoch(self, carry: step.TrainState, x_dev: Any, y_dev: Any, epoch: int) -> EpochOut:
         """One epoch of every seed: on the device (``loop="device"``) or streaming host batches (``loop="host"``)."""
