@@ -10,7 +10,7 @@ from train_helpers import tiny_data, tiny_model
 
 import jaxcnn as jc
 from jaxcnn.lowering import program_cache
-from jaxcnn.train import TrainConfig, TrainData, Trainer, fit, kept
+from jaxcnn.train import TrainConfig, TrainData, Trainer, fit, kept, step
 from jaxcnn.train import trainer as trainer_module
 
 CFG = TrainConfig(epochs=1, batch=32, lr=0.05, compile_options="xla", num_seeds=2)
@@ -24,16 +24,21 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "programs"
 
 
-def _traced(monkeypatch) -> list[int]:
-    """Counts the traces of the chunk body (a kept program is compiled without any)."""
-    calls: list[int] = []
-    original = Trainer._chunk
+def _traced(monkeypatch) -> list[str]:
+    """Records the traces of the chunk body and of the parameter initialisation (a kept program has none)."""
+    calls: list[str] = []
+    chunk, init = Trainer._chunk, step.init
 
-    def counting(self, *a, **k):
-        calls.append(1)
-        return original(self, *a, **k)
+    def counting_chunk(self, *a, **k):
+        calls.append("chunk")
+        return chunk(self, *a, **k)
 
-    monkeypatch.setattr(trainer_module.Trainer, "_chunk", counting)
+    def counting_init(*a, **k):
+        calls.append("init")
+        return init(*a, **k)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_chunk", counting_chunk)
+    monkeypatch.setattr(step, "init", counting_init)
     return calls
 
 
@@ -44,10 +49,11 @@ def _leaves(res) -> list[np.ndarray]:
 def test_a_repeated_fit_loads_its_chunk_untraced_and_every_path_trains_the_same_bits(cache, monkeypatch):
     calls = _traced(monkeypatch)
     first = fit(tiny_model(), tiny_data(), CFG, quiet=True)
-    assert calls and len(list(cache.glob("*.jaxexport"))) == 1 and len(list(cache.glob("*.json"))) == 1
+    assert set(calls) == {"chunk", "init"}
+    assert len(list(cache.glob("*.jaxexport"))) == 2 and len(list(cache.glob("*.json"))) == 2  # init and chunk
     calls.clear()
     second = fit(tiny_model(), tiny_data(), CFG, quiet=True)
-    assert calls == []  # loaded: the chunk was not traced
+    assert calls == []  # loaded: neither program was traced
     monkeypatch.setattr(program_cache, "enabled", lambda: False)
     plain = fit(tiny_model(), tiny_data(), CFG, quiet=True)  # traced and compiled directly, as without a cache
     assert calls
@@ -64,7 +70,7 @@ def test_a_run_that_the_chunk_does_not_divide_and_another_seed_share_a_kept_prog
     a = fit(tiny_model(), data, cfg, quiet=True)
     calls.clear()
     b = fit(tiny_model(), data, dataclasses.replace(cfg, seed=7), quiet=True)
-    assert calls == [] and len(list(cache.glob("*.jaxexport"))) == 1  # the seed is an argument, not the program
+    assert calls == [] and len(list(cache.glob("*.jaxexport"))) == 2  # the seed is an argument, not the program
     assert not all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True))
     monkeypatch.setattr(program_cache, "enabled", lambda: False)
     c = fit(tiny_model(), data, dataclasses.replace(cfg, seed=7), quiet=True)
@@ -141,8 +147,8 @@ def test_the_key_sees_the_environment_and_the_source(monkeypatch):
 
 def test_a_damaged_kept_program_is_reported_then_replaced(cache, monkeypatch, capsys):
     first = fit(tiny_model(), tiny_data(), CFG, quiet=True)
-    (path,) = cache.glob("*.jaxexport")
-    path.write_bytes(b"not a flatbuffer")
+    for path in cache.glob("*.jaxexport"):
+        path.write_bytes(b"not a flatbuffer")
     capsys.readouterr()
     calls = _traced(monkeypatch)
     second = fit(tiny_model(), tiny_data(), CFG, quiet=True)

@@ -149,37 +149,66 @@ def key_of(identity: Any, args: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+_REGISTERED: set[type] = set()
+
+
+def _namedtuples(tree: Any, found: set[type]) -> set[type]:
+    """The named-tuple node types of a PyTreeDef (optax's states, TrainState), which jax.export must be told of."""
+    data = tree.node_data()
+    if data is not None and issubclass(data[0], tuple) and hasattr(data[0], "_fields"):
+        found.add(data[0])
+    for child in tree.children():
+        _namedtuples(child, found)
+    return found
+
+
+def _register(types_: Any) -> None:
+    from jax import export as jax_export
+
+    for t in types_:
+        if t in _REGISTERED:
+            continue
+        try:
+            jax_export.register_namedtuple_serialization(t, serialized_name=_named(t) or _unkeyable(t))
+        except ValueError:  # registered already (by this module earlier, or by its own library)
+            pass
+        _REGISTERED.add(t)
+
+
+def _resolve(name: Any) -> type:
+    """The named-tuple class a record names; only of jaxcnn, jax or optax (a record must not import others)."""
+    import importlib
+
+    if not isinstance(name, str) or not (name + ".").startswith(_NAMED):
+        raise ValueError(f"names {str(name)[:80]!r}, not a class of jaxcnn, jax or optax")
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # the longest importable module prefix, then attributes
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        if isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields"):
+            return obj
+        break
+    raise ValueError(f"names {name[:80]!r}, which is no named tuple here")
+
+
 @dataclasses.dataclass
 class ExportedProgram:
-    """An exported function of flat array arguments, how to rebuild its output tree, and its key."""
+    """An exported jitted function (:class:`jax.export.Exported`: its pytrees, shapes and StableHLO) and its key."""
 
     key: str
     exported: Any  # jax.export.Exported
-    out_tree: str  # str() of the output PyTreeDef, checked against the rebuilt one
-    meta: dict[str, Any]
-    loaded: bool
+    loaded: bool  # read from the cache (False: traced and exported by this process)
 
-    def compile(self, args: Any, out_like: Any, donate: int, compiler_options: dict[str, str] | None):
-        """The compiled program as a function of pytrees like ``args`` returning pytrees like ``out_like``.
-
-        ``donate``: how many leading leaves of ``args`` may be reused for the outputs (the carry).
-        """
-        leaves = jax.tree_util.tree_leaves(args)
-        in_tree = jax.tree_util.tree_structure(args)
-        out_tree = jax.tree_util.tree_structure(out_like)
-        if str(out_tree) != self.out_tree:
-            raise ValueError(f"program {self.key}: outputs {out_tree} are not the saved {self.out_tree}")
+    def compile(self, args: Any, donate_argnums: tuple[int, ...] = (), compiler_options: dict[str, str] | None = None
+                ) -> Any:
+        """The program compiled for arguments like ``args`` (a ``jax.stages.Compiled``: called like the function)."""
         native.available()  # its FFI targets registered before XLA looks them up
-        exe = jax.jit(self.exported.call, donate_argnums=tuple(range(donate)),
-                      compiler_options=compiler_options or None).lower(*leaves).compile()
-
-        def run(*a: Any) -> Any:
-            flat, tree = jax.tree_util.tree_flatten(a)
-            if tree != in_tree:
-                raise ValueError(f"program {self.key}: called with {tree}, compiled for {in_tree}")
-            return jax.tree_util.tree_unflatten(out_tree, exe(*flat))
-
-        return run
+        return jax.jit(self.exported.call, donate_argnums=donate_argnums,
+                       compiler_options=compiler_options or None).lower(*args).compile()
 
 
 def load(key: str) -> ExportedProgram | None:
@@ -194,40 +223,35 @@ def load(key: str) -> ExportedProgram | None:
         return None
     try:
         meta = json.loads(files.read_regular(meta_path, "saved program record"))
-        if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("out_tree"), str):
-            raise ValueError("its record does not name this key and an output tree")
+        if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("namedtuples"), list):
+            raise ValueError("its record does not name this key and its named tuples")
+        _register([_resolve(n) for n in meta["namedtuples"]])
         exported = jax_export.deserialize(bytearray(files.read_regular(path, "saved program")))
     except Exception as e:  # noqa: BLE001 - any unreadable entry only costs tracing the program again
         print(f"warning: ignoring saved program {path} ({type(e).__name__}: {str(e)[:160]}); tracing it again",
               file=sys.stderr)
         return None
-    return ExportedProgram(key, exported, meta["out_tree"], meta, loaded=True)
+    return ExportedProgram(key, exported, loaded=True)
 
 
-def export(key: str, fn: Any, args: Any, meta_of: Any = None) -> ExportedProgram:
-    """Export the jitted ``fn`` at ``args`` as a function of flat leaves and save it under ``key``.
+def export(key: str, fn: Any, args: Any) -> ExportedProgram:
+    """Export the jitted ``fn`` at ``args`` and save it under ``key`` (an unwritable folder only costs the saving).
 
-    ``meta_of(out_treedef)`` gives a JSON-able dict stored beside it (what a reload needs to rebuild
-    the outputs). An unwritable folder only costs the saving.
+    Raises what :func:`jax.export.export` raises (e.g. a pytree node of another kind than a named tuple).
     """
     from jax import export as jax_export
 
     from jaxcnn.storage import files
 
-    leaves, in_tree = jax.tree_util.tree_flatten(args)
-    seen: dict[str, Any] = {}
-
-    def flat(*ls: Any) -> Any:
-        out = fn(*jax.tree_util.tree_unflatten(in_tree, ls))
-        out_leaves, seen["tree"] = jax.tree_util.tree_flatten(out)
-        return out_leaves
-
     checks = [jax_export.DisabledSafetyCheck.custom_call(t) for t in native.target_names()]
-    exported = jax_export.export(jax.jit(flat), disabled_checks=checks)(*leaves)
-    record = {"key": key, "out_tree": str(seen["tree"]), **(meta_of(seen["tree"]) if meta_of else {})}
+    exported = jax_export.export(fn, disabled_checks=checks)(*args)
+    types_ = _namedtuples(exported.out_tree, _namedtuples(exported.in_tree, set()))
+    _register(types_)
+    data = bytes(exported.serialize())
+    record = {"key": key, "namedtuples": sorted(_named(t) for t in types_)}
     try:
-        files.atomic_write_bytes(_folder() / f"{key}.jaxexport", bytes(exported.serialize()))
+        files.atomic_write_bytes(_folder() / f"{key}.jaxexport", data)
         files.atomic_write_text(_folder() / f"{key}.json", json.dumps(record, indent=1))
     except OSError:
         pass  # the next run traces again
-    return ExportedProgram(key, exported, record["out_tree"], record, loaded=False)
+    return ExportedProgram(key, exported, loaded=False)

@@ -9,16 +9,15 @@ that identity without tracing it, or traces, exports and keeps it.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 
 from jaxcnn.lowering import program_cache
 
-if TYPE_CHECKING:
-    from jaxcnn.train.trainer import Trainer
+Trainer = Any  # a jaxcnn.train.trainer.Trainer (which imports this module, so it is not imported here)
 
-__all__ = ["identity", "chunk"]
+__all__ = ["identity", "exported", "chunk", "compiled"]
 
 # TrainConfig fields that are no part of the chunk program: the seeds' keys and the label-noise draw are
 # its arguments (or the data's), the compile options are given to the compiler, evaluation is another program
@@ -44,20 +43,28 @@ def identity(trainer: Trainer) -> Any | None:
         return None
 
 
-def chunk(trainer: Trainer, carry: Any, x_dev: Any, y_dev: Any) -> program_cache.ExportedProgram | None:
-    """The chunk program an epoch runs, loaded from the program cache without tracing, or traced and kept
-    there; None where it is not kept (cache off, or :func:`identity` is None)."""
+def exported(trainer: Trainer, label: str, fn: Any, args: tuple[Any, ...]) -> program_cache.ExportedProgram | None:
+    """``fn`` (jitted) of ``trainer`` at ``args``, loaded from the program cache without tracing, or traced and
+    kept there; None where it is not kept (cache off, or :func:`identity` is None)."""
     if not program_cache.enabled() or (ident := identity(trainer)) is None:
         return None
-    args = trainer.first_chunk_args(carry, x_dev, y_dev)
-    key = program_cache.key_of(["train chunk", ident], args)
+    key = program_cache.key_of([label, ident], args)
     if (hit := program_cache.load(key)) is not None:
         return hit
-
-    def out_keys(tree: Any) -> dict[str, Any]:  # the metric names a reload rebuilds the outputs with
-        return {"out_keys": list(jax.tree_util.tree_unflatten(tree, [0] * tree.num_leaves)[1][2])}
-
     try:
-        return program_cache.export(key, trainer.chunk_fn(trainer.chunk), args, out_keys)
+        return program_cache.export(key, fn, args)
     except Exception:  # noqa: BLE001 - what jax.export refuses (another library's custom call) compiles as before
         return None
+
+
+def chunk(trainer: Trainer, carry: Any, x_dev: Any, y_dev: Any) -> program_cache.ExportedProgram | None:
+    """The chunk program an epoch runs (:func:`exported`; compiled by ``Trainer.compile``)."""
+    args = trainer.first_chunk_args(carry, x_dev, y_dev)
+    return exported(trainer, "train chunk", trainer.chunk_fn(trainer.chunk), args)
+
+
+def compiled(trainer: Trainer, label: str, fn: Any, args: tuple[Any, ...], compiler_options: dict[str, str]) -> Any:
+    """``fn`` compiled for ``args`` with these options: from its kept program where it is kept, else jitted."""
+    if (prog := exported(trainer, label, jax.jit(fn), args)) is not None:
+        return prog.compile(args, compiler_options=compiler_options)
+    return jax.jit(fn, compiler_options=compiler_options)
