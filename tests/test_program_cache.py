@@ -125,7 +125,10 @@ def test_fingerprint_is_exact_and_refuses_what_it_cannot_describe():
     class Mine:
         n: int = 1
 
-    for bad in (lambda x: x, local, Mine(), {1: "a"}, object(), MyLayer()):
+    a_conv, b_conv = jc.Conv(16, 3), jc.Conv(17, 3)
+    assert fp(a_conv.spec) != fp(b_conv.spec) and fp(a_conv.spec) == fp(jc.Conv(16, 3).spec)  # bound methods
+    for bad in (lambda x: x, local, Mine(), {1: "a"}, object(), MyLayer(), np.random.default_rng(0).normal,
+                [].append):
         with pytest.raises(program_cache.Unkeyable):
             fp(bad)
 

@@ -83,6 +83,11 @@ def fingerprint(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         name = _named(type(obj)) or _unkeyable(type(obj))
         return ["dataclass", name, [[f.name, fingerprint(getattr(obj, f.name))] for f in dataclasses.fields(obj)]]
+    if isinstance(obj, types.MethodType):  # a bound method is also its object's state
+        return ["method", fingerprint(obj.__self__), obj.__func__.__name__]
+    bound = getattr(obj, "__self__", None)
+    if isinstance(obj, types.BuiltinFunctionType) and bound is not None and not isinstance(bound, types.ModuleType):
+        return _unkeyable(obj)  # a C method of some object (``rng.normal``): the object is not described
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)) or callable(obj) and hasattr(
             obj, "__qualname__"):
         return ["named", _named(obj) or _unkeyable(obj)]
