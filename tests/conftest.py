@@ -23,6 +23,11 @@ import pytest  # noqa: E402
 # Compile-option tuning (jaxcnn.lowering.compile_options) compiles every training program two more times;
 # the tests that are about it turn it on themselves. Its cache never touches the user's home.
 os.environ.setdefault("JAXCNN_TUNE", "0")
+# Likewise keeping training programs untraced (jaxcnn.lowering.program_cache) costs a cold run ~0.3 s (the export
+# and SciPy's import by JAX's exported-call lowering) and gains only on a repeat; a kept program trains the same
+# bits as a traced one (tests/test_program_cache.py), and the tests about it, and the CLI's repeated-run test,
+# turn it on themselves.
+os.environ.setdefault("JAXCNN_KEEP_PROGRAMS", "0")
 os.environ.setdefault("JAXCNN_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcnn-test-cache-"))
 
 # One persistent XLA compilation cache for the session, inherited by every process the tests start: a program

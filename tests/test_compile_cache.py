@@ -54,15 +54,18 @@ def test_a_second_identical_train_loads_every_program_and_gives_the_same_result(
         proc = subprocess.run(
             [sys.executable, "-m", "jaxcnn.cli", "train", "allconv6_1", "--data", "synthetic:128", "--input-size",
              "12", "--epochs", "1", "--batch", "32", "--compile-options", "xla", "--out", str(tmp_path / out),
-             "--quiet", *extra], env=_env(cache), capture_output=True, text=True, timeout=300)
+             "--quiet", *extra], env=_env(cache, JAXCNN_KEEP_PROGRAMS="1"), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads((tmp_path / out / "result.json").read_text())
 
     first = train("a")
     kept = _entries(cache)
     assert len(kept) >= 5, kept  # init, the chunk(s) of steps, evaluation, ...
+    programs = {p.name for p in (cache / "programs").iterdir()}
+    assert len(programs) == 4, programs  # init and chunk, exported and described (program_cache)
     second = train("b")
     assert _entries(cache) == kept  # nothing compiled that the first run had not kept
+    assert {p.name for p in (cache / "programs").iterdir()} == programs  # nor traced anew
     assert second["test_accuracy"] == first["test_accuracy"]
     assert second["final_train_loss"] == first["final_train_loss"]
 

@@ -20,6 +20,7 @@ CFG = TrainConfig(epochs=1, batch=32, lr=0.05, compile_options="xla", num_seeds=
 def cache(tmp_path, monkeypatch):
     """A fresh program folder (JAX's compilation cache stays the session's, so the cache is on)."""
     monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JAXCNN_KEEP_PROGRAMS", "1")  # the session turns it off for the other tests (conftest)
     assert program_cache.enabled()
     return tmp_path / "programs"
 
@@ -54,7 +55,8 @@ def test_a_repeated_fit_loads_its_chunk_untraced_and_every_path_trains_the_same_
     calls.clear()
     second = fit(tiny_model(), tiny_data(), CFG, quiet=True)
     assert calls == []  # loaded: neither program was traced
-    monkeypatch.setattr(program_cache, "enabled", lambda: False)
+    monkeypatch.setenv("JAXCNN_KEEP_PROGRAMS", "0")
+    assert not program_cache.enabled()
     plain = fit(tiny_model(), tiny_data(), CFG, quiet=True)  # traced and compiled directly, as without a cache
     assert calls
     for a, b, c in zip(_leaves(first), _leaves(second), _leaves(plain), strict=True):

@@ -12,7 +12,8 @@ optimizer from outside jaxcnn, an object without a stable description). A repeat
 compiles a one-call wrapper around it, which hits JAX's cache; XLA inlines the call, so the wrapper and
 the program it wraps compile to the same executable (same bits out, tested).
 
-The folder is ``cache_root()/programs``; it is used only while the persistent compilation cache is on.
+The folder is ``cache_root()/programs``; it is used only while the persistent compilation cache is on, and
+``JAXCNN_KEEP_PROGRAMS=0`` turns it off alone (every program is then traced, as before).
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ def _environment() -> dict[str, Any]:
 
 
 def enabled() -> bool:
-    """Whether programs are kept: while JAX's persistent compilation cache is on (else nothing is gained) and
-    ``flatbuffers`` (jax.export's serialisation) is installed."""
+    """Whether programs are kept: while JAX's persistent compilation cache is on (else nothing is gained),
+    ``flatbuffers`` (jax.export's serialisation) is installed, and ``JAXCNN_KEEP_PROGRAMS`` is not 0."""
+    if os.environ.get("JAXCNN_KEEP_PROGRAMS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
     return compile_cache.enabled_dir() is not None and importlib.util.find_spec("flatbuffers") is not None
 
 
