@@ -6,8 +6,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["stack_seeds", "first_seed", "epoch_keys"]
+__all__ = ["stack_seeds", "first_seed", "epoch_keys", "seed_slice", "per_seed"]
 
 
 # One program each, not one per leaf shape: eagerly, stacking or slicing a model's ~20 leaves compiles (or
@@ -28,3 +29,15 @@ def epoch_keys(keys: jax.Array, epoch: int) -> jax.Array:
 def first_seed(tree: Any) -> Any:
     """The first seed's slice of every leaf."""
     return jax.tree_util.tree_map(lambda v: v[0], tree)
+
+
+@jax.jit
+def seed_slice(tree: Any, s: jax.Array) -> Any:
+    """Seed ``s``'s slice of every leaf (one program for every seed)."""
+    return jax.tree_util.tree_map(lambda v: v[s], tree)
+
+
+def per_seed(fn: Any, k: int, params: Any, state: Any, *rest: Any) -> tuple[np.ndarray, ...]:
+    """``fn(params, state, *rest)`` of one seed, called for each of the ``k`` seeds; its outputs stacked."""
+    outs = [fn(*seed_slice((params, state), np.int32(s)), *rest) for s in range(k)]
+    return tuple(np.stack([np.asarray(o[i]) for o in outs]) for i in range(len(outs[0])))
