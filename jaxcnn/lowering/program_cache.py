@@ -99,21 +99,14 @@ def _unkeyable(obj: Any) -> Any:
     raise Unkeyable(f"{obj!r:.80} ({type(obj).__module__}.{type(obj).__qualname__}) has no exact description")
 
 
-def _file_digest(path: Path, h: Any) -> None:
-    h.update(str(path.name).encode() + b"\0")
-    h.update(path.read_bytes())
-
-
 @functools.lru_cache(maxsize=1)
 def _source_digest() -> str:
     """sha256 of jaxcnn's Python source and its native library: any edit is another program."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
+    for p in sorted(root.rglob("*.py")) + sorted(root.glob("_native*")):
         h.update(str(p.relative_to(root)).encode() + b"\0")
         h.update(p.read_bytes())
-    for p in sorted(root.glob("_native*")):
-        _file_digest(p, h)
     return h.hexdigest()
 
 
@@ -125,7 +118,7 @@ def _environment() -> dict[str, Any]:
     return {
         "cache_version": CACHE_VERSION,
         "jaxcnn_source": _source_digest(),
-        "versions": {**files.versions(), "jaxlib_file": getattr(sys.modules.get("jaxlib"), "__version__", "")},
+        "versions": files.versions(),
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_ENV_PREFIXES)},
         "jax_config": {k: repr(v) for k, v in sorted(jax.config.values.items())},
         "native": [native.enabled(), native.available() and native.isa()],
@@ -136,7 +129,7 @@ def _environment() -> dict[str, Any]:
 def enabled() -> bool:
     """Whether programs are kept: while JAX's persistent compilation cache is on (else nothing is gained),
     ``flatbuffers`` (jax.export's serialisation) is installed, and ``JAXCNN_KEEP_PROGRAMS`` is not 0."""
-    if os.environ.get("JAXCNN_KEEP_PROGRAMS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get("JAXCNN_KEEP_PROGRAMS", "1").strip().lower() in compile_cache._OFF:
         return False
     return compile_cache.enabled_dir() is not None and importlib.util.find_spec("flatbuffers") is not None
 
@@ -209,14 +202,15 @@ class ExportedProgram:
 
     key: str
     exported: Any  # jax.export.Exported
-    loaded: bool  # read from the cache (False: traced and exported by this process)
 
-    def compile(self, args: Any, donate_argnums: tuple[int, ...] = (), compiler_options: dict[str, str] | None = None
-                ) -> Any:
-        """The program compiled for arguments like ``args`` (a ``jax.stages.Compiled``: called like the function)."""
+    def compile(self, donate_argnums: tuple[int, ...] = (), compiler_options: dict[str, str] | None = None) -> Any:
+        """The program compiled for the shapes it was exported at (a ``jax.stages.Compiled``: called like the
+        function, on arrays of those shapes)."""
         native.available()  # its FFI targets registered before XLA looks them up
+        avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in self.exported.in_avals]
+        args, kwargs = jax.tree_util.tree_unflatten(self.exported.in_tree, avals)
         return jax.jit(self.exported.call, donate_argnums=donate_argnums,
-                       compiler_options=compiler_options or None).lower(*args).compile()
+                       compiler_options=compiler_options or None).lower(*args, **kwargs).compile()
 
 
 def load(key: str) -> ExportedProgram | None:
@@ -239,7 +233,7 @@ def load(key: str) -> ExportedProgram | None:
         print(f"warning: ignoring saved program {path} ({type(e).__name__}: {str(e)[:160]}); tracing it again",
               file=sys.stderr)
         return None
-    return ExportedProgram(key, exported, loaded=True)
+    return ExportedProgram(key, exported)
 
 
 def export(key: str, fn: Any, args: Any) -> ExportedProgram:
@@ -262,4 +256,4 @@ def export(key: str, fn: Any, args: Any) -> ExportedProgram:
         files.atomic_write_text(_folder() / f"{key}.json", json.dumps(record, indent=1))
     except OSError:
         pass  # the next run traces again
-    return ExportedProgram(key, exported, loaded=False)
+    return ExportedProgram(key, exported)

@@ -66,5 +66,5 @@ def chunk(trainer: Trainer, carry: Any, x_dev: Any, y_dev: Any) -> program_cache
 def compiled(trainer: Trainer, label: str, fn: Any, args: tuple[Any, ...], compiler_options: dict[str, str]) -> Any:
     """``fn`` compiled for ``args`` with these options: from its kept program where it is kept, else jitted."""
     if (prog := exported(trainer, label, jax.jit(fn), args)) is not None:
-        return prog.compile(args, compiler_options=compiler_options)
+        return prog.compile(compiler_options=compiler_options)
     return jax.jit(fn, compiler_options=compiler_options)

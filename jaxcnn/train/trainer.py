@@ -305,7 +305,7 @@ class Trainer:
         returns the seconds it took."""
         t0 = time.perf_counter()
         if exported is not None:
-            exe = exported.compile(self.first_chunk_args(carry, x_dev, y_dev), (0,), self.compiler_options)
+            exe = exported.compile((0,), self.compiler_options)
         elif lowered is None:
             exe = self.lower_chunk(carry, x_dev, y_dev).compile()
         else:
