@@ -62,7 +62,7 @@ def test_a_second_identical_train_loads_every_program_and_gives_the_same_result(
     kept = _entries(cache)
     assert len(kept) >= 5, kept  # init, the chunk(s) of steps, evaluation, ...
     programs = {p.name for p in (cache / "programs").iterdir()}
-    assert len(programs) == 4, programs  # init and chunk, exported and described (program_cache)
+    assert len(programs) == 6, programs  # init, permutation and chunk, exported and described (program_cache)
     second = train("b")
     assert _entries(cache) == kept  # nothing compiled that the first run had not kept
     assert {p.name for p in (cache / "programs").iterdir()} == programs  # nor traced anew

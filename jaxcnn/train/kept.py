@@ -17,7 +17,7 @@ from jaxcnn.lowering import program_cache
 
 Trainer = Any  # a jaxcnn.train.trainer.Trainer (which imports this module, so it is not imported here)
 
-__all__ = ["identity", "exported", "chunk", "compiled"]
+__all__ = ["identity", "exported", "chunk", "compiled", "Lazy"]
 
 # TrainConfig fields that are no part of the chunk program: the seeds' keys and the label-noise draw are
 # its arguments (or the data's), the compile options are given to the compiler, evaluation is another program
@@ -68,3 +68,18 @@ def compiled(trainer: Trainer, label: str, fn: Any, args: tuple[Any, ...], compi
     if (prog := exported(trainer, label, jax.jit(fn), args)) is not None:
         return prog.compile(compiler_options=compiler_options)
     return jax.jit(fn, compiler_options=compiler_options)
+
+
+class Lazy:
+    """``jax.jit(fn, **jit_kwargs)`` of ``trainer``, compiled from its kept program where it is kept: decided at
+    the first call, whose arguments are the example (a Trainer is built before its arguments exist)."""
+
+    def __init__(self, trainer: Trainer, label: str, fn: Any, **jit_kwargs: Any):
+        self.trainer, self.label, self.fn, self.jit_kwargs, self.call = trainer, label, fn, jit_kwargs, None
+
+    def __call__(self, *args: Any) -> Any:
+        """``fn(*args)``, compiled at the first call."""
+        if self.call is None:
+            prog = exported(self.trainer, self.label, jax.jit(self.fn), args)
+            self.call = prog.compile() if prog is not None else jax.jit(self.fn, **self.jit_kwargs)
+        return self.call(*args)

@@ -120,7 +120,7 @@ class Trainer:
         self.padded_steps = self.steps_per_epoch if cfg.loop != "device" else \
             -(-self.steps_per_epoch // self.chunk) * self.chunk
         self._live: dict[int, Any] = {}
-        self._perm_fn = jax.jit(jax.vmap(self._permutation), out_shardings=self.replicated)
+        self._perm_fn = kept.Lazy(self, "permutation", jax.vmap(self._permutation), out_shardings=self.replicated)
         self.choice: compile_options.Choice | None = None
         self._use_options({})
 
