@@ -1,9 +1,10 @@
-"""A Trainer's chunk program kept between runs (:mod:`jaxcnn.lowering.program_cache`): its identity and its reload.
+"""A Trainer's programs kept between runs (:mod:`jaxcnn.lowering.program_cache`): their identity and reload.
 
-:func:`identity` describes exactly what the chunk program is a function of -- the model, the config
+:func:`identity` describes exactly what the Trainer's programs are a function of -- the model, the config
 (less what is an argument or a compiler option), the data's shape and statistics, the default or given
-optimizer and loss, the steps and seeds -- or says it cannot; :func:`chunk` loads the program kept under
-that identity without tracing it, or traces, exports and keeps it.
+optimizer and loss, the steps and seeds -- or says it cannot; :func:`exported` loads a program kept under
+that identity without tracing it, or traces, exports and keeps it: the training chunk (:func:`chunk`), and
+through :class:`Lazy` the initialisation and the epoch permutation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from jaxcnn.lowering import program_cache
 
 Trainer = Any  # a jaxcnn.train.trainer.Trainer (which imports this module, so it is not imported here)
 
-__all__ = ["identity", "exported", "chunk", "compiled", "Lazy"]
+__all__ = ["identity", "exported", "chunk", "Lazy"]
 
 # TrainConfig fields that are no part of the chunk program: the seeds' keys and the label-noise draw are
 # its arguments (or the data's), the compile options are given to the compiler, evaluation is another program
@@ -63,16 +64,10 @@ def chunk(trainer: Trainer, carry: Any, x_dev: Any, y_dev: Any) -> program_cache
     return exported(trainer, "train chunk", trainer.chunk_fn(trainer.chunk), args)
 
 
-def compiled(trainer: Trainer, label: str, fn: Any, args: tuple[Any, ...], compiler_options: dict[str, str]) -> Any:
-    """``fn`` compiled for ``args`` with these options: from its kept program where it is kept, else jitted."""
-    if (prog := exported(trainer, label, jax.jit(fn), args)) is not None:
-        return prog.compile(compiler_options=compiler_options)
-    return jax.jit(fn, compiler_options=compiler_options)
-
-
 class Lazy:
-    """``jax.jit(fn, **jit_kwargs)`` of ``trainer``, compiled from its kept program where it is kept: decided at
-    the first call, whose arguments are the example (a Trainer is built before its arguments exist)."""
+    """``jax.jit(fn, **jit_kwargs)`` of ``trainer``, compiled from its kept program where it is kept (with the
+    same ``compiler_options``): decided at the first call, whose arguments are the example (a Trainer builds
+    its functions before their arguments exist); later calls take arguments of the same shapes."""
 
     def __init__(self, trainer: Trainer, label: str, fn: Any, **jit_kwargs: Any):
         self.trainer, self.label, self.fn, self.jit_kwargs, self.call = trainer, label, fn, jit_kwargs, None
@@ -81,5 +76,6 @@ class Lazy:
         """``fn(*args)``, compiled at the first call."""
         if self.call is None:
             prog = exported(self.trainer, self.label, jax.jit(self.fn), args)
-            self.call = prog.compile() if prog is not None else jax.jit(self.fn, **self.jit_kwargs)
+            self.call = prog.compile(compiler_options=self.jit_kwargs.get("compiler_options")) \
+                if prog is not None else jax.jit(self.fn, **self.jit_kwargs)
         return self.call(*args)

@@ -215,9 +215,9 @@ class Trainer:
         # time: allconv6_bn's init 2.7 -> 1.2 s, MobileNet v1 0.25's 6.2 -> 3.0 s, of a short study member's start)
         opts = compile_options.ONE_SHOT if self.on_cpu else {}
         if self.seed_batching == "vmap":
-            carry = kept.compiled(self, "init", jax.vmap(one), (self.keys,), opts)(self.keys)
+            carry = kept.Lazy(self, "init", jax.vmap(one), compiler_options=opts)(self.keys)
         else:  # one compiled init called per seed: compiles faster (MobileNet: 5.8 s vs 8.9 s) and is exact
-            f = kept.compiled(self, "init", one, (self.keys[0],), opts)
+            f = kept.Lazy(self, "init", one, compiler_options=opts)
             carry = seed_axis.stack_seeds([f(self.keys[i]) for i in range(len(self.seeds))])
         return self.put(carry)
 
