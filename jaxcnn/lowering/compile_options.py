@@ -17,9 +17,10 @@ A training run also says how many probe-sized calls it will make (``calls``: ste
 tuning is an investment only a long enough run pays back. The reference candidate is compiled and
 timed first; when even :data:`GAIN_BOUND` of the run's time (the largest gain any candidate has shown
 over XLA's default: 1.5x, a third of the step) is less than compiling the other candidates and the
-float64 reference would cost, the reference is kept untuned (a short study member on MNIST: 2-3 s of
+float64 check would cost, the reference is kept untuned (a short study member on MNIST: 2-3 s of
 possible gain against 4-5 s of tuning). Otherwise every candidate is timed, and only a candidate whose
-gain over the run exceeds the float64 check's cost is checked: the fastest one that passes is picked,
+gain over the run exceeds the float64 check's cost (estimated as :data:`FLOAT64_COST` times the float32
+probe's lowering and compile, as measured) is checked: the fastest one that passes is picked,
 so a field of candidates within a few percent of each other costs no float64 program at all. Without
 ``calls`` (benchmarks, tests) every candidate is compiled, checked and timed.
 
@@ -80,6 +81,10 @@ TOLERANCE_FACTOR = 4.0
 # the most a candidate has saved over XLA's default anywhere measured (ynn-dot, allconv6 32x32 on the Zen 4
 # machine: 1.5x faster, a third of the step); a run whose whole time times this cannot repay tuning skips it
 GAIN_BOUND = 0.35
+# what the float64 check costs (tracing, compiling and running the probe in float64) per second of lowering
+# and compiling the float32 probe: 3.0x for MobileNet v1 0.25 at 32x32 (9.0 s against 3.0 s; float64
+# convolutions compile 3x slower), 1.5x for allconv6_bn at 28x28 (2.6 s against 1.8 s), Zen 3, jaxlib 0.10
+FLOAT64_COST = 3.0
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 CACHE_VERSION = 1
 
@@ -307,7 +312,9 @@ def tune(
     names = names or candidates_for()
     # traced and lowered once: the cache key hashes it and every candidate compiles it with its own options
     # (tracing a training step again per candidate cost ~0.3 s each)
+    t0 = time.perf_counter()
     lowered = jax.jit(fn).lower(*args)
+    lower_s = time.perf_counter() - t0
     key = cache_key(fn, args, names, label, text=lowered.as_text()) if use_cache else ""
     if use_cache and (hit := _read_cache(key, names, factor, calls)) is not None:
         return hit
@@ -315,9 +322,10 @@ def tune(
     t0 = time.perf_counter()
     compiled = {ref: lowered.compile(compiler_options=options(ref) or None)}
     compile_s = time.perf_counter() - t0
+    check_s = FLOAT64_COST * (lower_s + compile_s)  # what the float64 check will cost, if it is needed
     if calls is not None and len(names) > 1:
         t_ref = _median_seconds(compiled[ref], args, 3)
-        cost = (len(names) + 1) * compile_s  # the other candidates' compiles and the float64 reference (about two)
+        cost = (len(names) - 1) * compile_s + check_s  # the other candidates' compiles and the float64 check
         if GAIN_BOUND * calls * t_ref < cost:
             choice = Choice(ref, options(ref), {ref: t_ref}, key=key, tune_above_calls=int(cost / (GAIN_BOUND * t_ref)))
             if use_cache:
@@ -353,7 +361,7 @@ def tune(
         if name == ref or calls is None:  # the fastest left (all checked already when calls is None)
             best = name
             break
-        if (seconds[ref] - seconds[name]) * calls < 2 * compile_s:  # the gain would not pay for the float64 check
+        if (seconds[ref] - seconds[name]) * calls < check_s:  # the gain would not pay for the float64 check
             break
         if (why := check(name)) is None:
             best = name

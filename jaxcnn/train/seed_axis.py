@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["stack_seeds", "first_seed", "epoch_keys", "seed_slice", "per_seed"]
+__all__ = ["stack_seeds", "first_seed", "epoch_keys", "seed_slice", "per_seed_and_batch"]
 
 
 # One program each, not one per leaf shape: eagerly, stacking or slicing a model's ~20 leaves compiles (or
@@ -37,7 +37,13 @@ def seed_slice(tree: Any, s: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda v: v[s], tree)
 
 
-def per_seed(fn: Any, k: int, params: Any, state: Any, *rest: Any) -> tuple[np.ndarray, ...]:
-    """``fn(params, state, *rest)`` of one seed, called for each of the ``k`` seeds; its outputs stacked."""
-    outs = [fn(*seed_slice((params, state), np.int32(s)), *rest) for s in range(k)]
-    return tuple(np.stack([np.asarray(o[i]) for o in outs]) for i in range(len(outs[0])))
+def per_seed_and_batch(fn: Any, k: int, params: Any, state: Any, *batches: Any) -> tuple[np.ndarray, ...]:
+    """Per seed, the float64 sum over the leading (batch) axis of ``batches`` of ``fn(params, state, *batch)``,
+    ``fn`` called for one seed and one batch at a time (one program, whatever ``k`` and the batch count)."""
+    on_device = [jax.device_put(b) for b in zip(*(np.asarray(a) for a in batches), strict=True)]  # once, not k times
+    totals = []
+    for s in range(k):
+        weights = seed_slice((params, state), np.int32(s))
+        outs = [fn(*weights, *batch) for batch in on_device]
+        totals.append(np.sum([[np.asarray(v, np.float64) for v in o] for o in outs], axis=0))
+    return tuple(np.stack(totals, axis=1))
