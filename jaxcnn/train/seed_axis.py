@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["stack_seeds", "first_seed", "epoch_keys", "seed_slice", "per_seed_and_batch"]
+__all__ = ["stack_seeds", "chunk_rows", "first_seed", "epoch_keys", "seed_slice", "per_seed_and_batch"]
 
 
 # One program each, not one per leaf shape: eagerly, stacking or slicing a model's ~20 leaves compiles (or
@@ -23,6 +24,14 @@ def stack_seeds(per_seed: list[Any]) -> Any:
 def epoch_keys(keys: jax.Array, epoch: int) -> jax.Array:
     """Every seed's key of epoch ``epoch`` (one program for every epoch; eagerly it was two per call)."""
     return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), epoch))(keys)
+
+
+@partial(jax.jit, static_argnums=(2, 3, 4))
+def chunk_rows(perm: jax.Array, keys: jax.Array, chunk: int, steps: int, padded: bool) -> tuple[tuple[Any, ...], ...]:
+    """Each chunk's ``(perm[:, i:i + chunk], keys[:, i:i + chunk])`` of an epoch of ``steps`` steps, cut in one
+    program; with its live step count appended when ``padded`` (the last chunk runs past ``steps``)."""
+    return tuple((perm[:, i:i + chunk], keys[:, i:i + chunk]) + ((jnp.int32(min(chunk, steps - i)),) if padded else ())
+                 for i in range(0, steps, chunk))
 
 
 @jax.jit
