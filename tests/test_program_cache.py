@@ -67,7 +67,7 @@ def test_a_repeated_fit_loads_its_chunk_untraced_and_every_path_trains_the_same_
 
 def test_a_run_that_the_chunk_does_not_divide_and_another_seed_share_a_kept_program(cache, monkeypatch):
     calls = _traced(monkeypatch)
-    cfg = dataclasses.replace(CFG, batch=16, num_seeds=1)  # one seed: chunks of 4 unrolled steps
+    cfg = dataclasses.replace(CFG, batch=16, num_seeds=1, chunk=4)  # chunks of 4 unrolled steps
     data = tiny_data(n=236)  # 177 training examples: 11 steps of 16, the third chunk padded
     assert Trainer(tiny_model(), cfg, data).padded
     a = fit(tiny_model(), data, cfg, quiet=True)

@@ -18,6 +18,7 @@ from xla_test_flags import with_opt
 
 from jaxcnn.storage import checkpoint
 from jaxcnn.train import TrainConfig, TrainData, Trainer, TrainingError, fit
+from jaxcnn.train import trainer as trainer_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,7 +153,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.005)
-    time.sleep(0.02)  # inside epoch 3 (the default compiled-epoch path: 96 steps in chunks of 4)
+    time.sleep(0.02)  # inside epoch 3 (the default compiled-epoch path: 96 one-step chunks, a short run)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "ckpt-000003.json").exists(), "killed too late: epoch 3 had finished"
@@ -221,8 +222,12 @@ def test_seed_batching_option_is_checked_and_auto_unrolls_on_cpu():
     assert jax.default_backend() == "cpu"  # the suite runs on CPU (CI has no accelerator)
     auto = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=3), data)
     assert auto.seed_batching == "unroll" and auto.chunk == 1  # the seeds fill each program
-    vmapped = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=3, seed_batching="vmap"), data)
+    long = -(-trainer_module.LONG_RUN // auto.steps_per_epoch)  # the fewest epochs that repay multi-step chunks
+    vmapped = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=3, seed_batching="vmap", epochs=long), data)
     assert vmapped.seed_batching == "vmap" and vmapped.chunk > 1  # multi-step chunks as for one seed
+    short = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=1, epochs=long - 1), data)
+    one = Trainer(tiny_model(), TrainConfig(batch=32, num_seeds=1, epochs=long), data)
+    assert (short.chunk, one.chunk > 1) == (1, True)  # a short run's chunk is one step: it compiles in half the time
 
 
 def test_cross_entropy_refuses_labels_that_do_not_match_the_logits():

@@ -3,8 +3,8 @@
 * The training set lives on the device as uint8 (or float) NHWC; each epoch draws a
   permutation with ``jax.random``, and the steps run as compiled ``lax.scan`` chunks
   with no Python per step (``loop="device"``). On GPU/TPU a chunk is the whole epoch.
-  On CPU a chunk is a few fully unrolled steps (``chunk``, default 4, or 1 with several
-  seeds, which already fill a program): XLA:CPU runs
+  On CPU a chunk is a few fully unrolled steps (``chunk``: 4 for one seed and runs of 1,000
+  steps or more, else 1, as with several seeds, which already fill a program): XLA:CPU runs
   convolutions inside a while loop about 10x slower than outside one (measured here;
   jax issue #12868), and an unrolled chunk has no loop. ``loop="host"`` is the streaming path: one
   jitted step per batch, batches gathered on the host and prefetched to the device,

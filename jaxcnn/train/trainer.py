@@ -28,6 +28,8 @@ from jaxcnn.train.config import TrainConfig
 from jaxcnn.train.inputs import TrainData, augment, epoch_permutation
 from jaxcnn.train.optimizers import make_optimizer
 
+LONG_RUN = 1000  # steps of a one-seed CPU run from which multi-step chunks repay their compile time
+
 
 def _divisor_chunk(steps: int, lo: int = 3, hi: int = 8) -> int:
     """A chunk length in [lo, hi] dividing ``steps`` (one compiled program), else 4 (plus a remainder)."""
@@ -105,10 +107,13 @@ class Trainer:
         self.seed_batching = cfg.seed_batching if cfg.seed_batching != "auto" else (
             "unroll" if self.on_cpu else "vmap")
         # K unrolled seeds already give each call K steps of work; longer chunks then only add compile
-        # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast)
+        # time (MobileNet, K=3: 4-step chunks compile in 75 s, 1-step chunks in 26 s, and train as fast). One
+        # seed: 4-step chunks save ~2 ms a step of allconv6_bn (7 %) and cost 2 s more compile, so only runs of
+        # LONG_RUN steps or more get them (the same bits either way: tests/test_train.py)
         if not self.on_cpu:
             auto = self.steps_per_epoch
-        elif (self.seed_batching == "unroll" and cfg.num_seeds > 1) or cfg.accumulate > 1:  # micro-batches unroll too
+        elif ((self.seed_batching == "unroll" and cfg.num_seeds > 1) or cfg.accumulate > 1  # micro-batches unroll
+              or cfg.epochs * self.steps_per_epoch < LONG_RUN):
             auto = 1
         else:
             auto = _divisor_chunk(self.steps_per_epoch)
