@@ -7,7 +7,7 @@ and the later ones load their programs from the caches. ``--baseline DIR``: anot
 native library built, e.g. `git worktree add DIR COMMIT` and the .so copied in) run alternately with this one,
 each with its own cache, so that the two are compared on the same minutes of a machine whose speed drifts.
 Runtime: about 40 s on 2 cores (twice that with --baseline).
-Expected: the first epoch starts ~13-15 s after the start on the first run, ~2.1-2.8 s on the others (2-core
+Expected: the first epoch starts ~8-15 s after the start on the first run, ~1.7-2.8 s on the others (2-core
 AMD EPYC Zen 3, 2026-12-07/08, with the training programs kept untraced; ~2.9-3.9 s before them in the same
 minutes; the 2-core Xeon of 2026-12-04: ~2.2-2.7 s before them).
 """
