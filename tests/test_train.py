@@ -237,3 +237,27 @@ def test_cross_entropy_refuses_labels_that_do_not_match_the_logits():
 
     with pytest.raises(ValueError, match=r"labels of shape \(2, 4\) do not match logits of shape \(4, 3\)"):
         cross_entropy()(jnp.zeros((4, 3)), jnp.zeros((2, 4), jnp.int32), {})
+
+
+def test_cpu_evaluation_is_one_program_for_every_seed_and_batch_and_matches_numpy(monkeypatch):
+    """Three seeds, 64 test images in batches of 7 (the last padded): one trace of one batch's evaluation, and
+    per seed the loss, top-1 and top-5 of a NumPy softmax over the model's logits for the whole test set."""
+    data = tiny_data(n=256)
+    cfg = TrainConfig(batch=32, num_seeds=3, eval_batch=7)
+    trainer = Trainer(tiny_model(), cfg, data)
+    traced = []
+    real = Trainer._eval_batch
+    monkeypatch.setattr(Trainer, "_eval_batch", lambda self, *a: traced.append(1) or real(self, *a))
+    trainer._use_options({})  # rebuilt with the counting method
+    carry = trainer.init()
+    got = trainer.evaluate(carry)
+    assert traced == [1]
+    x = (data.x_test.astype(np.float32) - trainer.mean) / trainer.std
+    for s in range(3):
+        params, state = jax.tree_util.tree_map(lambda a, s=s: a[s], (carry.params, carry.state))
+        logits = np.asarray(trainer.model.apply(params, state, x)[0], np.float64)
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        ranks = (logits > logits[np.arange(len(logits)), data.y_test][:, None]).sum(1)
+        np.testing.assert_allclose(got["loss"][s], -logp[np.arange(len(logp)), data.y_test].mean(), rtol=1e-5)
+        assert got["accuracy"][s] == (ranks == 0).mean() and got["top5"][s] == (ranks < 5).mean()

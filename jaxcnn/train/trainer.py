@@ -323,8 +323,8 @@ class Trainer:
             sums = self._eval_batch(params, state, *inp)
             return tuple(a + s for a, s in zip(acc, sums, strict=True)), None
 
-        zero = jnp.zeros((), jnp.float32)
-        return jax.lax.scan(body, (zero, zero, zero), (x, y, mask))[0]
+        zero = jnp.zeros((), jnp.float32)  # unrolled on CPU (several processes): convolutions in a loop are slow
+        return jax.lax.scan(body, (zero, zero, zero), (x, y, mask), unroll=x.shape[0] if self.on_cpu else 1)[0]
 
     # host-side drivers
     def epoch_keys(self, epoch: int) -> jax.Array:
